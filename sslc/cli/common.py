@@ -1,0 +1,45 @@
+"""What every sslc command shares: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+from sslc.errors import UserError
+
+
+def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+    """Wrap a command's main: UserError -> 'error: ...' and exit 2; Ctrl-C -> exit 130 (work already saved)."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        try:
+            code = main(argv)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = UserError.exit_code
+        except KeyboardInterrupt:
+            print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
+            code = 130
+        code = code or 0
+        if __name__ != "__main__" and argv is None:
+            sys.exit(code)
+        return code
+
+    return wrapper
+
+
+class ArgumentParser:
+    """argparse, but a usage mistake is a one-line error with exit code 2 like every other bad input."""
+
+    def __new__(cls, *args, **kwargs):
+        import argparse
+
+        class _Parser(argparse.ArgumentParser):
+            def error(self, message):  # argparse prints the whole usage; one line is enough
+                raise UserError(f"{self.prog}: {message}")
+
+        return _Parser(*args, **kwargs)

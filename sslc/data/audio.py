@@ -1,0 +1,46 @@
+"""Decoding one audio file into the 16 kHz mono float32 waveform every SSL speech model expects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000
+
+
+class AudioReadError(Exception):
+    """A file could not be decoded into usable audio; the message names the file and says why."""
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read `path` as a 1-D float32 mono waveform at `target_sr` Hz.
+
+    Channels are averaged (not just the first one taken) so stereo recordings keep all their content.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioReadError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    # libsndfile's message for a 0-byte file is cryptic; say it plainly.
+    if size == 0:
+        raise AudioReadError(f"{path}: file is empty (0 bytes)")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    # soundfile's own errors subclass RuntimeError; ValueError/OSError cover odd headers and I/O failures.
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise AudioReadError(f"{path}: not readable audio ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioReadError(f"{path}: contains no samples")
+
+    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if sr != target_sr:
+        # soxr is a band-limited (anti-aliased) resampler; naive interpolation would fold high frequencies.
+        wave = soxr.resample(wave, sr, target_sr)
+        if wave.shape[0] == 0:
+            raise AudioReadError(f"{path}: too short to hold a single sample at {target_sr} Hz")
+    return np.ascontiguousarray(wave, dtype=np.float32)

@@ -1,0 +1,153 @@
+"""Finding the audio files of a corpus (a directory or a fairseq TSV manifest) and splitting off a held-out set."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+
+from sslc.data.audio import SAMPLE_RATE
+from sslc.errors import UserError
+
+log = logging.getLogger("sslc.data")
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+_EXPECTED = "a directory of .wav/.flac/.ogg files or a fairseq .tsv manifest"
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """One usable audio file. `num_samples` is its length at 16 kHz (what load_audio returns, floored)."""
+
+    path: Path
+    num_samples: int
+    # Path relative to the corpus root, '/'-separated: a machine-independent identity for hashing/splitting.
+    rel_path: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.rel_path or self.path.name
+
+
+def discover_audio(spec: str | os.PathLike) -> list[AudioFile]:
+    """List the usable audio of a corpus: a directory (searched recursively) or a fairseq TSV manifest.
+
+    Unreadable or empty files are skipped with one warning; a corpus with nothing usable is a UserError.
+    """
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise UserError(f"data path does not exist: {root} (expected {_EXPECTED})")
+    if root.is_dir():
+        candidates = _scan_directory(root)
+        where = f"under {root}"
+    elif root.suffix.lower() in AUDIO_SUFFIXES:
+        raise UserError(f"data path {root} is a single audio file (expected {_EXPECTED})")
+    else:
+        root, candidates = _read_manifest(root)
+        where = f"listed in {Path(spec)}"
+
+    files: list[AudioFile] = []
+    bad: list[str] = []
+    for rel in candidates:
+        path = root / rel
+        num_samples = _num_samples_16k(path)
+        if num_samples > 0:
+            files.append(AudioFile(path=path, num_samples=num_samples, rel_path=rel))
+        else:
+            bad.append(rel)
+
+    if not files:
+        if not candidates:
+            raise UserError(f"no audio files (.wav/.flac/.ogg) {where}")
+        raise UserError(f"no usable audio (.wav/.flac/.ogg) {where}: {len(bad)} files unreadable or empty")
+    if bad:
+        log.warning(
+            "skipped %d unreadable or empty audio file(s) %s (first: %s)", len(bad), where, ", ".join(bad[:3])
+        )
+    return files
+
+
+def _scan_directory(root: Path) -> list[str]:
+    # Sorted '/'-joined relative paths, so the listing is identical on every machine and filesystem.
+    rels = [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+    ]
+    return sorted(rels)
+
+
+def _read_manifest(manifest: Path) -> tuple[Path, list[str]]:
+    """Parse a fairseq manifest: line 1 is the root directory, then `relative/path<TAB>num_samples` lines."""
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read manifest {manifest}: {exc} (expected {_EXPECTED})") from exc
+    if not lines or not lines[0].strip():
+        raise UserError(f"manifest {manifest} is empty (first line must be the audio root directory)")
+    root = Path(lines[0].strip()).expanduser()
+    # A relative root is taken relative to the manifest, so the manifest works from any working directory.
+    if not root.is_absolute():
+        root = manifest.parent / root
+    if not root.is_dir():
+        raise UserError(f"manifest {manifest}: root directory {root} (line 1) does not exist")
+
+    rels = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        # The sample count column is ignored: lengths are re-read from the files, which also validates them.
+        rel = line.split("\t")[0].strip()
+        if not rel:
+            raise UserError(f"manifest {manifest}: line {lineno} has no path (expected 'path<TAB>num_samples')")
+        rels.append(Path(rel).as_posix())
+    return root, rels
+
+
+def _num_samples_16k(path: Path) -> int:
+    """Length at 16 kHz from the header alone (no decoding); 0 when the file cannot be opened."""
+    try:
+        if path.stat().st_size == 0:
+            return 0
+        info = sf.info(str(path))
+    except (RuntimeError, ValueError, OSError):
+        return 0
+    if info.samplerate <= 0 or info.frames <= 0:
+        return 0
+    return info.frames * SAMPLE_RATE // info.samplerate
+
+
+def _stable_hash(key: str) -> int:
+    # hashlib, not hash(): Python's str hash is salted per process.
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+
+
+def split_heldout(
+    files: Sequence[AudioFile], fraction: float = 0.1, min_heldout: int = 1
+) -> tuple[list[AudioFile], list[AudioFile]]:
+    """Split into (train, heldout) by a stable hash of each file's corpus-relative path.
+
+    The files with the smallest hashes are held out, so the split depends neither on listing order nor on
+    the machine. Both sides are non-empty for >= 2 files; a single file is used for both (with a warning).
+    """
+    if not files:
+        raise ValueError("split_heldout needs at least one file")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    ordered = sorted(files, key=lambda f: (f.key, str(f.path)))
+    if len(ordered) == 1:
+        log.warning("only one audio file (%s): using it for both training and held-out evaluation", ordered[0].key)
+        return [ordered[0]], [ordered[0]]
+
+    num_heldout = min(max(min_heldout, 1, round(fraction * len(ordered))), len(ordered) - 1)
+    # Ties on the hash fall back to the sort position, which is itself order-independent.
+    by_hash = sorted(range(len(ordered)), key=lambda i: (_stable_hash(ordered[i].key), i))
+    held = set(by_hash[:num_heldout])
+    train = [f for i, f in enumerate(ordered) if i not in held]
+    heldout = [f for i, f in enumerate(ordered) if i in held]
+    return train, heldout

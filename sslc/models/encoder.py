@@ -1,0 +1,84 @@
+"""The whole speech encoder: conv front end -> projection -> positional conv -> Transformer layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .components import (
+    ConvPositionalEmbedding,
+    EncoderLayer,
+    FeatureExtractor,
+    FeatureProjection,
+    RelativePositionBias,
+)
+from .config import EncoderConfig
+
+
+@dataclass
+class EncoderOutput:
+    """`hidden_states[0]` is the input to the first layer, `hidden_states[i]` the output of layer i (the same
+    indexing as transformers' `output_hidden_states=True`). `frame_lengths` is None without padding info."""
+
+    hidden_states: list[torch.Tensor]
+    frame_lengths: torch.Tensor | None
+
+    @property
+    def last_hidden_state(self) -> torch.Tensor:
+        return self.hidden_states[-1]
+
+    def frame_mask(self) -> torch.Tensor | None:
+        """[B, T] True on real (non-padding) frames."""
+        if self.frame_lengths is None:
+            return None
+        frames = self.hidden_states[0].shape[1]
+        return torch.arange(frames, device=self.frame_lengths.device)[None, :] < self.frame_lengths[:, None]
+
+
+class SpeechEncoder(nn.Module):
+    """A wav2vec 2.0 / HuBERT / WavLM encoder built from an `EncoderConfig` (which rebuilds it exactly)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.feature_extractor = FeatureExtractor(config.conv_layers, config.conv_bias, config.extractor_norm)
+        self.feature_projection = FeatureProjection(
+            config.conv_out_channels, config.embed_dim, config.projection_layer_norm, config.layer_norm_eps
+        )
+        self.pos_conv = ConvPositionalEmbedding(config.embed_dim, config.pos_conv_kernel, config.pos_conv_groups)
+        # Post-LN models normalise the embeddings before layer 0; pre-LN models normalise after the last layer.
+        self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        relative = config.relative_position is not None
+        self.relative_position = RelativePositionBias(config.relative_position) if relative else None
+        self.layers = nn.ModuleList(
+            EncoderLayer(config.embed_dim, spec, config.head_dim, config.layer_norm_first, config.layer_norm_eps,
+                         relative, config.dropout)
+            for spec in config.layers
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """waveforms [B, S] (zero-padded on the right), lengths [B] in samples or None when nothing is padded."""
+        features = self.feature_extractor(waveforms).transpose(1, 2)
+        frame_lengths = mask = None
+        if lengths is not None:
+            frame_lengths = self.feature_extractor.output_lengths(lengths.to(features.device))
+            mask = torch.arange(features.shape[1], device=features.device)[None, :] < frame_lengths[:, None]
+        x = self.feature_projection(features)
+        if mask is not None:
+            x = x.masked_fill(~mask[..., None], 0.0)  # padding must not leak through the positional conv
+        x = x + self.pos_conv(x)
+        if not self.config.layer_norm_first:
+            x = self.layer_norm(x)
+        x = self.dropout(x)
+        position_bias = self.relative_position(x.shape[1]) if self.relative_position is not None else None
+        hidden_states = [x]
+        for layer in self.layers:
+            x = layer(x, mask, position_bias)
+            hidden_states.append(x)
+        if self.config.layer_norm_first:
+            hidden_states[-1] = self.layer_norm(x)
+        return EncoderOutput(hidden_states, frame_lengths)
