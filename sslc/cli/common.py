@@ -24,10 +24,7 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
         except KeyboardInterrupt:
             print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
             code = 130
-        code = code or 0
-        if __name__ != "__main__" and argv is None:
-            sys.exit(code)
-        return code
+        return code or 0  # console scripts pass this to sys.exit
 
     return wrapper
 
