@@ -104,7 +104,9 @@ def _read_manifest(manifest: Path) -> tuple[Path, list[str]]:
         # The sample count column is ignored: lengths are re-read from the files, which also validates them.
         rel = line.split("\t")[0].strip()
         if not rel:
-            raise UserError(f"manifest {manifest}: line {lineno} has no path (expected 'path<TAB>num_samples')")
+            raise UserError(
+                f"manifest {manifest}: line {lineno} has no path (expected 'path<TAB>num_samples')"
+            )
         rels.append(Path(rel).as_posix())
     return root, rels
 
@@ -141,7 +143,9 @@ def split_heldout(
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     ordered = sorted(files, key=lambda f: (f.key, str(f.path)))
     if len(ordered) == 1:
-        log.warning("only one audio file (%s): using it for both training and held-out evaluation", ordered[0].key)
+        log.warning(
+            "only one audio file (%s): using it for both training and held-out evaluation", ordered[0].key
+        )
         return [ordered[0]], [ordered[0]]
 
     num_heldout = min(max(min_heldout, 1, round(fraction * len(ordered))), len(ordered) - 1)

@@ -53,7 +53,9 @@ class LengthBucketBatchSampler:
         self.batches_yielded = 0
         # An epoch without batches would make `while training: for ... in sampler` spin forever.
         if len(self) == 0:
-            raise ValueError(f"no batches: {len(self.lengths)} segments, batch_size {batch_size}, drop_last {drop_last}")
+            raise ValueError(
+                f"no batches: {len(self.lengths)} segments, batch_size {batch_size}, drop_last {drop_last}"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch."""
