@@ -1,0 +1,123 @@
+"""sslc-info: the size and cost of a teacher — parameters, MACs by part at a reference length, CPU latency.
+
+sslc-info --teacher random:hubert-base
+sslc-info --teacher random:tiny --seconds 1 --no-latency --json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from sslc.cli.common import ArgumentParser, cli_entry
+from sslc.errors import UserError
+from sslc.metrics import (
+    REFERENCE_SECONDS,
+    SAMPLE_RATE,
+    count_macs,
+    count_params,
+    format_macs,
+    format_params,
+    measure_latency,
+    num_samples_for,
+)
+
+PART_LABELS = {
+    "cnn": "CNN feature extractor",
+    "feature_projection": "feature projection",
+    "positional_conv": "positional conv",
+    "attention_projections": "attention q/k/v/out",
+    "attention_matmuls": "attention QK^T and AV",
+    "relative_position_gate": "relative position gate",
+    "ffn": "feed-forward",
+}
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="sslc-info",
+        description="Parameters, MACs by part and CPU latency of a teacher encoder.",
+    )
+    parser.add_argument("--teacher", required=True, help='teacher spec, e.g. "random:hubert-base"')
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=REFERENCE_SECONDS,
+        help=f"length of the input waveform for MACs and latency (default {REFERENCE_SECONDS:g})",
+    )
+    parser.add_argument("--latency-repeats", type=int, default=5, help="timed forward passes (default 5)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def _check_args(args) -> None:
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UserError(f"--seconds must be a positive number of seconds, got {args.seconds:g}")
+    if args.latency_repeats < 1:
+        raise UserError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"teacher: {report['description']}", markup=False, soft_wrap=True)
+    macs = report["macs"]
+    total = macs["total"]
+    table = Table(title=f"{report['teacher']} at {report['seconds']:g} s ({report['frames']} frames)")
+    table.add_column("", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    table.add_row("parameters", format_params(report["params"]), "")
+    for part, label in PART_LABELS.items():
+        if macs[part] or part != "relative_position_gate":
+            share = f"{100 * macs[part] / total:.1f}%" if total else ""
+            table.add_row(f"MACs: {label}", format_macs(macs[part]), share)
+    table.add_row("MACs: total", format_macs(total), "100.0%" if total else "", style="bold")
+    latency = report["latency"]
+    if latency is None:
+        table.add_row("CPU latency (median)", "not measured", "")
+    else:
+        note = f"{latency['repeats']} runs, {latency['torch_threads']} threads"
+        table.add_row("CPU latency (median)", f"{latency['median_ms']:.1f} ms", note)
+    console.print(table)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    from sslc.models.teachers import describe_teacher, load_teacher
+
+    model = load_teacher(args.teacher)
+    config = model.config
+    num_samples = num_samples_for(args.seconds, SAMPLE_RATE)
+    frames = config.frames_for(num_samples)
+    if frames < 1:
+        raise UserError(f"--seconds {args.seconds:g} is too short: the conv front end leaves no frames")
+    macs = count_macs(config, num_samples=num_samples)
+    latency = None
+    if not args.no_latency:
+        latency = measure_latency(model, seconds=args.seconds, repeats=args.latency_repeats, device="cpu")
+    report = {
+        "teacher": args.teacher,
+        "description": describe_teacher(model),
+        "seconds": args.seconds,
+        "sample_rate": SAMPLE_RATE,
+        "num_samples": num_samples,
+        "frames": frames,
+        "params": count_params(model),
+        "macs": macs.as_dict(),
+        "latency": latency.as_dict() if latency is not None else None,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Wall-clock latency of a forward pass: the median of several timed runs after warm-up.
+
+Timings depend on the machine, its load and the thread count, so every result records how it was measured, and
+`compare_latency` times several models interleaved in one run so that they share the same conditions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .macs import REFERENCE_SECONDS, SAMPLE_RATE, num_samples_for
+
+
+@dataclass
+class LatencyResult:
+    """Median, min and max over `repeats` timed forward passes of `batch` waveforms of `seconds` each."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+    batch: int
+    seconds: float
+    device: str
+    torch_threads: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(seconds: float, batch: int, warmup: int, repeats: int, threads: int | None) -> None:
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _prepared(models: dict[str, nn.Module], device: torch.device) -> Iterator[None]:
+    """Models in eval mode on `device` for the timing; their device and mode are restored afterwards."""
+    saved = {}
+    for name, model in models.items():
+        first = next(model.parameters(), None)
+        saved[name] = (first.device if first is not None else None, model.training)
+        model.to(device).eval()
+    try:
+        yield
+    finally:
+        for name, model in models.items():
+            original_device, training = saved[name]
+            if original_device is not None:
+                model.to(original_device)
+            model.train(training)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(model: nn.Module, waveforms: torch.Tensor, device: torch.device) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    model(waveforms)
+    _synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    seconds: float = REFERENCE_SECONDS,
+    batch: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    threads: int | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> dict[str, LatencyResult]:
+    """Latency of several models measured in one interleaved run, so they can be compared fairly.
+
+    Every model is warmed up, then each repeat times every model once on the same input, with the order
+    reversed on every other repeat so that no model always runs first (or right after the same neighbour).
+    `threads` sets torch's CPU thread count for the run (restored afterwards).
+    """
+    _check(seconds, batch, warmup, repeats, threads)
+    if not models:
+        return {}
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    waveforms = torch.randn(batch, num_samples_for(seconds, sample_rate), generator=generator).to(device)
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with _num_threads(threads) as used_threads, _prepared(models, device), torch.inference_mode():
+        for name in names:
+            for _ in range(warmup):
+                models[name](waveforms)
+        _synchronize(device)
+        for repeat in range(repeats):
+            for name in names if repeat % 2 == 0 else reversed(names):
+                times[name].append(_time_once(models[name], waveforms, device))
+    return {
+        name: LatencyResult(
+            median_ms=statistics.median(samples),
+            min_ms=min(samples),
+            max_ms=max(samples),
+            repeats=repeats,
+            batch=batch,
+            seconds=seconds,
+            device=str(device),
+            torch_threads=used_threads,
+        )
+        for name, samples in times.items()
+    }
+
+
+def measure_latency(
+    model: nn.Module,
+    seconds: float = REFERENCE_SECONDS,
+    batch: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    threads: int | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> LatencyResult:
+    """Median wall-clock time of `repeats` forward passes (after `warmup` untimed ones) under inference mode."""
+    return compare_latency({"model": model}, seconds, batch, device, warmup, repeats, threads, sample_rate)[
+        "model"
+    ]
