@@ -19,15 +19,22 @@ from .config import EncoderConfig
 
 @dataclass
 class EncoderOutput:
-    """`hidden_states[0]` is the input to the first layer, `hidden_states[i]` the output of layer i (the same
-    indexing as transformers' `output_hidden_states=True`). `frame_lengths` is None without padding info."""
+    """What `SpeechEncoder.forward` returns; the same semantics as transformers' (>= 5) `output_hidden_states=True`.
+
+    `hidden_states[0]` is the input to the first layer and `hidden_states[i]` the output of layer i, as is: for
+    pre-LN models (`layer_norm_first`, the "large" layout) `hidden_states[-1]` is the last layer's output *before*
+    the encoder's final LayerNorm. `last_hidden_state` is the encoder's final output (transformers'
+    `last_hidden_state`): that final LayerNorm applied to `hidden_states[-1]` for pre-LN models, the same tensor as
+    `hidden_states[-1]` for post-LN ones (and when not given). `frame_lengths` is None without padding info.
+    """
 
     hidden_states: list[torch.Tensor]
     frame_lengths: torch.Tensor | None
+    last_hidden_state: torch.Tensor | None = None
 
-    @property
-    def last_hidden_state(self) -> torch.Tensor:
-        return self.hidden_states[-1]
+    def __post_init__(self):
+        if self.last_hidden_state is None and self.hidden_states:
+            self.last_hidden_state = self.hidden_states[-1]
 
     def frame_mask(self) -> torch.Tensor | None:
         """[B, T] True on real (non-padding) frames."""
@@ -79,6 +86,6 @@ class SpeechEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask, position_bias)
             hidden_states.append(x)
-        if self.config.layer_norm_first:
-            hidden_states[-1] = self.layer_norm(x)
-        return EncoderOutput(hidden_states, frame_lengths)
+        # Pre-LN models normalise the last layer's output; hidden_states keeps it as is (as transformers does).
+        last = self.layer_norm(x) if self.config.layer_norm_first else x
+        return EncoderOutput(hidden_states, frame_lengths, last)
