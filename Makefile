@@ -10,7 +10,7 @@ demo: setup
 	$(VENV)/sslc-info --teacher random:hubert-base --latency-repeats 3
 
 lint: setup
-	$(VENV)/ruff check sslc tests benchmarks
+	$(VENV)/python -m ruff check sslc tests benchmarks
 
 test: lint
-	$(VENV)/pytest
+	$(VENV)/python -m pytest

@@ -1,0 +1,81 @@
+"""On-disk cache of importance scores, keyed by (teacher fingerprint, data fingerprint, method).
+
+Data-driven scores cost forward and backward passes of the teacher, and a search asks for them for every
+candidate; they depend only on the teacher's weights, the scoring data and the method, so they are computed
+once and stored as one file per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    # Reinterpret as bytes (works for every dtype, bfloat16 included, without numpy's dtype limits).
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's architecture config (JSON) and of every parameter's name, dtype and bytes."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json(sort_keys=True).encode())
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{param.dtype}:{tuple(param.shape)}".encode())
+        digest.update(_tensor_bytes(param))
+    return digest.hexdigest()
+
+
+def data_fingerprint(batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> str:
+    """sha256 of the waveform bytes and lengths of every batch, in order."""
+    digest = hashlib.sha256()
+    for waveforms, lengths in batches:
+        digest.update(f"{tuple(waveforms.shape)}:{waveforms.dtype}".encode())
+        digest.update(_tensor_bytes(waveforms))
+        digest.update(b"none" if lengths is None else _tensor_bytes(lengths.long()))
+    return digest.hexdigest()
+
+
+class ImportanceCache:
+    """Scores (any nest of lists / dicts of tensors) stored as `<method>-<teacher>-<data>.pt` in `directory`.
+
+    Files are written to a temporary name and renamed into place, so a concurrent reader (or a crash) never
+    sees half a file; an unreadable file counts as a miss and is overwritten.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def path(self, model_key: str, data_key: str, method: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in method)
+        return self.directory / f"{safe}-{model_key[:20]}-{data_key[:20]}.pt"
+
+    def get(self, model_key: str, data_key: str, method: str):
+        path = self.path(model_key, data_key, method)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a truncated or foreign file: recompute rather than fail the search
+            return None
+
+    def put(self, model_key: str, data_key: str, method: str, scores) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(model_key, data_key, method)
+        handle, tmp = tempfile.mkstemp(dir=self.directory, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(scores, file)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

@@ -1,0 +1,76 @@
+"""Structured pruning as physical slicing of a teacher's state dict: depth, heads, FFN units, conv channels.
+
+Every operator takes the indices to keep (in the teacher's order) and returns smaller tensors, so the student
+has no masks: its parameters, MACs and latency all drop, and `build_encoder(student_config)` has exactly the
+shapes of the sliced state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+State = dict[str, torch.Tensor]
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores (ties: lower index first), returned in ascending (original) order."""
+    order = torch.sort(-scores.float(), stable=True).indices[:k]
+    return order.sort().values
+
+
+def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rows of a [heads * head_dim, ...] projection that belong to `heads`."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def _select(state: State, key: str, dim: int, index: torch.Tensor) -> None:
+    if key in state:
+        state[key] = state[key].index_select(dim, index.to(state[key].device))
+
+
+def keep_layers(state: State, layers: list[int]) -> State:
+    """Depth: keep teacher layers `layers` (renumbered 0..n-1 in that order), drop the others."""
+    kept = {f"layers.{t}.": f"layers.{i}." for i, t in enumerate(layers)}
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("layers."):
+            out[key] = value
+            continue
+        prefix = ".".join(key.split(".")[:2]) + "."
+        if prefix in kept:
+            out[kept[prefix] + key[len(prefix) :]] = value
+    return out
+
+
+def keep_heads(state: State, prefix: str, heads: torch.Tensor, head_dim: int) -> None:
+    """Keep `heads` of the attention at `prefix` (e.g. "layers.0.attention."): q/k/v rows, out columns, and
+    WavLM's per-head gate constant (its gate linear acts on one head's slice and is shared by all heads)."""
+    rows = head_rows(heads, head_dim)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        _select(state, f"{prefix}{name}.weight", 0, rows)
+        _select(state, f"{prefix}{name}.bias", 0, rows)
+    _select(state, f"{prefix}out_proj.weight", 1, rows)
+    _select(state, f"{prefix}gru_rel_pos_const", 1, heads)
+
+
+def keep_units(state: State, prefix: str, units: torch.Tensor) -> None:
+    """Keep FFN `units` of the feed-forward at `prefix`: fc1 rows and bias, fc2 columns."""
+    _select(state, f"{prefix}fc1.weight", 0, units)
+    _select(state, f"{prefix}fc1.bias", 0, units)
+    _select(state, f"{prefix}fc2.weight", 1, units)
+
+
+def keep_channels(state: State, channels: list[torch.Tensor]) -> None:
+    """Keep `channels[i]` of CNN layer i: its conv's outputs, bias and norm, the next conv's input slice, and
+    for the last conv the feature projection's LayerNorm and input columns."""
+    for i, kept in enumerate(channels):
+        block = f"feature_extractor.blocks.{i}."
+        _select(state, f"{block}conv.weight", 0, kept)
+        for name in ("conv.bias", "norm.weight", "norm.bias"):
+            _select(state, f"{block}{name}", 0, kept)
+        if i + 1 < len(channels):
+            _select(state, f"feature_extractor.blocks.{i + 1}.conv.weight", 1, kept)
+    last = channels[-1]
+    _select(state, "feature_projection.layer_norm.weight", 0, last)
+    _select(state, "feature_projection.layer_norm.bias", 0, last)
+    _select(state, "feature_projection.projection.weight", 1, last)

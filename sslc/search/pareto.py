@@ -1,0 +1,77 @@
+"""The Pareto front of a study, as rows, files (pareto.json / pareto.csv) and a terminal table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import optuna
+
+ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
+
+
+def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Optuna's own non-dominated set of COMPLETE trials, sorted by MACs."""
+    return sorted(study.best_trials, key=lambda t: t.user_attrs.get("macs", 0))
+
+
+def trial_row(trial: optuna.trial.FrozenTrial, teacher_macs: int | None = None, teacher_params: int | None = None):
+    attrs = trial.user_attrs
+    row = {
+        "trial": trial.number,
+        "objectives": dict(zip(objective_names(trial), trial.values or [])),
+        "loss": attrs.get("heldout_loss"),
+        "gmacs": attrs.get("macs", 0) / 1e9,
+        "macs": attrs.get("macs"),
+        "params": attrs.get("params"),
+        "params_m": (attrs.get("params") or 0) / 1e6,
+        "latency_ms": attrs.get("latency_ms"),
+        "mac_ratio": attrs["macs"] / teacher_macs if teacher_macs and attrs.get("macs") else None,
+        "param_ratio": attrs["params"] / teacher_params if teacher_params and attrs.get("params") else None,
+        "config": attrs.get("config"),
+    }
+    return row
+
+
+def objective_names(trial) -> list[str]:
+    return trial.user_attrs.get("objective_names") or ["loss", "macs", "latency"][: len(trial.values or [])]
+
+
+def write_pareto(study: optuna.Study, run_dir: Path, teacher_macs=None, teacher_params=None) -> list[dict]:
+    rows = [trial_row(t, teacher_macs, teacher_params) for t in pareto_trials(study)]
+    run_dir = Path(run_dir)
+    _atomic_write(run_dir / "pareto.json", json.dumps(rows, indent=2))
+    tmp = run_dir / "pareto.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*ROW_FIELDS, "macs", "params", "config"])
+        for row in rows:
+            writer.writerow([row[f] for f in ROW_FIELDS] + [row["macs"], row["params"], json.dumps(row["config"])])
+    os.replace(tmp, run_dir / "pareto.csv")
+    return rows
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def pareto_table(rows: list[dict], title: str = "Pareto front"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in ("trial", "held-out loss", "GMACs", "params (M)", "latency (ms)", "MACs vs teacher"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["trial"]),
+            f"{row['loss']:.4f}" if row["loss"] is not None else "-",
+            f"{row['gmacs']:.2f}",
+            f"{row['params_m']:.2f}",
+            f"{row['latency_ms']:.1f}" if row["latency_ms"] is not None else "-",
+            f"{row['mac_ratio']:.1%}" if row["mac_ratio"] is not None else "-",
+        )
+    return table

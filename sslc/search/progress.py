@@ -1,0 +1,67 @@
+"""Live search progress in the terminal: trials done / running / failed / pruned / infeasible and Pareto size."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .storage import counts_toward_budget
+
+
+class SearchProgress:
+    """Counts are read back from the study (the one truth) at every event, so a resumed run starts right."""
+
+    def __init__(self, study: optuna.Study, target_trials: int, console: Console | None = None):
+        self.study, self.target = study, target_trials
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), console=self.console, transient=False,
+        )
+        self.task = None
+        self.last_line = ""
+
+    def __enter__(self):
+        self.progress.start()
+        self.task = self.progress.add_task("", total=self.target)
+        self.refresh()
+        return self
+
+    def __exit__(self, *exc):
+        self.refresh()
+        self.progress.stop()
+
+    def counts(self) -> dict[str, int]:
+        trials = self.study.get_trials(deepcopy=False)
+        count = {s: 0 for s in ("done", "running", "failed", "pruned", "infeasible")}
+        for t in trials:
+            if t.user_attrs.get("infeasible"):
+                count["infeasible"] += 1
+            elif t.state == TrialState.RUNNING:
+                count["running"] += 1
+            elif t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"):
+                count["failed"] += 1
+            elif t.state == TrialState.PRUNED:
+                count["pruned"] += 1
+            elif t.state == TrialState.COMPLETE:
+                count["done"] += 1
+        count["counted"] = sum(counts_toward_budget(t) for t in trials)
+        has_complete = count["done"] > 0
+        count["pareto"] = len(self.study.best_trials) if has_complete else 0
+        return count
+
+    def refresh(self, kind: str | None = None, trial=None) -> None:
+        c = self.counts()
+        line = (
+            f"{c['done']} complete, {c['running']} running, {c['failed']} failed, {c['pruned']} stopped early, "
+            f"{c['infeasible']} over budget (not trained) | Pareto front: {c['pareto']}"
+        )
+        if self.task is not None:
+            self.progress.update(self.task, completed=min(c["counted"], self.target), description=line)
+        if trial is not None and kind in ("fail",):
+            self.console.print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason')}")
+        self.last_line = line
+
+    __call__ = refresh

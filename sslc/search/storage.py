@@ -1,0 +1,71 @@
+"""The Optuna study is the one truth of a search: open it, check a resumed run matches, repair interrupted trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from sslc.errors import UserError
+
+# Settings that define what a study measures: a resumed run must not silently change them.
+IDENTITY_KEYS = ("teacher", "space", "objectives", "budget_macs", "budget_seconds", "data", "trainer")
+INTERRUPTED = "interrupted: the search stopped while this trial ran (it is run again on resume)"
+
+
+def default_storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    try:
+        # A generous SQLite timeout: the dashboard may read while the search writes.
+        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
+        raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
+
+
+def open_study(storage, name: str, directions: list[str], sampler, identity: dict) -> optuna.Study:
+    """Create the study, or load it for a resumed run after checking it measures the same thing."""
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=directions, sampler=sampler, load_if_exists=True
+    )
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+    else:
+        changed = [k for k in IDENTITY_KEYS if json.dumps(stored.get(k)) != json.dumps(identity.get(k))]
+        if changed:
+            key = changed[0]
+            raise UserError(
+                f"run '{name}' was started with {key}={stored.get(key)!r}, not {identity.get(key)!r}: "
+                "use another --name for a different search"
+            )
+    if [d.name.lower() for d in study.directions] != directions:
+        raise UserError(f"run '{name}' has objectives of another kind: use another --name")
+    return study
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed search become FAIL (reason recorded); their configs are queued again."""
+    storage, recovered = study._storage, 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if trial.state == TrialState.WAITING:
+            continue  # queued configs are asked again as they are
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.params and not trial.user_attrs.get("infeasible"):
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        recovered += 1
+    return recovered
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trained trials count against --trials; over-budget configs and interrupted runs do not."""
+    if trial.user_attrs.get("infeasible") or trial.user_attrs.get("interrupted"):
+        return False
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -1,0 +1,273 @@
+"""A search space: which compression knobs are searched, over which ranges, and how a trial becomes a config.
+
+A space file (YAML or JSON) maps each knob to a fixed value, a list of choices, or a range {min, max, step};
+"all" stands for the teacher's own size. `SearchSpace.suggest` asks an Optuna trial for every knob
+(define-by-run: per-layer knobs exist only for the depth the trial chose) and returns a valid CompressionConfig.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslc.compress import CompressionConfig
+from sslc.errors import UserError
+from sslc.models import EncoderConfig
+
+PRESET_DIR = "presets"
+KNOBS = {
+    "depth": "int",
+    "layer_selection": "choice",
+    "heads": "int",
+    "ffn_keep": "float",
+    "attn_rank": "rank",
+    "ffn_rank": "rank",
+    "conv_keep": "float",
+    "sparsity": "float",
+    "quantize": "choice",
+}
+DEFAULTS = {
+    "depth": "all", "layer_selection": "first", "heads": "all", "ffn_keep": 1.0, "attn_rank": "full",
+    "ffn_rank": "full", "conv_keep": 1.0, "sparsity": 0.0, "quantize": "none",
+}
+LAYER_SELECTIONS = ("evenly", "first")
+QUANTIZE = ("none", "int8")
+
+
+class SpaceError(UserError):
+    """A space file that cannot be used; the message names the file and the offending key."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched quantity: `fixed` value, `choices`, or a `low`..`high` range with `step`."""
+
+    name: str
+    fixed: Any = None
+    choices: tuple | None = None
+    low: Any = None
+    high: Any = None
+    step: Any = None
+
+    @property
+    def searched(self) -> bool:
+        return self.fixed is None
+
+
+def _parse_knob(name: str, raw: Any, where: str) -> Knob:
+    kind = KNOBS[name]
+    key = f"{where}: key '{name}'"
+
+    def check_value(value, label=key):
+        if kind == "int" and value != "all" and not (isinstance(value, int) and value >= 1):
+            raise SpaceError(f"{label} must be a positive integer or 'all', got {value!r}")
+        if name in ("ffn_keep", "conv_keep") and not (isinstance(value, (int, float)) and 0 < value <= 1):
+            raise SpaceError(f"{label} must be a fraction in (0, 1], got {value!r}")
+        if name == "sparsity" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise SpaceError(f"{label} must be a fraction in [0, 1), got {value!r}")
+        if kind == "rank" and value != "full" and not (isinstance(value, (int, float)) and 0 < value <= 1):
+            raise SpaceError(f"{label} must be 'full' or a share (0, 1] of the break-even rank, got {value!r}")
+        if name == "layer_selection" and value not in LAYER_SELECTIONS:
+            raise SpaceError(f"{label} must be one of {LAYER_SELECTIONS}, got {value!r}")
+        if name == "quantize" and value not in QUANTIZE:
+            raise SpaceError(f"{label} must be one of {QUANTIZE}, got {value!r}")
+        return value
+
+    if isinstance(raw, list):
+        if not raw:
+            raise SpaceError(f"{key} has an empty list of choices")
+        choices = tuple(check_value(v, f"{key}[{i}]") for i, v in enumerate(raw))
+        return Knob(name, fixed=choices[0]) if len(choices) == 1 else Knob(name, choices=choices)
+    if isinstance(raw, dict):
+        if kind not in ("int", "float") or set(raw) - {"min", "max", "step"} or not {"min", "max"} <= set(raw):
+            raise SpaceError(f"{key}: a range needs 'min' and 'max' (and optional 'step'), got {sorted(raw)}")
+        low, high = check_value(raw["min"], f"{key}.min"), check_value(raw["max"], f"{key}.max")
+        step = raw.get("step")
+        if step is not None and not (isinstance(step, (int, float)) and step > 0):
+            raise SpaceError(f"{key}.step must be positive, got {step!r}")
+        if low != "all" and high != "all" and low > high:
+            raise SpaceError(f"{key}: min {low} is above max {high}")
+        if high == "all" and low == "all":
+            return Knob(name, fixed="all")
+        return Knob(name, low=low, high=high, step=step)
+    return Knob(name, fixed=check_value(raw))
+
+
+class SearchSpace:
+    """The knobs of one space; `suggest` turns an Optuna trial into a CompressionConfig for a teacher."""
+
+    def __init__(self, knobs: dict[str, Knob], name: str = "custom", description: str = ""):
+        self.knobs, self.name, self.description = knobs, name, description
+
+    # ---- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict, name: str = "custom", where: str = "space") -> SearchSpace:
+        if not isinstance(data, dict):
+            raise SpaceError(f"{where}: expected a mapping of knob names to values, got {type(data).__name__}")
+        description = data.get("description", "")
+        unknown = set(data) - set(KNOBS) - {"description", "name"}
+        if unknown:
+            raise SpaceError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(KNOBS)})")
+        knobs = {k: _parse_knob(k, data.get(k, DEFAULTS[k]), where) for k in KNOBS}
+        return cls(knobs, name=data.get("name", name), description=description)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        if not path.is_file():
+            raise SpaceError(f"space file {path} not found (give a preset name: {', '.join(preset_names())})")
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise SpaceError(f"space file {path} is not valid YAML/JSON: {first_line}") from None
+        return cls.from_dict(data, name=path.stem, where=f"space file {path}")
+
+    @classmethod
+    def load(cls, name_or_path: str) -> SearchSpace:
+        """A preset name (e.g. "combined") or a path to a YAML/JSON file."""
+        if name_or_path in preset_names():
+            text = resources.files(__package__).joinpath(PRESET_DIR, f"{name_or_path}.yaml").read_text()
+            return cls.from_dict(yaml.safe_load(text), name=name_or_path, where=f"preset {name_or_path}")
+        return cls.from_file(name_or_path)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        for name, knob in self.knobs.items():
+            if knob.fixed is not None:
+                out[name] = knob.fixed
+            elif knob.choices is not None:
+                out[name] = list(knob.choices)
+            else:
+                out[name] = {"min": knob.low, "max": knob.high, **({"step": knob.step} if knob.step else {})}
+        return out
+
+    # ---- sampling ----------------------------------------------------------------------------------------
+    def suggest(self, trial, teacher: EncoderConfig) -> CompressionConfig:
+        """Ask `trial` (an optuna.Trial) for every searched knob and build the config for `teacher`."""
+        return self._build(_TrialPicker(trial), teacher)
+
+    def smallest(self, teacher: EncoderConfig) -> CompressionConfig:
+        """The config with every knob at its cheapest: no config of this space has fewer MACs."""
+        return self._build(_ExtremePicker(lowest=True), teacher)
+
+    def largest(self, teacher: EncoderConfig) -> CompressionConfig:
+        return self._build(_ExtremePicker(lowest=False), teacher)
+
+    def _build(self, pick, teacher: EncoderConfig) -> CompressionConfig:
+        depth = pick.int(self.knobs["depth"], "depth", teacher.num_layers)
+        selection = pick.choice(self.knobs["layer_selection"], "layer_selection")
+        if selection == "evenly":
+            layers = CompressionConfig.evenly_spaced(teacher, depth).layers
+        else:
+            layers = CompressionConfig.first_n(teacher, depth).layers
+        heads, ffn, attn_rank, ffn_rank = [], [], [], []
+        for k, layer in enumerate(layers):
+            spec = teacher.layers[layer]
+            heads.append(pick.int(self.knobs["heads"], f"heads_{k}", spec.heads))
+            keep = pick.float(self.knobs["ffn_keep"], f"ffn_keep_{k}")
+            ffn.append(max(1, round(keep * spec.ffn_dim)))
+            inner = heads[-1] * teacher.head_dim
+            attn_rank.append(_rank(pick.rank(self.knobs["attn_rank"], f"attn_rank_{k}"), teacher.embed_dim, inner))
+            ffn_rank.append(_rank(pick.rank(self.knobs["ffn_rank"], f"ffn_rank_{k}"), teacher.embed_dim, ffn[-1]))
+        conv_channels = []
+        for i, conv in enumerate(teacher.conv_layers):
+            keep = pick.float(self.knobs["conv_keep"], f"conv_keep_{i}")
+            conv_channels.append(max(1, round(keep * conv.channels)))
+        return CompressionConfig(
+            layers=list(layers), heads=heads, ffn=ffn, attn_rank=attn_rank, ffn_rank=ffn_rank,
+            conv_channels=conv_channels, sparsity=float(pick.float(self.knobs["sparsity"], "sparsity")),
+            quantize=pick.choice(self.knobs["quantize"], "quantize"),
+        )
+
+
+def _rank(share, in_features: int, out_features: int) -> int | None:
+    """A share of the break-even rank; None (full rank) when it would not save anything."""
+    if share == "full":
+        return None
+    break_even = in_features * out_features / (in_features + out_features)
+    rank = max(1, int(share * break_even))
+    return rank if rank < min(in_features, out_features) else None
+
+
+def _resolve(value, full: int):
+    return full if value == "all" else value
+
+
+class _TrialPicker:
+    """Draws each searched knob from an Optuna trial; fixed knobs are not recorded as params."""
+
+    def __init__(self, trial):
+        self.trial = trial
+
+    def int(self, knob: Knob, name: str, full: int) -> int:
+        if not knob.searched:
+            return min(_resolve(knob.fixed, full), full)
+        if knob.choices is not None:
+            return min(_resolve(self.trial.suggest_categorical(name, list(knob.choices)), full), full)
+        low, high = min(_resolve(knob.low, full), full), min(_resolve(knob.high, full), full)
+        return self.trial.suggest_int(name, low, high, step=int(knob.step or 1)) if low < high else low
+
+    def float(self, knob: Knob, name: str) -> float:
+        if not knob.searched:
+            return knob.fixed
+        if knob.choices is not None:
+            return self.trial.suggest_categorical(name, list(knob.choices))
+        if knob.step:
+            # Snap the top to the grid so Optuna does not warn that max is not reachable by steps.
+            high = knob.low + knob.step * int(round((knob.high - knob.low) / knob.step, 9))
+            return self.trial.suggest_float(name, knob.low, high, step=knob.step)
+        return self.trial.suggest_float(name, knob.low, knob.high)
+
+    def rank(self, knob: Knob, name: str):
+        return self.choice(knob, name) if knob.choices is not None else self.float(knob, name)
+
+    def choice(self, knob: Knob, name: str):
+        if not knob.searched:
+            return knob.fixed
+        return self.trial.suggest_categorical(name, list(knob.choices))
+
+
+class _ExtremePicker:
+    """Picks every knob at its cheapest (or dearest) value, to bound the MACs a space can reach."""
+
+    def __init__(self, lowest: bool):
+        self.lowest = lowest
+
+    def _pick(self, values):
+        return min(values) if self.lowest else max(values)
+
+    def int(self, knob: Knob, name: str, full: int) -> int:
+        if knob.fixed is not None:
+            return min(_resolve(knob.fixed, full), full)
+        values = knob.choices if knob.choices is not None else (knob.low, knob.high)
+        return self._pick([min(_resolve(v, full), full) for v in values])
+
+    def float(self, knob: Knob, name: str) -> float:
+        if knob.fixed is not None:
+            return knob.fixed
+        return self._pick(knob.choices if knob.choices is not None else (knob.low, knob.high))
+
+    def rank(self, knob: Knob, name: str):
+        values = [knob.fixed] if knob.fixed is not None else list(knob.choices or (knob.low, knob.high))
+        shares = [1.0 if v == "full" else v for v in values]
+        best = self._pick(shares)
+        return "full" if best == 1.0 and "full" in values else best
+
+    def choice(self, knob: Knob, name: str):
+        if knob.fixed is not None:
+            return knob.fixed
+        if knob.name == "layer_selection":
+            return knob.choices[0]  # the choice of layers does not change MACs
+        return "none" if "none" in knob.choices else knob.choices[0]
+
+
+def preset_names() -> list[str]:
+    folder = resources.files(__package__).joinpath(PRESET_DIR)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))

@@ -1,0 +1,120 @@
+"""One distillation step (forward, loss, backward, clip, update) and the held-out loss, shared by short trials
+and full training so both optimise exactly the same thing."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslc.data import SAMPLE_RATE, LengthBucketBatchSampler, SegmentDataset, collate
+from sslc.losses import distillation_loss
+from sslc.trainers.heads import PredictionHeads
+from sslc.trainers.target_batch import TargetBatch, TargetSource
+
+
+@dataclass
+class StepOutcome:
+    loss: float
+    grad_norm: float
+    audio_seconds: float
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+    def problem(self) -> str:
+        """Why the step was not applied ('' when it was)."""
+        if not math.isfinite(self.loss):
+            return f"training loss became {self.loss}"
+        if not math.isfinite(self.grad_norm):
+            return f"gradient norm became {self.grad_norm} (loss {self.loss:.4g})"
+        return ""
+
+
+class DistillationStep:
+    """Student + heads against teacher targets. On CUDA the forward pass runs under bf16 autocast; the loss is
+    always computed in float32."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        heads: PredictionHeads,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        grad_clip: float | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.student, self.heads = student, heads
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.grad_clip = grad_clip
+        self.device = torch.device(device)
+        self.parameters = [p for m in (student, heads) for p in m.parameters() if p.requires_grad]
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loss(
+        self, waves: torch.Tensor, lengths: torch.Tensor, targets: TargetBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed distillation loss, [B, T] mask of the frames it averaged over)."""
+        waves = waves.to(self.device, non_blocking=True)
+        lengths = lengths.to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.student(waves, lengths)
+            predictions = self.heads(out.hidden_states)
+        # Students and teachers share the conv strides, so frame counts agree; trimming guards odd front ends.
+        frames = min(predictions[0].shape[1], targets.hidden[0].shape[1])
+        predictions = [p[:, :frames].float() for p in predictions]
+        hidden = [t[:, :frames].to(self.device, non_blocking=True) for t in targets.hidden]
+        mask = targets.frame_mask[:, :frames].to(self.device, non_blocking=True)
+        student_mask = out.frame_mask()
+        if student_mask is not None:
+            mask = mask & student_mask[:, :frames]
+        loss, _ = distillation_loss(predictions, hidden, mask)
+        return loss, mask
+
+    def train(self, waves: torch.Tensor, lengths: torch.Tensor, targets: TargetBatch) -> StepOutcome:
+        """One update. A non-finite loss or gradient leaves the weights and optimizer state untouched."""
+        loss, _ = self.loss(waves, lengths, targets)
+        loss.backward()
+        # An infinite max_norm still returns the norm (without scaling), which tells us the gradients are finite.
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip or math.inf)
+        loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.device)]).tolist()  # one host sync
+        outcome = StepOutcome(loss_value, norm_value, float(lengths.sum()) / SAMPLE_RATE)
+        if outcome.finite:
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return outcome
+
+    @torch.no_grad()
+    def evaluate(
+        self, dataset: SegmentDataset, targets: TargetSource, batch_size: int, max_batches: int | None = None
+    ) -> float:
+        """Frame-weighted mean loss over the dataset in a fixed order: the same number for the same weights."""
+        modes = [(m, m.training) for m in (self.student, self.heads)]
+        for module, _ in modes:
+            module.eval()
+        try:
+            sampler = LengthBucketBatchSampler(dataset.lengths, batch_size, seed=0, shuffle=False)
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            frames = torch.zeros((), dtype=torch.float64, device=self.device)
+            for count, indices in enumerate(sampler.epoch_batches(0)):
+                if max_batches is not None and count >= max_batches:
+                    break
+                waves, lengths = collate([dataset[i] for i in indices])
+                loss, mask = self.loss(waves, lengths, targets.get(indices, waves, lengths))
+                n = mask.sum()
+                total += loss.double() * n
+                frames += n
+            return float(total / frames.clamp(min=1))
+        finally:
+            for module, was_training in modes:
+                module.train(was_training)

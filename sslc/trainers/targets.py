@@ -1,0 +1,109 @@
+"""Where a trial's teacher targets come from: the shared on-disk cache, or the teacher run at every step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslc.data import SegmentDataset, collate
+from sslc.trainers.cache import TeacherTargetCache
+from sslc.trainers.fingerprint import combine, segments_fingerprint, teacher_fingerprint
+from sslc.trainers.target_batch import TargetBatch, TargetSource
+
+# Bump when what is stored changes meaning (layout, dtype, how targets are computed): old caches then miss.
+CACHE_FORMAT = 1
+
+
+class LiveTeacherTargets:
+    """Runs the frozen teacher on each batch: no disk, but a teacher forward pass per step."""
+
+    def __init__(self, teacher: nn.Module, dataset: SegmentDataset, layers: Sequence[int]):
+        self.teacher = teacher
+        self.dataset = dataset
+        self.layers = [int(t) for t in layers]
+        self.device = next(teacher.parameters()).device
+
+    def get(self, indices, waves=None, lengths=None) -> TargetBatch:
+        if waves is None:
+            waves, lengths = collate([self.dataset[i] for i in indices])
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        # no_grad rather than inference_mode: the targets enter the loss, whose backward may save them.
+        with torch.no_grad(), autocast:
+            out = self.teacher(waves.to(self.device), None if lengths is None else lengths.to(self.device))
+        hidden = [out.hidden_states[t].float() for t in self.layers]
+        mask = out.frame_mask()
+        if mask is None:
+            mask = torch.ones(hidden[0].shape[:2], dtype=torch.bool, device=hidden[0].device)
+        return TargetBatch(hidden, mask)
+
+
+class TeacherTargets:
+    """A frozen teacher and where its targets are kept; `source(dataset, layers)` gives a trial its targets.
+
+    With `cache_root` the targets are computed once per (teacher, segments, crop) and shared, through the
+    filesystem, with every other trial and process on the machine; with None they are computed live.
+    Sources are also remembered in this object, so later trials in the same process skip even the lookup.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cache_root: str | os.PathLike | None = None,
+        crop_seconds: float | None = None,
+        batch_size: int = 8,
+        fingerprint: str | None = None,
+    ):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.cache_root = Path(cache_root) if cache_root is not None else None
+        self.crop_seconds = crop_seconds
+        self.batch_size = batch_size
+        self._fingerprint = fingerprint
+        self._sources: dict[tuple[str, tuple[int, ...]], TargetSource] = {}
+
+    @property
+    def depth(self) -> int:
+        return self.teacher.config.num_layers
+
+    @property
+    def dim(self) -> int:
+        return self.teacher.config.embed_dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the teacher's architecture and weights (computed once; pass it in to skip that)."""
+        if self._fingerprint is None:
+            self._fingerprint = teacher_fingerprint(self.teacher)
+        return self._fingerprint
+
+    def cache_key(self, dataset: SegmentDataset) -> str:
+        """Directory name of `dataset`'s targets under the cache root (layers are subdirectories of it)."""
+        return combine(
+            CACHE_FORMAT, self.fingerprint, segments_fingerprint(dataset.segments), self.crop_seconds
+        )[:32]
+
+    def source(self, dataset: SegmentDataset, layers: Sequence[int]) -> TargetSource:
+        layers = tuple(sorted({int(t) for t in layers}))
+        bad = [t for t in layers if not 0 <= t <= self.depth]
+        if bad:
+            raise ValueError(f"teacher hidden indices {bad} out of range 0..{self.depth}")
+        if self.cache_root is None:
+            return LiveTeacherTargets(self.teacher, dataset, layers)
+        key = self.cache_key(dataset)
+        found = self._sources.get((key, layers))
+        if found is None:
+            description = {
+                "format": CACHE_FORMAT,
+                "teacher": self.fingerprint,
+                "teacher_family": self.teacher.config.family,
+                "segments": len(dataset),
+                "crop_seconds": self.crop_seconds,
+            }
+            found = TeacherTargetCache.open_or_build(
+                self.cache_root / key, self.teacher, dataset, layers, self.batch_size, description=description
+            )
+            self._sources[(key, layers)] = found
+        return found

@@ -1,0 +1,269 @@
+"""Tests for sslc.trainers: layer maps, the teacher-target cache, short trials and resumable full training."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from sslc.data import SAMPLE_RATE, SegmentDataset, discover_audio, make_segments, split_heldout
+from sslc.errors import UserError
+from sslc.models import PRESETS, build_encoder
+from sslc.trainers import (
+    LiveTeacherTargets,
+    TeacherTargets,
+    TrainerConfig,
+    computation_count,
+    default_layer_map,
+    resolve_layer_map,
+    run_short_trial,
+    train_full,
+)
+from sslc.trainers.cache import layer_dir_name
+
+CROP = 1.0
+MIN_LOSS_PER_TARGET = -F.logsigmoid(torch.tensor(1.0)).item()  # L1 = 0 and cosine = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny model is far too small for intra-op parallelism to pay off on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return build_encoder(PRESETS["tiny"](), seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(train, heldout) SegmentDatasets over 7 generated files of noise + sines, cropped to 1 s."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        t = np.arange(int(1.25 * SAMPLE_RATE)) / SAMPLE_RATE
+        wave = 0.05 * rng.standard_normal(t.size)
+        for freq in rng.uniform(100, 3000, size=3):
+            wave += 0.2 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+        sf.write(str(root / f"utt{i}.wav"), wave.astype(np.float32), SAMPLE_RATE)
+    train, heldout = split_heldout(discover_audio(root), fraction=0.25)
+    return (
+        SegmentDataset(make_segments(train, CROP, seed=0)),
+        SegmentDataset(make_segments(heldout, CROP, seed=0)),
+    )
+
+
+def small_student(layers: int = 1, seed: int = 1):
+    config = PRESETS["tiny"]()
+    config.layers = config.layers[:layers]
+    return build_encoder(config, seed=seed)
+
+
+def trial_config(**overrides) -> TrainerConfig:
+    settings = dict(steps=6, batch_size=2, lr=1e-3, log_every=2, crop_seconds=CROP, device="cpu")
+    return TrainerConfig(**{**settings, **overrides})
+
+
+# ---- configuration and layer maps -------------------------------------------------------------------------------
+def test_default_layer_map_cases():
+    assert default_layer_map([0, 1], 2) == [(1, 1), (2, 2)]  # identity: the last pair is already the last
+    assert default_layer_map([1, 3], 12) == [(1, 2), (2, 4), (2, 12)]
+    assert default_layer_map([11], 12) == [(1, 12)]
+    assert default_layer_map([], 12) == [(0, 12)]
+    with pytest.raises(UserError):
+        default_layer_map([12], 12)
+    # Unknown origin: evenly spread teacher layers.
+    assert resolve_layer_map(None, None, 3, 12) == [(1, 4), (2, 8), (3, 12)]
+    assert resolve_layer_map([[2, 5]], None, 3, 12) == [(2, 5)]
+    with pytest.raises(UserError):
+        resolve_layer_map([[4, 5]], None, 3, 12)
+    with pytest.raises(UserError):
+        resolve_layer_map(None, [0, 1], 3, 12)
+
+
+def test_trainer_config_round_trip_and_validation():
+    config = trial_config(layer_map=[[1, 2]], epochs=3)
+    assert TrainerConfig.from_json(config.to_json()) == config
+    with pytest.raises(UserError, match="steps"):
+        TrainerConfig(steps=0).validate()
+    with pytest.raises(UserError, match="unknown"):
+        TrainerConfig.from_dict({"stepz": 3})
+
+
+# ---- teacher targets ----------------------------------------------------------------------------------------------
+def test_cached_targets_equal_fresh_ones_and_are_reused(tmp_path, teacher, data):
+    train, heldout = data
+    targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    before = computation_count()
+    source = targets.source(train, [1, 2])
+    assert computation_count() == before + 1
+    live = LiveTeacherTargets(teacher, train, [1, 2])
+    for i in range(len(train)):
+        with torch.no_grad():
+            fresh = teacher(torch.from_numpy(train[i])[None]).hidden_states
+        cached = source.get([i])
+        assert cached.frame_mask.all()
+        live_batch = live.get([i])
+        for j, layer in enumerate([1, 2]):
+            torch.testing.assert_close(cached.hidden[j], fresh[layer], atol=2e-3, rtol=2e-3)  # fp16 storage
+            torch.testing.assert_close(live_batch.hidden[j], fresh[layer])
+
+    # Two trials, the second from a new TeacherTargets (as another process would): only the first computes.
+    first = run_short_trial(small_student(), targets, train, heldout, trial_config(steps=2), kept_layers=[1])
+    after_first = computation_count()
+    assert after_first == before + 2  # the held-out set is new; the train set at layer 2 was built above
+    again = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    second = run_short_trial(small_student(), again, train, heldout, trial_config(steps=2), kept_layers=[1])
+    assert computation_count() == after_first
+    assert first.status == second.status == "completed"
+    assert first.heldout_loss == pytest.approx(second.heldout_loss, rel=1e-6)
+
+
+def test_cache_key_changes_with_crop_and_layers(tmp_path, teacher, data):
+    train, _ = data
+    root = tmp_path / "cache"
+    targets = TeacherTargets(teacher, root, crop_seconds=CROP)
+    start = computation_count()
+    targets.source(train, [1])
+    targets.source(train, [2])  # a new layer: computed
+    assert computation_count() == start + 2
+    TeacherTargets(teacher, root, crop_seconds=CROP).source(train, [1, 2])  # both on disk now
+    assert computation_count() == start + 2
+    TeacherTargets(teacher, root, crop_seconds=0.5).source(train, [1])  # another crop: another key
+    assert computation_count() == start + 3
+    changed = copy.deepcopy(teacher)
+    with torch.no_grad():
+        changed.layers[0].feed_forward.fc1.bias.add_(0.1)
+    TeacherTargets(changed, root, crop_seconds=CROP).source(train, [1])  # other weights: another key
+    assert computation_count() == start + 4
+
+
+def test_half_written_cache_is_ignored_and_rebuilt(tmp_path, teacher, data):
+    train, _ = data
+    targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    torn = tmp_path / "cache" / targets.cache_key(train) / layer_dir_name(2)
+    torn.mkdir(parents=True)
+    np.save(torn / "frames.npy", np.zeros(len(train), dtype=np.int64))  # a writer died here: no marker
+    (torn / "targets.npy").write_bytes(b"garbage")
+    start = computation_count()
+    source = targets.source(train, [2])
+    assert computation_count() == start + 1
+    with torch.no_grad():
+        fresh = teacher(torch.from_numpy(train[0])[None]).hidden_states[2]
+    torch.testing.assert_close(source.get([0]).hidden[0], fresh, atol=2e-3, rtol=2e-3)
+
+
+def test_concurrent_users_build_the_cache_once(tmp_path, teacher, data):
+    train, _ = data
+    start = computation_count()
+    errors = []
+
+    def use():
+        try:
+            TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP).source(train, [1])
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    # flock locks belong to open file descriptions, so threads contend exactly as processes would.
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert computation_count() == start + 1
+
+
+# ---- short trials -----------------------------------------------------------------------------------------------
+def test_identity_student_starts_at_the_loss_minimum(tmp_path, teacher, data):
+    train, heldout = data
+    targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    config = trial_config(steps=1, log_every=1, lr=1e-6)
+    result = run_short_trial(copy.deepcopy(teacher), targets, train, heldout, config, kept_layers=[0, 1])
+    assert result.layer_map == [(1, 1), (2, 2)]
+    floor = len(result.layer_map) * MIN_LOSS_PER_TARGET  # the cosine term is log(1 + e^-1) even when exact
+    assert result.curve[0][1] == pytest.approx(floor, abs=5e-3)
+    assert result.heldout_loss == pytest.approx(floor, abs=5e-3)
+
+
+def test_loss_decreases_over_a_short_run(tmp_path, teacher, data):
+    train, heldout = data
+    targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    config = trial_config(steps=30, log_every=5, lr=2e-3, warmup_fraction=0.0)
+    result = run_short_trial(small_student(), targets, train, heldout, config, kept_layers=[1])
+    assert result.status == "completed" and result.steps_done == 30
+    losses = [loss for _, loss in result.curve]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert math.isfinite(result.heldout_loss) and result.seconds_training > 0
+
+
+def test_on_report_every_k_steps_and_early_stop(teacher, data):
+    train, heldout = data
+    targets = TeacherTargets(teacher)  # live targets: no cache needed here
+    calls = []
+    result = run_short_trial(
+        small_student(), targets, train, heldout, trial_config(steps=7, log_every=3),
+        on_report=lambda step, loss: calls.append((step, loss)) and False,
+    )
+    assert [step for step, _ in calls] == [3, 6, 7] and result.curve == calls
+    assert result.status == "completed"
+
+    stopped = run_short_trial(
+        small_student(), targets, train, heldout, trial_config(steps=7, log_every=3),
+        on_report=lambda step, loss: step >= 3,
+    )
+    assert (stopped.status, stopped.steps_done, stopped.heldout_loss) == ("stopped", 3, None)
+
+
+def test_nonfinite_loss_stops_the_run(teacher, data):
+    train, heldout = data
+    student = small_student()
+    with torch.no_grad():
+        student.layers[0].feed_forward.fc1.weight[0, 0] = float("nan")
+    result = run_short_trial(student, TeacherTargets(teacher), train, heldout, trial_config(), kept_layers=[1])
+    assert result.status == "nonfinite" and result.steps_done == 0
+    assert result.heldout_loss is None and "nan" in result.reason
+
+
+# ---- full training --------------------------------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teacher, data):
+    train, heldout = data
+    targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    config = trial_config(steps=6, log_every=1, checkpoint_every=2, warmup_fraction=0.3)
+
+    straight = small_student()
+    reference = train_full(straight, targets, train, heldout, config, tmp_path / "a", progress=False)
+
+    def crash_at_5(step, loss):
+        if step == 5:  # after the checkpoint at step 4: steps 5.. are redone on resume
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_full(small_student(), targets, train, heldout, config, tmp_path / "b", False, crash_at_5)
+    resumed_student = small_student()
+    resumed = train_full(resumed_student, targets, train, heldout, config, tmp_path / "b", progress=False)
+
+    assert resumed.resumed_from_step == 4 and resumed.steps_done == 6
+    for (name, a), b in zip(straight.state_dict().items(), resumed_student.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.curve == reference.curve and resumed.heldout_loss == reference.heldout_loss
+
+    # A finished run resumes to itself; changed optimisation settings are refused.
+    again = train_full(small_student(), targets, train, heldout, config, tmp_path / "b", progress=False)
+    assert again.steps_done == 6 and again.heldout_loss == reference.heldout_loss
+    with pytest.raises(UserError, match="lr"):
+        train_full(small_student(), targets, train, heldout, trial_config(lr=0.1), tmp_path / "b", progress=False)
