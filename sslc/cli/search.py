@@ -40,6 +40,9 @@ def build_parser():
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as the resources allow)")
     parser.add_argument("--no-early-stopping", action="store_true", help="train every trial to the end")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="skip the short trials of simple baselines (uniform pruning, 2-layer DistilHuBERT-like)")
+    parser.add_argument("--latency-repeats", type=int, default=3, help="timed forward passes per trial (median)")
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -48,6 +51,9 @@ def build_parser():
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sslc.search.budget import parse_budget
+
+    parse_budget(args.budget)  # a typo in the budget is reported at once, before the heavy imports
     from sslc.search.runner import SearchSettings, run_search  # heavy imports after argument checks
 
     if args.trials < 1 or args.steps < 1:
@@ -59,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=args.run_dir, storage=args.storage, objectives=args.objectives.split(","), sampler=args.sampler,
         ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,
+        baselines=not args.no_baselines, latency_repeats=args.latency_repeats,
         seed=args.seed,
     )
     result = run_search(settings)
+    if settings.report and result.pareto:
+        from sslc.dashboards import write_report  # after the search: the report reads what it recorded
+
+        print(f"report: {write_report(result.run_dir)}")
     return 130 if result.interrupted else 0
 
 

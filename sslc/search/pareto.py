@@ -63,14 +63,16 @@ def pareto_table(rows: list[dict], title: str = "Pareto front"):
     from rich.table import Table
 
     table = Table(title=title)
-    for name in ("trial", "held-out loss", "GMACs", "params (M)", "latency (ms)", "MACs vs teacher"):
+    from sslc.metrics import format_macs, format_params
+
+    for name in ("trial", "held-out loss", "MACs", "params", "latency (ms)", "MACs vs teacher"):
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(
             str(row["trial"]),
             f"{row['loss']:.4f}" if row["loss"] is not None else "-",
-            f"{row['gmacs']:.2f}",
-            f"{row['params_m']:.2f}",
+            format_macs(row["macs"]) if row["macs"] is not None else "-",
+            format_params(row["params"]) if row["params"] is not None else "-",
             f"{row['latency_ms']:.1f}" if row["latency_ms"] is not None else "-",
             f"{row['mac_ratio']:.1%}" if row["mac_ratio"] is not None else "-",
         )

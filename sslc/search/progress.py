@@ -17,11 +17,15 @@ class SearchProgress:
         self.study, self.target = study, target_trials
         self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            TextColumn("[bold]trials"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.description}"),
             TimeElapsedColumn(), console=self.console, transient=False,
         )
         self.task = None
         self.last_line = ""
+
+    @staticmethod
+    def make_console(quiet: bool = False) -> Console:
+        return Console(stderr=True, quiet=quiet)
 
     def __enter__(self):
         self.progress.start()
@@ -55,8 +59,8 @@ class SearchProgress:
     def refresh(self, kind: str | None = None, trial=None) -> None:
         c = self.counts()
         line = (
-            f"{c['done']} complete, {c['running']} running, {c['failed']} failed, {c['pruned']} stopped early, "
-            f"{c['infeasible']} over budget (not trained) | Pareto front: {c['pareto']}"
+            f"{c['done']} done, {c['running']} running, {c['failed']} failed, {c['pruned']} stopped, "
+            f"{c['infeasible']} over budget | Pareto {c['pareto']}"
         )
         if self.task is not None:
             self.progress.update(self.task, completed=min(c["counted"], self.target), description=line)

@@ -50,12 +50,20 @@ class OptunaAskTellSearcher(Searcher):
         target_trials: int,
         on_event: Callable[[str, optuna.trial.FrozenTrial | None], None] | None = None,
     ):
-        super().__init__(metric="train_loss", mode="min")
+        super().__init__(metric=None, mode=None)  # Tune would demand the metric in every report
         self.study, self.space, self.teacher_config = study, space, teacher_config
         self.budget, self.objectives, self.target_trials = budget, objectives, target_trials
         self.on_event = on_event or (lambda kind, trial: None)
         self.running: dict[str, optuna.Trial] = {}
         self.started = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+
+    # Tune pickles its searcher to save experiment state; the study (its connection) stays out: resuming goes
+    # through Optuna's storage, never through Tune's experiment restore.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("study", "on_event", "running")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, study=None, on_event=lambda kind, trial: None, running={})
 
     # ---- asking ------------------------------------------------------------------------------------------
     def measure(self, config) -> tuple[int, dict, int]:
@@ -126,7 +134,10 @@ class OptunaAskTellSearcher(Searcher):
             return TrialState.PRUNED, None
         status = result.get("status")
         if status != "completed":
-            trial.set_user_attr("fail_reason", result.get("reason") or f"trial ended with status {status}")
+            reason = result.get("reason") or f"trial ended with status {status}"
+            if status == "nonfinite":
+                reason = f"non-finite loss: {reason}"
+            trial.set_user_attr("fail_reason", reason)
             if status == "infeasible":
                 trial.set_user_attr("infeasible", True)
             return TrialState.FAIL, None

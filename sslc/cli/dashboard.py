@@ -1,0 +1,51 @@
+"""`sslc-dashboard`: optuna-dashboard on a search's study, live while the search runs.
+
+sslc-dashboard runs/hubert30
+sslc-dashboard sqlite:////abs/path/study.db --port 8081
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sslc.cli.common import ArgumentParser, cli_entry
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="sslc-dashboard",
+        description="Serve optuna-dashboard for a search (its run directory, or an Optuna storage URL).",
+    )
+    parser.add_argument("target", metavar="RUN_DIR_OR_STORAGE", help="run directory or storage URL")
+    parser.add_argument("--port", type=int, default=8080, help="default: %(default)s")
+    parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sslc.errors import UserError
+    from sslc.rundir import resolve_storage
+    from sslc.search.storage import make_storage
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be 1..65535, got {args.port}")
+    url, name = resolve_storage(args.target)
+    storage = make_storage(url)
+    import optuna_dashboard
+
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    where = f"http://{shown}:{args.port}/dashboard/"
+    print(f"optuna-dashboard for {name or url}: open {where} (Ctrl-C to stop)", flush=True)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except OSError as error:  # the port is taken, or the host cannot be bound
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}") from None
+    except KeyboardInterrupt:  # the normal way to stop a server
+        print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""`sslc-export`: one trial of a search as a standalone student file (`sslc.load_student(path)` reads it).
+
+sslc-export runs/hubert30 --trial 7 -o student.pt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sslc.cli.common import ArgumentParser, cli_entry
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="sslc-export",
+        description="Write a trial's student (weights, architecture, provenance and metrics) to one file that loads "
+        "with sslc.load_student(path), without Ray, Optuna or the run directory.",
+    )
+    parser.add_argument("run_dir", type=Path, help="the search's run directory")
+    parser.add_argument("--trial", type=int, required=True, help="trial number (a COMPLETE trial)")
+    parser.add_argument("-o", "--output", type=Path, help="output file (default: student-<run>-<trial>.pt)")
+    parser.add_argument(
+        "--weights", choices=("auto", "retrained", "short-trial"), default="auto",
+        help="auto: retrained weights when sslc-retrain finished this trial, else the short trial's",
+    )
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sslc.export import export_student
+    from sslc.metrics import format_macs, format_params
+
+    output = args.output or Path(f"student-{args.run_dir.resolve().name}-{args.trial}.pt")
+    info = export_student(args.run_dir, args.trial, output, source=args.weights)
+    metrics = info["metrics"]
+    loss = metrics.get("heldout_loss")
+    loss_text = f"{loss:.4f}" if loss is not None else "-"
+    print(
+        f"wrote {output}: trial {args.trial}, {info['provenance']['weights']} weights, "
+        f"{format_params(metrics.get('params') or 0)} params, {format_macs(metrics.get('macs') or 0)} MACs, "
+        f"held-out loss {loss_text}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

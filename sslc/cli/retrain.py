@@ -1,0 +1,97 @@
+"""`sslc-retrain`: train chosen points of a search to completion (resumable), and record how good they became.
+
+sslc-retrain runs/hubert30 --trial 7 --trial 12
+sslc-retrain runs/hubert30 --pareto --under-budget --steps 20000
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from sslc.cli.common import ArgumentParser, cli_entry
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="sslc-retrain",
+        description="Retrain chosen trials of a search with the full distillation schedule. Checkpoints live in "
+        "<run_dir>/retrain/<trial>/; rerunning the same command resumes an interrupted retrain.",
+    )
+    parser.add_argument("run_dir", type=Path, help="the search's run directory (holds study.db)")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--trial", type=int, action="append", help="trial number to retrain (repeatable)")
+    choice.add_argument("--pareto", action="store_true", help="retrain every point of the Pareto front")
+    parser.add_argument("--under-budget", action="store_true", help="with --pareto: only points within the budget")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="training steps (default: 10x the search's short-trial steps)")
+    length.add_argument("--epochs", type=int, help="training epochs over the run's training data")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the search's setting")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+@contextlib.contextmanager
+def _stop_on_first_ctrl_c():
+    """First Ctrl-C: finish the current step, checkpoint, exit 130. Second Ctrl-C: stop at once."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+        print("stopping after the next report (a checkpoint is written); Ctrl-C again to stop now", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_results(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sslc.metrics import format_macs, format_params
+
+    table = Table(title="retrained")
+    for name in ("trial", "status", "steps", "short-trial loss", "loss", "params", "MACs", "latency ms"):
+        table.add_column(name, justify="right")
+
+    def number(value, fmt):
+        return format(value, fmt) if value is not None else "-"
+
+    for r in results:
+        table.add_row(
+            str(r["trial"]), r["status"] + (" earlier" if r.get("skipped") else ""), str(r["steps"]),
+            number(r.get("short_trial_heldout_loss"), ".4f"), number(r.get("heldout_loss"), ".4f"),
+            format_params(r["params"]), format_macs(r["macs"]), number(r.get("latency_ms"), ".1f"),
+        )
+    Console(highlight=False).print(table)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sslc.retrain import retrain  # heavy imports after the arguments are checked
+
+    with _stop_on_first_ctrl_c() as should_stop:
+        results = retrain(
+            args.run_dir, numbers=args.trial, pareto=args.pareto, under_budget=args.under_budget,
+            steps=args.steps, epochs=args.epochs, device=args.device, progress=not args.no_progress,
+            should_stop=should_stop, say=lambda line: print(line, file=sys.stderr),
+        )
+    _print_results(results)
+    print(f"results: {args.run_dir / 'retrain'}/<trial>/result.json; export with sslc-export {args.run_dir} --trial N")
+    return 0 if all(r["status"] == "completed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

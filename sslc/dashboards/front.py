@@ -1,0 +1,146 @@
+"""The Pareto front figure: held-out loss against cost (GMACs, or measured latency) for every trial.
+
+Top panel: trials with a held-out loss (the Pareto points, the dominated complete ones, retrained points, and
+the simple baselines). Trials without one (stopped early, over budget, failed) have no loss to plot, so they
+sit on a strip below at their cost, each category on its own row. Vertical lines mark the budget and the
+teacher. Each trace carries `meta` = its kind, and `customdata` = trial numbers, so tests can read them back.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sslc.metrics import format_macs
+from sslc.rundir import Run
+
+from .points import CATEGORY_LABELS, UNSCORED, TrialPoint
+
+AXES = {
+    "macs": ("GMACs for {seconds:g} s of audio", lambda p: p.gmacs),
+    "latency": ("latency (ms, CPU, {seconds:g} s of audio)", lambda p: p.latency_ms),
+}
+COLORS = {
+    "pareto": "#d62728",
+    "complete": "#7f7f7f",
+    "retrained": "#2ca02c",
+    "baseline": "#1f77b4",
+    "pruned": "#ff7f0e",
+    "infeasible": "#9467bd",
+    "failed": "#000000",
+    "interrupted": "#8c564b",
+    "running": "#17becf",
+}
+
+
+def _scatter(points: list[TrialPoint], x_of, y_of, kind: str, name: str, row: int, symbol="circle", size=9):
+    shown = [p for p in points if x_of(p) is not None and y_of(p) is not None]
+    return go.Scatter(
+        x=[x_of(p) for p in shown],
+        y=[y_of(p) for p in shown],
+        mode="markers",
+        name=f"{name} ({len(shown)})",
+        meta=kind,
+        customdata=[p.number for p in shown],
+        text=[p.hover() for p in shown],
+        hovertemplate="%{text}<extra></extra>",
+        marker={"color": COLORS[kind], "symbol": symbol, "size": size, "line": {"width": 0.5, "color": "white"}},
+        legendgroup=kind,
+    ), row
+
+
+def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.Figure:
+    """Loss vs `axis` ("macs" or "latency") for every trial of the run that has a value on that axis."""
+    title, x_of = AXES[axis]
+    seconds = run.budget_seconds
+    figure = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.04,
+    )
+    traces = []
+    dominated = [p for p in points if p.category == "complete" and not p.pareto]
+    traces.append(_scatter(dominated, x_of, lambda p: p.loss, "complete", CATEGORY_LABELS["complete"], 1))
+    front = sorted((p for p in points if p.pareto), key=lambda p: (x_of(p) is None, x_of(p) or 0))
+    pareto, row = _scatter(front, x_of, lambda p: p.loss, "pareto", "Pareto front", 1, size=12)
+    if axis == "macs" and len(run.objective_names) == 2:
+        pareto.mode = "lines+markers"  # two objectives: the front falls monotonically in this plane
+        pareto.line = {"color": COLORS["pareto"], "width": 1, "dash": "dot"}
+    traces.append((pareto, row))
+
+    retrained = [p for p in points if p.retrain and p.retrain.get("heldout_loss") is not None]
+    x_retrained = {
+        "macs": lambda p: (p.retrain.get("macs") or p.macs or 0) / 1e9,
+        "latency": lambda p: p.retrain.get("latency_ms"),
+    }[axis]
+    traces.append(
+        _scatter(retrained, x_retrained, lambda p: p.retrain["heldout_loss"], "retrained",
+                 "retrained (full schedule)", 1, symbol="star", size=14)
+    )
+    for point in retrained:  # a thin line from the short-trial point to its retrained result
+        if x_of(point) is not None and x_retrained(point) is not None and point.loss is not None:
+            traces.append((
+                go.Scatter(
+                    x=[x_of(point), x_retrained(point)], y=[point.loss, point.retrain["heldout_loss"]],
+                    mode="lines", line={"color": COLORS["retrained"], "width": 1, "dash": "dot"},
+                    showlegend=False, hoverinfo="skip", meta="retrain-link",
+                ),
+                1,
+            ))
+    baselines = [b for b in run.baselines if b.get("heldout_loss") is not None]
+    x_baseline = {"macs": lambda b: (b.get("macs") or 0) / 1e9, "latency": lambda b: b.get("latency_ms")}[axis]
+    baselines = [b for b in baselines if x_baseline(b) is not None]
+    if baselines:
+        traces.append((
+            go.Scatter(
+                x=[x_baseline(b) for b in baselines], y=[b["heldout_loss"] for b in baselines],
+                mode="markers+text", text=[b["name"] for b in baselines], textposition="top center",
+                name=f"baselines ({len(baselines)})", meta="baseline", customdata=[b["name"] for b in baselines],
+                hovertemplate="baseline %{text}: loss %{y:.4f}, %{x:.3f}<extra></extra>",
+                marker={"color": COLORS["baseline"], "symbol": "diamond", "size": 12},
+            ),
+            1,
+        ))
+
+    strip = [c for c in UNSCORED if any(p.category == c and x_of(p) is not None for p in points)]
+    for category in strip:
+        members = [p for p in points if p.category == category]
+        traces.append(
+            _scatter(members, x_of, lambda p, c=category: CATEGORY_LABELS[c], category, CATEGORY_LABELS[category],
+                     2, symbol="x" if category in ("failed", "interrupted") else "circle-open")
+        )
+    for trace, row in traces:
+        if len(trace.x or ()):  # an empty category would only clutter the legend
+            figure.add_trace(trace, row=row, col=1)
+
+    _cost_lines(figure, run, axis)
+    missing = sum(1 for p in points if x_of(p) is None)
+    subtitle = f" ({missing} trial(s) without a {axis} value not shown)" if missing else ""
+    figure.update_layout(
+        title=f"held-out distillation loss vs {'MACs' if axis == 'macs' else 'latency'}{subtitle}",
+        height=620, legend={"orientation": "v"}, margin={"t": 60},
+    )
+    figure.update_yaxes(title_text="held-out loss (lower is better)", row=1, col=1)
+    figure.update_yaxes(title_text="no loss", type="category", row=2, col=1)
+    figure.update_xaxes(title_text=title.format(seconds=seconds), row=2, col=1)
+    return figure
+
+
+def _cost_lines(figure: go.Figure, run: Run, axis: str) -> None:
+    budget, teacher = run.budget, run.teacher
+    lines = []  # (x, colour, dash, label)
+    if axis == "macs":
+        if budget.get("max_macs"):
+            lines.append((budget["max_macs"] / 1e9, COLORS["pareto"], "dash", f"budget {format_macs(budget['max_macs'])} MACs"))
+        if teacher.get("macs"):
+            lines.append((teacher["macs"] / 1e9, "black", "dot", f"teacher {format_macs(teacher['macs'])} MACs"))
+    elif budget.get("max_latency_ms"):
+        limit = budget["max_latency_ms"]
+        lines.append((limit, COLORS["pareto"], "dash", f"latency limit {limit:g} ms"))
+    for x, color, dash, label in lines:
+        # Through both panels, labelled once at the top.
+        figure.add_vline(x=x, line={"color": color, "dash": dash}, annotation_text=label,
+                         annotation_position="top left", row=1, col=1)
+        figure.add_vline(x=x, line={"color": color, "dash": dash}, row=2, col=1)
+
+
+def has_latency(points: list[TrialPoint]) -> bool:
+    return any(p.latency_ms is not None for p in points)

@@ -1,0 +1,105 @@
+"""How the search went: hypervolume over trials, and what mattered (Optuna's importances, parallel coordinates).
+
+These come from `optuna.visualization`; each returns None (with the reason) when the study cannot support it
+yet, e.g. importances need at least two complete trials whose parameters differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+from sslc.rundir import Run
+
+log = logging.getLogger("sslc.dashboards")
+UNITS = {"loss": "held-out loss", "macs": "GMACs", "latency": "latency (ms)"}
+MARGIN = 1.1  # a reference point 10% beyond the worst complete trial
+PARALLEL_PARAMS = 8
+
+
+def reference_point(run: Run) -> list[float] | None:
+    """Per objective, the point every counted trial must beat: the budget for MACs and latency when there is one
+    (and no complete trial exceeds it), else 10% beyond the worst complete trial. None without complete trials."""
+    complete = [t for t in run.trials(states=(TrialState.COMPLETE,)) if t.values]
+    if not complete:
+        return None
+    limits = {
+        "macs": (run.budget.get("max_macs") or 0) / 1e9 or None,
+        "latency": run.budget.get("max_latency_ms"),
+    }
+    point = []
+    for i, name in enumerate(run.objective_names):
+        worst = max(t.values[i] for t in complete)
+        limit = limits.get(name)
+        if limit is not None and limit > worst:
+            point.append(float(limit))
+        else:
+            point.append(float(worst * MARGIN if worst > 0 else worst + 1e-9))
+    return point
+
+
+def hypervolume_figure(run: Run) -> tuple[go.Figure | None, str]:
+    """Dominated hypervolume after each complete trial (higher is better) and a note on the reference point."""
+    point = reference_point(run)
+    if point is None:
+        return None, "no complete trial yet"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        figure = optuna.visualization.plot_hypervolume_history(run.study, point)
+    described = ", ".join(f"{UNITS.get(n, n)} {v:.4g}" for n, v in zip(run.objective_names, point))
+    figure.update_layout(title=f"hypervolume over trials (reference point: {described})", height=420)
+    for trace in figure.data:
+        trace.meta = "hypervolume"
+    return figure, f"reference point: {described}"
+
+
+def _loss_target(run: Run):
+    index = run.objective_names.index("loss")
+    return lambda trial: trial.values[index]
+
+
+def importance_figure(run: Run) -> tuple[go.Figure | None, str]:
+    """Which searched knobs explain the held-out loss (fANOVA-style importances from Optuna)."""
+    complete = run.trials(states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return None, f"needs at least 2 complete trials ({len(complete)} so far)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PED-ANOVA's reminder that low targets are the good ones
+            figure = optuna.visualization.plot_param_importances(
+                run.study, target=_loss_target(run), target_name="held-out loss"
+            )
+    except (RuntimeError, ValueError, ZeroDivisionError) as error:  # e.g. every parameter constant so far
+        return None, f"not available yet: {error}"
+    if not figure.data:
+        return None, "no searched parameter varies across the complete trials yet"
+    bars = len(figure.data[0].y or [])
+    figure.update_layout(title="parameter importances for the held-out loss", height=max(300, 22 * bars))
+    return figure, ""
+
+
+def parallel_figure(run: Run, max_params: int = PARALLEL_PARAMS) -> tuple[go.Figure | None, str]:
+    """Every complete trial as a line through its most important knobs, coloured by held-out loss."""
+    complete = run.trials(states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return None, f"needs at least 2 complete trials ({len(complete)} so far)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            # A big space has dozens of per-layer knobs: keep the axes that explain the loss best.
+            ranked = optuna.importance.get_param_importances(run.study, target=_loss_target(run))
+            params = list(ranked)[:max_params] or None
+            figure = optuna.visualization.plot_parallel_coordinate(
+                run.study, params=params, target=_loss_target(run), target_name="held-out loss"
+            )
+    except (RuntimeError, ValueError, ZeroDivisionError) as error:
+        return None, f"not available yet: {error}"
+    figure.update_layout(
+        title=f"parallel coordinates of the complete trials ({max_params} most important knobs; colour: held-out loss)",
+        height=480,
+    )
+    return figure, ""

@@ -1,0 +1,111 @@
+"""Every trial of a run as one point of the report: where it sits (MACs, latency, loss) and what became of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sslc.rundir import Run, trial_category
+
+# How each category is named on the plots, in legend order. Only COMPLETE trials have a held-out loss.
+CATEGORY_LABELS = {
+    "complete": "complete (dominated)",
+    "pruned": "stopped early (pruned)",
+    "infeasible": "over budget (never trained)",
+    "failed": "failed",
+    "interrupted": "interrupted",
+    "running": "running",
+}
+UNSCORED = ("pruned", "infeasible", "failed", "interrupted", "running")
+# The same categories counted in the report's summary line.
+CATEGORY_COUNTS = {
+    "complete": "complete",
+    "pruned": "stopped early",
+    "infeasible": "over budget",
+    "failed": "failed",
+    "interrupted": "interrupted",
+    "running": "running",
+}
+
+
+@dataclass
+class TrialPoint:
+    number: int
+    category: str  # see CATEGORY_LABELS
+    pareto: bool
+    macs: int | None
+    params: int | None
+    loss: float | None  # held-out distillation loss (COMPLETE trials)
+    latency_ms: float | None
+    train_loss: float | None  # the last training loss reported (pruned trials stop with one)
+    steps_done: int | None
+    reason: str | None
+    config: dict | None
+    retrain: dict | None
+
+    @property
+    def gmacs(self) -> float | None:
+        return self.macs / 1e9 if self.macs is not None else None
+
+    def hover(self) -> str:
+        lines = [f"trial {self.number}: {CATEGORY_LABELS[self.category]}{' - Pareto' if self.pareto else ''}"]
+        if self.loss is not None:
+            lines.append(f"held-out loss {self.loss:.4f}")
+        if self.macs is not None:
+            lines.append(f"{self.macs / 1e9:.3f} GMACs")
+        if self.params is not None:
+            lines.append(f"{self.params / 1e6:.3f} M params")
+        if self.latency_ms is not None:
+            lines.append(f"latency {self.latency_ms:.1f} ms")
+        if self.category == "pruned":
+            lines.append(f"stopped at step {self.steps_done}, last training loss {_fmt(self.train_loss)}")
+        if self.config:
+            layers = self.config.get("layers") or []
+            lines.append(f"layers {layers}, heads {self.config.get('heads')}")
+        if self.reason and self.category != "complete":
+            lines.append(self.reason[:120])
+        if self.retrain and self.retrain.get("heldout_loss") is not None:
+            lines.append(f"retrained {self.retrain.get('steps')} steps: loss {self.retrain['heldout_loss']:.4f}")
+        return "<br>".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def collect_points(run: Run) -> list[TrialPoint]:
+    """One point per trial of the study, in trial order; `pareto` marks Optuna's best trials."""
+    best = {t.number for t in run.best_trials()}
+    retrained = run.retrained()
+    names = run.objective_names
+    points = []
+    for trial in run.trials():
+        attrs = trial.user_attrs
+        category = trial_category(trial)
+        loss = None
+        if category == "complete":
+            loss = trial.values[names.index("loss")] if trial.values and "loss" in names else attrs.get("heldout_loss")
+        curve = attrs.get("train_curve") or []
+        points.append(
+            TrialPoint(
+                number=trial.number,
+                category=category,
+                pareto=trial.number in best,
+                macs=attrs.get("macs"),
+                params=attrs.get("params"),
+                loss=loss,
+                latency_ms=attrs.get("latency_ms"),
+                train_loss=curve[-1][1] if curve else None,
+                steps_done=attrs.get("stopped_at_step") or attrs.get("steps_done") or (curve[-1][0] if curve else None),
+                reason=attrs.get("fail_reason"),
+                config=attrs.get("config"),
+                retrain=retrained.get(trial.number),
+            )
+        )
+    return points
+
+
+def count_by_category(points: list[TrialPoint]) -> dict[str, int]:
+    counts = {category: 0 for category in CATEGORY_LABELS}
+    for point in points:
+        counts[point.category] += 1
+    return counts

@@ -1,0 +1,150 @@
+"""The offline HTML report of a search: one self-contained file (plotly.js embedded once, no CDN).
+
+`build_report(run)` returns the sections with their plotly figures (so tests read the data); `write_report`
+renders them to `<run_dir>/report.html`.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from sslc.metrics import format_macs
+from sslc.rundir import Run, open_run
+
+from .architecture import architecture_figure, teacher_architecture
+from .front import has_latency, pareto_figure
+from .history import hypervolume_figure, importance_figure, parallel_figure
+from .points import CATEGORY_COUNTS, collect_points, count_by_category
+from .table import pareto_rows, reference_rows, table_html
+
+REPORT_FILE = "report.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+.warning { background: #fff3cd; border: 1px solid #e0c36a; padding: .6em 1em; }
+.note { color: #666; font-size: .9em; }
+table.points, table.summary { border-collapse: collapse; font-size: .9em; }
+table.points td, table.points th, table.summary td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+table.summary td:first-child { text-align: left; color: #555; }
+tr.teacher, tr.baseline { color: #555; font-style: italic; }
+code { background: #f4f4f4; padding: 0 .3em; }
+"""
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    note: str = ""
+    figure: go.Figure | None = None
+    html: str = ""  # extra markup (tables)
+
+
+@dataclass
+class Report:
+    run: Run
+    summary: list[tuple[str, str]]
+    warnings: list[str]
+    sections: list[Section] = field(default_factory=list)
+
+    def section(self, key: str) -> Section | None:
+        return next((s for s in self.sections if s.key == key), None)
+
+
+def _summary(run: Run, counts: dict[str, int]) -> list[tuple[str, str]]:
+    settings, teacher, budget = run.settings, run.teacher, run.budget
+    rows = [("run", f"{run.name} ({run.run_dir})"), ("teacher", teacher.get("description") or settings.get("teacher", "-"))]
+    rows.append(("data", str(settings.get("data", "-"))))
+    if budget.get("max_macs"):
+        share = f" ({budget['max_macs'] / teacher['macs']:.0%} of the teacher)" if teacher.get("macs") else ""
+        rows.append(("budget", f"{format_macs(budget['max_macs'])} MACs for {run.budget_seconds:g} s of audio{share}"))
+    for key, label in (("max_params", "params limit"), ("max_latency_ms", "latency limit (ms)")):
+        if budget.get(key):
+            rows.append((label, f"{budget[key]:,}"))
+    rows.append(("objectives", ", ".join(run.objective_names) + " (all minimised)"))
+    searched = [f"{k} {settings[k]}" for k in ("space", "sampler", "trials", "steps", "batch_size", "lr") if k in settings]
+    if searched:
+        rows.append(("search", ", ".join(searched)))
+    rows.append(("trials", ", ".join(f"{n} {CATEGORY_COUNTS[c]}" for c, n in counts.items() if n) or "none yet"))
+    rows.append(("written", time.strftime("%Y-%m-%d %H:%M:%S")))
+    return rows
+
+
+def build_report(run: Run) -> Report:
+    points = collect_points(run)
+    counts = count_by_category(points)
+    warnings = []
+    if run.teacher.get("is_random"):
+        warnings.append("The teacher has random weights: these results only show that the pipeline works.")
+    if run.settings.get("data") == "demo":
+        warnings.append("The data is the synthetic demo corpus, not speech.")
+    report = Report(run, _summary(run, counts), warnings)
+
+    report.sections.append(Section(
+        "front", "Pareto front: held-out loss vs MACs", figure=pareto_figure(run, points, "macs"),
+        note="Lower and further left is better. Trials without a held-out loss (stopped early, over budget, "
+        "failed) sit on the strip below at their MACs. Dashed line: the budget; dotted: the teacher.",
+    ))
+    if has_latency(points):
+        report.sections.append(Section(
+            "front-latency", "Pareto front: held-out loss vs latency", figure=pareto_figure(run, points, "latency"),
+            note="Latency is the median CPU forward time of the deployed model, measured during the search "
+            "(machine-dependent). Pareto points are those of the study's objectives.",
+        ))
+    rows = pareto_rows(run, points) + reference_rows(run)
+    report.sections.append(Section(
+        "table", "Pareto points", html=table_html(rows) if rows else "<p>No complete trial yet.</p>",
+        note="Retrain points with sslc-retrain RUN_DIR --trial N (or --pareto); export with sslc-export.",
+    ))
+    figure, note = hypervolume_figure(run)
+    report.sections.append(Section("hypervolume", "Hypervolume over trials", note, figure))
+    teacher = teacher_architecture(run) if any(p.pareto for p in points) else None
+    report.sections.append(Section(
+        "architecture", "Where the Pareto points were compressed", figure=architecture_figure(run, points, teacher),
+        note="Share of the teacher each model keeps, per teacher layer (heads, FFN units, low-rank ranks) and per "
+        "CNN layer (channels). The numbers in the cells are kept / teacher sizes.",
+    ))
+    figure, note = importance_figure(run)
+    report.sections.append(Section("importance", "What mattered for the loss", note, figure))
+    figure, note = parallel_figure(run)
+    report.sections.append(Section("parallel", "Knobs of the complete trials", note, figure))
+    return report
+
+
+def render_html(report: Report) -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sslc report: {html.escape(report.run.name)}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>sslc search report: {html.escape(report.run.name)}</h1>"]
+    parts += [f"<p class='warning'>{html.escape(w)}</p>" for w in report.warnings]
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in report.summary)
+    parts.append(f"<table class='summary'>{rows}</table>")
+    embedded = False
+    for section in report.sections:
+        parts.append(f"<h2 id='{section.key}'>{html.escape(section.title)}</h2>")
+        if section.note:
+            parts.append(f"<p class='note'>{html.escape(section.note)}</p>")
+        parts.append(section.html)
+        if section.figure is not None:
+            # plotly.js goes into the page once, inline, so the file works offline.
+            parts.append(section.figure.to_html(full_html=False, include_plotlyjs=not embedded, div_id=f"fig-{section.key}"))
+            embedded = True
+        elif not section.html:
+            parts.append("<p class='note'>(not available)</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the report of the run in `run_dir` (default `<run_dir>/report.html`) and return its path."""
+    run = open_run(run_dir)
+    out = Path(out) if out is not None else run.run_dir / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render_html(build_report(run)), encoding="utf-8")
+    os.replace(tmp, out)
+    return out

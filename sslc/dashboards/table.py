@@ -1,0 +1,96 @@
+"""The Pareto points as a table (with the teacher and the baselines for reference), as rows and as HTML."""
+
+from __future__ import annotations
+
+import html
+
+from sslc.rundir import Run
+
+from .points import TrialPoint
+
+COLUMNS = (
+    ("trial", "trial"),
+    ("loss", "held-out loss"),
+    ("params_m", "params (M)"),
+    ("gmacs", "GMACs"),
+    ("latency_ms", "latency (ms)"),
+    ("mac_ratio", "MACs vs teacher"),
+    ("param_ratio", "params vs teacher"),
+    ("speedup", "fewer MACs"),
+    ("retrained_loss", "retrained loss"),
+    ("retrained_steps", "retrained steps"),
+)
+
+
+def _ratio(value, reference):
+    return value / reference if value is not None and reference else None
+
+
+def pareto_rows(run: Run, points: list[TrialPoint]) -> list[dict]:
+    """One row per Pareto point, by MACs: what it costs, how good it is, and what retraining made of it."""
+    teacher_macs, teacher_params = run.teacher.get("macs"), run.teacher.get("params")
+    rows = []
+    for p in sorted((p for p in points if p.pareto), key=lambda p: (p.macs or 0, p.number)):
+        retrain = p.retrain or {}
+        rows.append({
+            "kind": "pareto",
+            "trial": p.number,
+            "loss": p.loss,
+            "params": p.params,
+            "params_m": p.params / 1e6 if p.params is not None else None,
+            "macs": p.macs,
+            "gmacs": p.gmacs,
+            "latency_ms": p.latency_ms,
+            "mac_ratio": _ratio(p.macs, teacher_macs),
+            "param_ratio": _ratio(p.params, teacher_params),
+            "speedup": _ratio(teacher_macs, p.macs),
+            "retrained_loss": retrain.get("heldout_loss"),
+            "retrained_steps": retrain.get("steps"),
+        })
+    return rows
+
+
+def reference_rows(run: Run) -> list[dict]:
+    """The teacher and the simple baselines, in the table's columns."""
+    teacher = run.teacher
+    rows = []
+    if teacher.get("macs"):
+        rows.append({
+            "kind": "teacher", "trial": "teacher", "loss": None, "params_m": (teacher.get("params") or 0) / 1e6,
+            "gmacs": teacher["macs"] / 1e9, "mac_ratio": 1.0, "param_ratio": 1.0, "speedup": 1.0,
+        })
+    for b in run.baselines:
+        rows.append({
+            "kind": "baseline", "trial": f"baseline: {b.get('name')}", "loss": b.get("heldout_loss"),
+            "params_m": b["params"] / 1e6 if b.get("params") is not None else None,
+            "gmacs": b["macs"] / 1e9 if b.get("macs") is not None else None, "latency_ms": b.get("latency_ms"),
+            "mac_ratio": _ratio(b.get("macs"), teacher.get("macs")),
+            "param_ratio": _ratio(b.get("params"), teacher.get("params")),
+            "speedup": _ratio(teacher.get("macs"), b.get("macs")),
+        })
+    return rows
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key in ("mac_ratio", "param_ratio"):
+        return f"{value:.1%}"
+    if key == "speedup":
+        return f"{value:.2f}x"
+    if key in ("loss", "retrained_loss"):
+        return f"{value:.4f}"
+    if key in ("params_m", "gmacs"):
+        return f"{value:.3f}"
+    if key == "latency_ms":
+        return f"{value:.1f}"
+    return html.escape(str(value))
+
+
+def table_html(rows: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS)
+    body = []
+    for row in rows:
+        cells = "".join(f"<td>{_cell(key, row.get(key))}</td>" for key, _ in COLUMNS)
+        body.append(f'<tr class="{row["kind"]}">{cells}</tr>')
+    return f'<table class="points"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -1,0 +1,251 @@
+"""The standalone student file: weights + architecture + provenance, loadable with torch and `sslc.models` only.
+
+`export_student` writes one from a search run (retrained weights when `sslc-retrain` finished that trial, the
+short-trial weights otherwise, and says which); `load_student` reads it back into an `ExportedStudent`, a
+feature extractor used the way s3prl upstreams are: waveforms in, a list of hidden states out.
+
+Only `export_student` reads the run (and so imports Optuna); loading never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslc.errors import UserError
+from sslc.models import EncoderConfig, build_encoder
+
+FORMAT = "sslc-student"
+VERSION = 1
+RESULT_FILE = "result.json"  # what sslc-retrain writes next to the retrained weights
+WEIGHTS_FILE = "student.pt"
+
+
+# ---- the file ---------------------------------------------------------------------------------------------------
+def save_student(
+    path: str | os.PathLike,
+    model: nn.Module,
+    compression: dict,
+    teacher: str,
+    provenance: dict | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Write `model` (a float `SpeechEncoder`) as a standalone student file, atomically."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, EncoderConfig):
+        raise TypeError("save_student needs a float SpeechEncoder (int8 is re-applied when loading)")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "compression": dict(compression),
+        "teacher": str(teacher),
+        "provenance": dict(provenance or {}),
+        "metrics": dict(metrics or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_student_file(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The contents of a student file (ours, or a trial's `student.pt`); UserError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"student file {path} does not exist")
+    try:
+        # weights_only: a student file holds tensors and plain containers, never code to run.
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # pickle, zip and torch errors all mean "not a student file"
+        raise UserError(f"{path} is not a sslc student file (not something torch.save wrote)") from None
+    if not isinstance(payload, dict) or not {"architecture", "state_dict"} <= set(payload):
+        raise UserError(f"{path} is not a sslc student file (no architecture and weights in it)")
+    if payload.get("format", FORMAT) != FORMAT or int(payload.get("version", VERSION)) > VERSION:
+        raise UserError(
+            f"{path} is a {payload.get('format')} file of version {payload.get('version')}: "
+            f"this sslc reads {FORMAT} up to version {VERSION}"
+        )
+    return payload
+
+
+def build_from_payload(payload: dict, quantize: bool = True) -> nn.Module:
+    """The encoder a student file describes; int8 (as deployed) when its compression says so and `quantize`."""
+    try:
+        config = EncoderConfig.from_dict(payload["architecture"])
+        encoder = build_encoder(config)
+        encoder.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"student file does not match its architecture: {first[:160]}") from None
+    encoder.eval()
+    if quantize and (payload.get("compression") or {}).get("quantize") == "int8":
+        from sslc.compress.quantize import quantize_int8  # torch only; imported when needed
+
+        encoder = quantize_int8(encoder)
+    return encoder
+
+
+# ---- the feature extractor --------------------------------------------------------------------------------------
+class ExportedStudent(nn.Module):
+    """A compressed encoder as a feature extractor.
+
+    `student(waveforms)` -> list of hidden states [B, T, D] (index 0 = input of the first layer, i = output of
+    layer i), the same tensors the encoder computes. `waveforms` is a list of 1-D 16 kHz tensors / arrays
+    (padded here, as s3prl does) or a [B, S] tensor with optional `lengths` in samples.
+    `extract_features` returns s3prl's dict: {"hidden_states", "last_hidden_state", "frame_lengths"}.
+    """
+
+    def __init__(self, encoder: nn.Module, config: EncoderConfig, metadata: dict | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        self.metadata = dict(metadata or {})
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.embed_dim
+
+    def get_downsample_rates(self, key: str = "hidden_states") -> int:
+        """Input samples per output frame (s3prl's upstream API): the product of the CNN strides."""
+        rate = 1
+        for conv in self.config.conv_layers:
+            rate *= conv.stride
+        return rate
+
+    def _device(self) -> torch.device:
+        for tensor in self.encoder.parameters():
+            return tensor.device
+        return torch.device("cpu")  # int8 modules keep packed weights, not parameters: they run on CPU
+
+    def _batch(self, waveforms, lengths) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = self._device()
+        if isinstance(waveforms, torch.Tensor):
+            if waveforms.dim() == 1:
+                waveforms = waveforms[None]
+            if waveforms.dim() != 2:
+                raise ValueError(f"waveforms must be [batch, samples], got shape {tuple(waveforms.shape)}")
+            if lengths is not None:
+                lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
+            return waveforms.to(device=device, dtype=torch.float32), lengths
+        if not isinstance(waveforms, Sequence) or not len(waveforms):
+            raise ValueError("waveforms must be a [batch, samples] tensor or a non-empty list of 1-D waveforms")
+        if lengths is not None:
+            raise ValueError("lengths are taken from the waveforms when a list is given")
+        waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waveforms]
+        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long, device=device)
+        batch = nn.utils.rnn.pad_sequence(waves, batch_first=True).to(device)
+        return batch, lengths
+
+    def extract_features(self, waveforms, lengths=None) -> dict:
+        batch, lengths = self._batch(waveforms, lengths)
+        output = self.encoder(batch, lengths)
+        return {
+            "hidden_states": list(output.hidden_states),
+            "last_hidden_state": output.last_hidden_state,
+            "frame_lengths": output.frame_lengths,
+        }
+
+    def forward(self, waveforms, lengths=None) -> list[torch.Tensor]:
+        return self.extract_features(waveforms, lengths)["hidden_states"]
+
+
+def load_student(path: str | os.PathLike, map_location="cpu", quantize: bool = True) -> ExportedStudent:
+    """An exported student in eval mode; int8 students are re-quantized (on CPU) unless `quantize=False`."""
+    payload = read_student_file(path, map_location=map_location)
+    encoder = build_from_payload(payload, quantize=quantize)
+    metadata = {k: payload.get(k) for k in ("teacher", "compression", "provenance", "metrics")}
+    config = EncoderConfig.from_dict(payload["architecture"])
+    return ExportedStudent(encoder, config, metadata).eval()
+
+
+# ---- from a search run ------------------------------------------------------------------------------------------
+def retrained_result(retrain_dir: Path) -> dict | None:
+    """sslc-retrain's result for a trial when it finished (and its weights exist), else None."""
+    result_file, weights = Path(retrain_dir) / RESULT_FILE, Path(retrain_dir) / WEIGHTS_FILE
+    if not (result_file.is_file() and weights.is_file()):
+        return None
+    try:
+        result = json.loads(result_file.read_text())
+    except ValueError:
+        return None
+    return result if result.get("status") == "completed" else None
+
+
+def export_student(
+    run_dir: str | os.PathLike, trial: int, out_path: str | os.PathLike, source: str = "auto"
+) -> dict:
+    """Write trial `trial` of a run as a standalone student file; returns its provenance and metrics.
+
+    source: "auto" (retrained weights when `<run_dir>/retrain/<trial>/` finished, else the short trial's),
+    "retrained" or "short-trial".
+    """
+    from sslc.rundir import open_run
+
+    if source not in ("auto", "retrained", "short-trial"):
+        raise UserError(f"source must be auto, retrained or short-trial, got {source!r}")
+    run = open_run(run_dir)
+    frozen = run.complete_trial(trial)
+    attrs = frozen.user_attrs
+    retrained = retrained_result(run.retrain_dir(trial)) if source != "short-trial" else None
+    if source == "retrained" and retrained is None:
+        raise UserError(f"trial {trial} has not been retrained to completion: run sslc-retrain {run_dir} --trial {trial}")
+    weights = run.retrain_dir(trial) / WEIGHTS_FILE if retrained else run.trial_dir(trial) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"the weights of trial {trial} are missing ({weights})")
+    payload = read_student_file(weights)
+    encoder = build_from_payload(payload, quantize=False)  # proves the weights fit before anything is written
+
+    short_loss = attrs.get("heldout_loss")
+    metrics = {
+        "macs": attrs.get("macs"),
+        "gmacs": attrs["macs"] / 1e9 if attrs.get("macs") is not None else None,
+        "macs_seconds": run.budget_seconds,
+        "params": attrs.get("params"),
+        "nonzero_params": attrs.get("nonzero_params"),
+        "latency_ms": attrs.get("latency_ms"),
+        "heldout_loss": short_loss,
+        "short_trial_heldout_loss": short_loss,
+        "short_trial_steps": attrs.get("steps_done"),
+    }
+    if retrained:
+        metrics.update(
+            {k: retrained.get(k) for k in ("macs", "params", "nonzero_params", "latency_ms") if retrained.get(k)}
+        )
+        metrics["gmacs"] = metrics["macs"] / 1e9 if metrics.get("macs") is not None else None
+        metrics["heldout_loss"] = retrained.get("heldout_loss")
+        metrics["retrained_heldout_loss"] = retrained.get("heldout_loss")
+        metrics["retrained_steps"] = retrained.get("steps")
+    teacher = run.teacher
+    provenance = {
+        "run": run.name,
+        "run_dir": str(run.run_dir),
+        "trial": trial,
+        "weights": "retrained" if retrained else "short-trial",
+        "teacher_description": teacher.get("description"),
+        "teacher_is_random": teacher.get("is_random"),
+        "teacher_macs": teacher.get("macs"),
+        "teacher_params": teacher.get("params"),
+        "data": run.settings.get("data", run.identity.get("data")),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    compression = payload.get("compression") or attrs.get("config") or {}
+    save_student(out_path, encoder, compression, payload.get("teacher") or teacher.get("spec", ""), provenance, metrics)
+    return {"path": str(out_path), "provenance": provenance, "metrics": metrics, "compression": compression}

@@ -1,0 +1,231 @@
+"""Retrain chosen points of a search to completion: the full distillation schedule, resumable, measured again.
+
+Each student is rebuilt exactly as its trial built it (`prepare_run(...).build_student`, same teacher, data,
+importance scores and trainer settings), then trained by `train_full` with its checkpoint under
+`<run_dir>/retrain/<trial>/`, so an interrupted retrain continues where it stopped when run again. At the end the
+held-out loss, params, MACs and latency are written to `result.json` there, recorded on the study (user attr
+"retrain:<trial>"), and the weights saved in the export format (`student.pt`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from optuna.trial import FrozenTrial, TrialState
+
+from sslc.compress import CompressionConfig
+from sslc.errors import UserError
+from sslc.export import RESULT_FILE, WEIGHTS_FILE, save_student
+from sslc.rundir import Run, open_run, retrain_key
+from sslc.search.budget import Budget
+from sslc.trainers import TrainerConfig, train_full
+
+log = logging.getLogger("sslc.retrain")
+
+# Full training is this many times the short trials' steps unless --steps / --epochs say otherwise.
+DEFAULT_STEPS_FACTOR = 10
+CHECKPOINTS_PER_RUN = 10
+REPORTS_PER_RUN = 50
+LATENCY_REPEATS = 5
+
+
+class RetrainStopped(KeyboardInterrupt):
+    """Retraining was asked to stop; the checkpoint written at the stop resumes it."""
+
+
+def select_trials(
+    run: Run, numbers: list[int] | None = None, pareto: bool = False, under_budget: bool = False
+) -> list[FrozenTrial]:
+    """The trials to retrain: the given numbers (each must be COMPLETE) or the Pareto front."""
+    if bool(numbers) == bool(pareto):
+        raise UserError("choose the trials to retrain: --trial N (repeatable) or --pareto")
+    if under_budget and not pareto:
+        raise UserError("--under-budget goes with --pareto")
+    if numbers:
+        return [run.complete_trial(n) for n in dict.fromkeys(numbers)]  # order kept, duplicates dropped
+    if not run.trials(states=(TrialState.COMPLETE,)):
+        raise UserError(f"run '{run.name}' has no complete trial yet: nothing to retrain")
+    chosen = run.best_trials()
+    if under_budget and run.budget.get("max_macs") is not None:
+        budget = Budget(**run.budget)
+        chosen = [
+            t for t in chosen
+            if not budget.violations(
+                t.user_attrs.get("macs", 0), t.user_attrs.get("params"), t.user_attrs.get("latency_ms")
+            )
+        ]
+        if not chosen:
+            raise UserError(f"no Pareto point of run '{run.name}' is within its budget")
+    return chosen
+
+
+def full_trainer_config(
+    run: Run, steps: int | None = None, epochs: int | None = None, device: str | None = None
+) -> TrainerConfig:
+    """The search's trainer settings, run for longer (and in this process: torch's own thread count)."""
+    stored = run.identity.get("trainer")
+    if not stored:
+        raise UserError(f"run '{run.name}' records no trainer settings: was it written by sslc-search?")
+    short = TrainerConfig.from_dict(stored)
+    if steps is not None and epochs is not None:
+        raise UserError("give --steps or --epochs, not both")
+    if (steps is not None and steps < 1) or (epochs is not None and epochs < 1):
+        raise UserError("--steps and --epochs must be at least 1")
+    total = steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR
+    if epochs is not None:
+        total = epochs * _batches_per_epoch(run, short)
+    return replace(
+        short,
+        steps=steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR,
+        epochs=epochs,
+        num_threads=None,
+        device=device or short.device,
+        log_every=max(1, total // REPORTS_PER_RUN),
+        checkpoint_every=max(1, min(short.checkpoint_every, total // CHECKPOINTS_PER_RUN)),
+    ).validate()
+
+
+def _batches_per_epoch(run: Run, trainer: TrainerConfig) -> int:
+    # Only an estimate for the report/checkpoint cadence; train_full counts the real epochs itself.
+    from sslc.data import LengthBucketBatchSampler
+    from sslc.search.context import load_run_data
+
+    settings = run.settings
+    data = load_run_data(settings.get("data", "demo"), run.run_dir / "cache", trainer.crop_seconds, trainer.seed)
+    return len(LengthBucketBatchSampler(data.train.lengths, trainer.batch_size, seed=trainer.seed))
+
+
+def prepare_context(run: Run):
+    """The run's teacher and data, rebuilt from its settings exactly as the search built them."""
+    from sslc.search.context import prepare_run
+
+    settings = run.settings
+    missing = [k for k in ("teacher", "data", "crop_seconds", "seed") if k not in settings]
+    if missing:
+        raise UserError(f"run '{run.name}' records no {', '.join(missing)} setting: was it written by sslc-search?")
+    return prepare_run(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def retrain_trial(
+    run: Run,
+    trial: FrozenTrial,
+    trainer: TrainerConfig,
+    context,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Train one trial's student to the end of `trainer`'s schedule (resuming from `out_dir`) and measure it.
+
+    `should_stop()` is polled at every training report; when it says so, a checkpoint is written and
+    `RetrainStopped` raised. A run whose result is already in `out_dir` for the same settings is not redone.
+    """
+    from sslc.compress.quantize import quantize_int8
+    from sslc.metrics import count_macs, count_nonzero_params, count_params, measure_latency
+
+    record = out_dir is None  # only the run's own retrain directory is recorded on the study
+    out_dir = Path(out_dir) if out_dir is not None else run.retrain_dir(trial.number)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = out_dir / RESULT_FILE
+    if previous.is_file() and (out_dir / WEIGHTS_FILE).is_file():
+        done = json.loads(previous.read_text())
+        if done.get("status") == "completed" and done.get("trainer") == trainer.to_dict():
+            log.info("trial %d is already retrained (%s)", trial.number, previous)
+            summary = {k: v for k, v in done.items() if k != "curve"}
+            if record and retrain_key(trial.number) not in run.study.user_attrs:  # a run stopped before recording
+                _record(run, trial.number, summary)
+            return {**summary, "skipped": True}
+
+    config = CompressionConfig.from_dict(trial.user_attrs["config"])
+    # int8 cannot be trained: like the search, distil the float student and measure its int8 copy.
+    student = context.build_student(config, quantize=False)
+
+    def on_report(step: int, loss: float) -> bool:
+        return bool(should_stop()) if should_stop is not None else False
+
+    result = train_full(
+        student, context.targets(), context.data.train, context.data.heldout, trainer, out_dir / "checkpoint",
+        progress=progress, on_report=on_report, kept_layers=config.layers,
+    )
+    if result.status == "stopped":
+        raise RetrainStopped(f"trial {trial.number} stopped at step {result.steps_done}; rerun to resume")
+
+    seconds = run.budget_seconds
+    search_threads = run.identity.get("trainer", {}).get("num_threads")
+    student = student.cpu().eval()
+    deployed = quantize_int8(student) if config.quantize == "int8" else student
+    latency = measure_latency(deployed, seconds=seconds, warmup=1, repeats=LATENCY_REPEATS, threads=search_threads)
+    summary = {
+        "trial": trial.number,
+        "status": result.status,
+        "reason": result.reason,
+        "steps": result.steps_done,
+        "epochs": trainer.epochs,
+        "heldout_loss": result.heldout_loss,
+        "short_trial_heldout_loss": trial.user_attrs.get("heldout_loss"),
+        "short_trial_steps": trial.user_attrs.get("steps_done"),
+        "params": count_params(student),
+        "nonzero_params": count_nonzero_params(deployed),
+        "macs": count_macs(student.config, seconds=seconds).total,
+        "macs_seconds": seconds,
+        "latency_ms": latency.median_ms,
+        "latency_threads": latency.torch_threads,
+        "loss_measured_before_int8": config.quantize == "int8",
+        "seconds_training": result.seconds_training,
+        "resumed_from_step": result.resumed_from_step,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trainer": trainer.to_dict(),
+    }
+    if result.status == "completed":
+        provenance = {"run": run.name, "trial": trial.number, "weights": "retrained", "steps": result.steps_done}
+        metrics = {k: summary[k] for k in ("macs", "params", "nonzero_params", "latency_ms", "heldout_loss")}
+        save_student(out_dir / WEIGHTS_FILE, student, config.to_dict(), context.teacher_spec, provenance, metrics)
+    _write_json(out_dir / RESULT_FILE, {**summary, "curve": [list(p) for p in result.curve]})
+    if record:
+        _record(run, trial.number, summary)
+    return summary
+
+
+def _record(run: Run, number: int, summary: dict) -> None:
+    # A finished trial's attrs are frozen in Optuna's storage; the study's are not: one key per trial.
+    run.study.set_user_attr(retrain_key(number), {k: v for k, v in summary.items() if k != "trainer"})
+
+
+def retrain(
+    run_dir: str | os.PathLike,
+    numbers: list[int] | None = None,
+    pareto: bool = False,
+    under_budget: bool = False,
+    steps: int | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    say: Callable[[str], None] = print,
+) -> list[dict]:
+    """Retrain the chosen trials of the run in `run_dir` one after the other; returns their results."""
+    run = open_run(run_dir)
+    chosen = select_trials(run, numbers, pareto, under_budget)
+    trainer = full_trainer_config(run, steps, epochs, device)
+    context = prepare_context(run)
+    length = f"{trainer.epochs} epochs" if trainer.epochs else f"{trainer.steps} steps"
+    results = []
+    for index, trial in enumerate(chosen, 1):
+        say(f"[{index}/{len(chosen)}] retraining trial {trial.number} ({length}) in {run.retrain_dir(trial.number)}")
+        result = retrain_trial(run, trial, trainer, context, progress=progress, should_stop=should_stop)
+        if result.get("skipped"):
+            say(f"trial {trial.number} was already retrained with these settings (delete its result.json to redo)")
+        results.append(result)
+    return results

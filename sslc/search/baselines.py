@@ -1,0 +1,44 @@
+"""Simple baselines a search must beat, trained exactly like its trials so the report compares like with like.
+
+- "uniform": every layer kept, heads / FFN units / CNN channels cut by one common ratio, the largest such
+  model within the MAC budget (uniform pruning to the budget).
+- "distilhubert-2layer": the teacher's first two layers at full width (DistilHuBERT's student shape).
+"""
+
+from __future__ import annotations
+
+from sslc.compress import CompressionConfig
+from sslc.metrics import count_macs
+from sslc.models import EncoderConfig
+
+
+def uniform_config(teacher: EncoderConfig, keep: float) -> CompressionConfig:
+    config = CompressionConfig.identity(teacher)
+    config.heads = [max(1, round(keep * h)) for h in config.heads]
+    config.ffn = [max(1, round(keep * f)) for f in config.ffn]
+    config.conv_channels = [max(1, round(keep * c)) for c in config.conv_channels]
+    return config
+
+
+def uniform_to_budget(teacher: EncoderConfig, max_macs: int, seconds: float) -> CompressionConfig | None:
+    """The largest uniformly pruned config within `max_macs` (bisection on the keep ratio); None if none fits."""
+
+    def macs(keep: float) -> int:
+        return count_macs(uniform_config(teacher, keep).student_architecture(teacher), seconds=seconds).total
+
+    lo, hi = 0.0, 1.0
+    if macs(hi) <= max_macs:
+        return uniform_config(teacher, hi)
+    for _ in range(30):  # MACs grow monotonically with the keep ratio
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs(mid) <= max_macs else (lo, mid)
+    return uniform_config(teacher, lo) if lo > 0 and macs(lo) <= max_macs else None
+
+
+def baseline_configs(teacher: EncoderConfig, max_macs: int, seconds: float) -> dict[str, CompressionConfig]:
+    configs = {}
+    uniform = uniform_to_budget(teacher, max_macs, seconds)
+    if uniform is not None:
+        configs["uniform"] = uniform
+    configs["distilhubert-2layer"] = CompressionConfig.first_n(teacher, min(2, teacher.num_layers))
+    return configs

@@ -1,0 +1,110 @@
+"""What every trial of a run shares: the teacher, the audio split into segments, teacher targets, importance data.
+
+Built once by the search driver (and again, identically, by `sslc-retrain`), so a student rebuilt later from a
+trial's config is the same student the trial trained. Everything cached lives under `<run_dir>/cache/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslc.compress import CompressionConfig, compress
+from sslc.data import (
+    DEMO_NOTE,
+    LengthBucketBatchSampler,
+    SegmentDataset,
+    discover_audio,
+    iter_batches,
+    make_segments,
+    resolve_data,
+    split_heldout,
+)
+from sslc.data.demo import DEMO_SPEC
+from sslc.models import EncoderConfig, SpeechEncoder
+from sslc.models.teachers import load_teacher
+from sslc.trainers import TeacherTargets, teacher_fingerprint
+
+log = logging.getLogger("sslc.search")
+
+# Importance scores ("data", "diagonal") are averaged over this many training batches.
+IMPORTANCE_BATCHES = 4
+
+
+@dataclass
+class RunData:
+    train: SegmentDataset
+    heldout: SegmentDataset
+    note: str  # what the data is, for printing (says so when it is synthetic)
+
+
+@dataclass
+class RunContext:
+    """The teacher and data of one run. Picklable, so Ray ships it to trial workers once (object store)."""
+
+    teacher_spec: str
+    teacher: SpeechEncoder
+    data: RunData
+    cache_dir: Path
+    crop_seconds: float
+    seed: int
+    teacher_fingerprint: str | None = None  # hashed once here, not again in every worker
+
+    # Weight-normed convolutions cannot be pickled as modules, so the teacher travels as config + weights.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        teacher = state.pop("teacher")
+        state["teacher_weights"] = (
+            teacher.config.to_dict(), teacher.state_dict(), getattr(teacher, "is_random", False)
+        )
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        config, weights, is_random = state.pop("teacher_weights")
+        teacher = SpeechEncoder(EncoderConfig.from_dict(config))
+        teacher.load_state_dict(weights)
+        teacher.teacher_spec, teacher.is_random = state["teacher_spec"], is_random
+        self.__dict__.update(state, teacher=teacher.eval().requires_grad_(False))
+
+    def targets(self) -> TeacherTargets:
+        """Teacher targets cached on disk, shared by every trial and process of this run."""
+        return TeacherTargets(
+            self.teacher, self.cache_dir / "targets", crop_seconds=self.crop_seconds,
+            fingerprint=self.teacher_fingerprint,
+        )
+
+    def importance_batches(self, batch_size: int = 4):
+        sampler = LengthBucketBatchSampler(self.data.train.lengths, batch_size, seed=self.seed)
+        batches = iter_batches(self.data.train, sampler)
+        return [next(batches) for _ in range(min(IMPORTANCE_BATCHES, len(sampler)))]
+
+    def build_student(self, config: CompressionConfig, quantize: bool = True) -> SpeechEncoder:
+        """The student `config` describes, from this run's teacher (int8 applied only when `quantize`)."""
+        if not quantize and config.quantize != "none":
+            config = CompressionConfig.from_dict({**config.to_dict(), "quantize": "none"})
+        needs_data = "data" in (config.head_importance, config.ffn_importance, config.conv_importance) or (
+            config.head_importance == "diagonal"
+        )
+        data = self.importance_batches() if needs_data else None
+        return compress(self.teacher, config, data=data, cache_dir=self.cache_dir / "importance")
+
+
+def load_run_data(data_spec: str, cache_dir: Path, crop_seconds: float, seed: int) -> RunData:
+    """Discover audio (or make the demo corpus), split off the held-out files, cut segments. UserError when empty."""
+    root = resolve_data(data_spec, cache_dir)
+    files = discover_audio(root)
+    train_files, heldout_files = split_heldout(files)
+    train = SegmentDataset(make_segments(train_files, crop_seconds, seed))
+    heldout = SegmentDataset(make_segments(heldout_files, crop_seconds, seed))
+    kind = DEMO_NOTE if data_spec == DEMO_SPEC else f"audio from {data_spec}"
+    note = f"{kind}: {len(train_files)} training files ({len(train)} segments), {len(heldout_files)} held out"
+    return RunData(train, heldout, note)
+
+
+def prepare_run(teacher_spec: str, data_spec: str, run_dir: Path, crop_seconds: float, seed: int) -> RunContext:
+    cache_dir = Path(run_dir) / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher(teacher_spec, seed=seed).eval().requires_grad_(False)
+    data = load_run_data(data_spec, cache_dir, crop_seconds, seed)
+    return RunContext(teacher_spec, teacher, data, cache_dir, crop_seconds, seed, teacher_fingerprint(teacher))

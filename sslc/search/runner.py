@@ -1,0 +1,322 @@
+"""`run_search`: the whole search, from settings to a Pareto front on disk.
+
+Order: check everything a user can get wrong (budget, space, teacher, data) before starting Ray; open or resume
+the study; run trials with Ray Tune (the searcher asks Optuna, the trainable distils); then, whatever happened,
+leave no trial RUNNING and write the Pareto front.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+
+from sslc.errors import UserError
+from sslc.metrics import count_macs, count_params, count_params_from_config, format_macs
+from sslc.models.teachers import describe_teacher
+from sslc.spaces import SearchSpace
+from sslc.trainers import TrainerConfig
+
+from .baselines import baseline_configs
+from .budget import Budget, parse_budget, parse_count
+from .context import prepare_run
+from .pareto import pareto_table, write_pareto
+from .progress import SearchProgress
+from .samplers import make_sampler
+from .scheduler import DominanceStopper
+from .searcher import OptunaAskTellSearcher
+from .storage import (
+    INTERRUPTED,
+    counts_toward_budget,
+    default_storage_url,
+    make_storage,
+    open_study,
+    recover_interrupted,
+)
+from .trial import TrialSetup, evaluate_candidate, train_candidate
+
+log = logging.getLogger("sslc.search")
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line and the study say what happened
+OBJECTIVES = ("loss", "macs", "latency")
+
+
+@dataclass
+class SearchSettings:
+    """Everything `sslc-search` takes; defaults are the CLI's."""
+
+    budget: str
+    teacher: str = "random:hubert-base"
+    data: str = "demo"
+    budget_seconds: float = 10.0
+    max_params: str | None = None
+    max_latency_ms: float | None = None
+    space: str = "combined"
+    trials: int = 20
+    steps: int = 100
+    batch_size: int = 4
+    crop_seconds: float = 2.0
+    lr: float = 2e-4
+    name: str | None = None
+    run_dir: Path | None = None
+    storage: str | None = None
+    objectives: list[str] = field(default_factory=lambda: ["loss", "macs"])
+    sampler: str = "tpe"
+    ray_address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None
+    early_stopping: bool = True
+    # A trial is stopped at a rung once `min_peers` trials reached it and `min_dominators` of them dominate it.
+    stopping_rule: dict = field(default_factory=lambda: {"min_peers": 4, "min_dominators": 2})
+    baselines: bool = True
+    report: bool = True  # the CLI writes the HTML report after the search
+    latency_repeats: int = 3
+    seed: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    storage_url: str
+    study_name: str
+    pareto: list[dict]
+    interrupted: bool
+    counts: dict
+
+
+def _check(settings: SearchSettings) -> None:
+    unknown = [o for o in settings.objectives if o not in OBJECTIVES]
+    if unknown or "loss" not in settings.objectives or len(set(settings.objectives)) != len(settings.objectives):
+        raise UserError(f"objectives must include loss and be drawn from {', '.join(OBJECTIVES)}")
+    if settings.trials < 1 or settings.steps < 1:
+        raise UserError("--trials and --steps must be at least 1")
+    if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0:
+        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if settings.concurrency is not None and settings.concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    if not settings.budget_seconds > 0:
+        raise UserError("--budget-seconds must be > 0")
+
+
+def _run_dir(settings: SearchSettings) -> tuple[str, Path]:
+    name = settings.name or time.strftime("search-%Y%m%d-%H%M%S")
+    run_dir = Path(settings.run_dir) if settings.run_dir else Path("runs") / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return name, run_dir.resolve()
+
+
+def _budget(settings: SearchSettings, teacher_macs: int) -> Budget:
+    spec = parse_budget(settings.budget)
+    max_params = parse_count(settings.max_params) if settings.max_params else None
+    if settings.max_latency_ms is not None and not settings.max_latency_ms > 0:
+        raise UserError("--max-latency-ms must be > 0")
+    return Budget(spec.resolve(teacher_macs), settings.budget_seconds, max_params, settings.max_latency_ms)
+
+
+def _check_feasible(space: SearchSpace, teacher_config, budget: Budget) -> None:
+    """A budget below the smallest config of the space cannot be met: say so before anything is trained."""
+    smallest = space.smallest(teacher_config).student_architecture(teacher_config)
+    macs, params = count_macs(smallest, seconds=budget.seconds).total, count_params_from_config(smallest)
+    problems = budget.violations(macs, params)
+    if problems:
+        raise UserError(
+            f"budget cannot be met: the smallest config of space '{space.name}' needs {problems[0].split(' > ')[0]} "
+            f"({'; '.join(problems)}); raise the budget or use a space with smaller configs"
+        )
+
+
+def _trainer_config(settings: SearchSettings) -> TrainerConfig:
+    return TrainerConfig(
+        steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, crop_seconds=settings.crop_seconds,
+        seed=settings.seed, log_every=max(1, settings.steps // 10), device="auto",
+        num_threads=max(1, int(settings.cpus_per_trial)),
+    ).validate()
+
+
+def _start_ray(settings: SearchSettings) -> bool:
+    """Start a local Ray sized to this machine (or join `--ray-address`); True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if settings.ray_address:
+        try:
+            ray.init(address=settings.ray_address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {error}") from None
+    else:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    return True
+
+
+def _concurrency(settings: SearchSettings) -> int:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    fit = max(1, int(cpus // settings.cpus_per_trial))
+    if settings.gpus_per_trial > 0:
+        fit = min(fit, max(1, int(ray.cluster_resources().get("GPU", 0) // settings.gpus_per_trial)))
+    return min(settings.concurrency or fit, settings.trials)
+
+
+def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
+    """Short trials of the simple baselines, once per study (kept in its user attrs for the report)."""
+    if "baselines" in study.user_attrs:
+        return
+    rows = []
+    for name, config in baseline_configs(teacher_config, setup.budget.max_macs, setup.budget.seconds).items():
+        arch = config.student_architecture(teacher_config)
+        macs = count_macs(arch, seconds=setup.budget.seconds).total
+        say(f"baseline {name}: {format_macs(macs)} MACs, training {setup.trainer.steps} steps")
+        result = evaluate_candidate(setup, config.to_dict(), None, macs=macs)
+        rows.append(
+            {
+                "name": name, "config": config.to_dict(), "macs": macs, "params": count_params_from_config(arch),
+                "heldout_loss": result.get("heldout_loss"), "latency_ms": result.get("latency_ms"),
+                "status": result["status"], "within_budget": macs <= setup.budget.max_macs,
+            }
+        )
+    study.set_user_attr("baselines", rows)
+
+
+def run_search(settings: SearchSettings) -> SearchResult:
+    _check(settings)
+    parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
+    space = SearchSpace.load(settings.space)
+    name, run_dir = _run_dir(settings)
+    console = SearchProgress.make_console(settings.quiet)
+    say = console.print
+
+    context = prepare_run(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
+    teacher_config = context.teacher.config
+    teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
+    budget = _budget(settings, teacher_macs.total)
+    _check_feasible(space, teacher_config, budget)
+    trainer = _trainer_config(settings)
+    say(f"teacher: {describe_teacher(context.teacher)}")
+    say(f"data: {context.data.note}")
+    say(
+        f"budget: {format_macs(budget.max_macs)} MACs for {budget.seconds:g} s of audio "
+        f"({budget.max_macs / teacher_macs.total:.0%} of the teacher's {format_macs(teacher_macs.total)})"
+    )
+
+    storage_url = settings.storage or default_storage_url(run_dir)
+    study_name = name
+    identity = {
+        "teacher": settings.teacher, "space": space.to_dict(), "objectives": settings.objectives,
+        "budget_macs": budget.max_macs, "budget_seconds": budget.seconds, "data": settings.data,
+        "trainer": trainer.to_dict(),
+    }
+    sampler = make_sampler(settings.sampler, settings.seed, settings.trials, settings.concurrency or 1)
+    study = open_study(
+        make_storage(storage_url), study_name, ["minimize"] * len(settings.objectives), sampler, identity
+    )
+    study.set_user_attr("settings", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()})
+    study.set_user_attr("objective_names", settings.objectives)
+    study.set_user_attr("budget", budget.to_dict())
+    study.set_user_attr(
+        "teacher",
+        {
+            "spec": settings.teacher, "description": describe_teacher(context.teacher),
+            "is_random": bool(getattr(context.teacher, "is_random", False)), "macs": teacher_macs.total,
+            "params": count_params(context.teacher), "macs_breakdown": teacher_macs.as_dict(),
+        },
+    )
+    (run_dir / "study.txt").write_text(f"{storage_url}\n{study_name}\n")
+    recovered = recover_interrupted(study)
+    if recovered:
+        say(f"resuming run '{name}': {recovered} interrupted trial(s) will run again")
+
+    setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats)
+    counted = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+    interrupted = False
+    if counted < settings.trials:
+        interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console)
+    if settings.baselines and not interrupted:
+        try:
+            _run_baselines(study, setup, teacher_config, say)
+        except KeyboardInterrupt:
+            interrupted = True
+
+    recover_interrupted(study)  # belt and braces: nothing may stay RUNNING
+    pareto = write_pareto(study, run_dir, teacher_macs.total, count_params(context.teacher))
+    counts = SearchProgress(study, settings.trials, console).counts()
+    if pareto:
+        say(pareto_table(pareto, title=f"Pareto front of '{name}' ({counts['done']} complete trials)"))
+    else:
+        say("no trial completed yet: no Pareto front")
+    say(f"study: {storage_url} (watch it with: sslc-dashboard {run_dir})")
+    return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts)
+
+
+def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console) -> bool:
+    """Run the remaining trials with Ray Tune; True when the search was interrupted (Ctrl-C)."""
+    # The classic Tune reporter honours verbose=0; the newer one prints an experiment box regardless.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+
+    started_ray = _start_ray(settings)
+    progress = SearchProgress(study, settings.trials, console)
+    searcher = OptunaAskTellSearcher(
+        study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress
+    )
+    rungs = sorted({max(1, settings.steps // 3), max(1, 2 * settings.steps // 3)} - {settings.steps})
+    scheduler = DominanceStopper(rungs, **settings.stopping_rule) if settings.early_stopping and rungs else None
+    trainable = tune.with_resources(
+        tune.with_parameters(train_candidate, setup=setup),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    tuner = Tuner(
+        trainable,
+        tune_config=TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=-1, reuse_actors=True,
+            max_concurrent_trials=_concurrency(settings),
+        ),
+        run_config=RunConfig(
+            name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(run_dir / "ray"), verbose=0,
+            failure_config=FailureConfig(max_failures=0), log_to_file=True,
+        ),
+    )
+    interrupted = False
+    try:
+        with progress:
+            tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # Trials still in flight (Ctrl-C, or Ray stopping them) must not stay RUNNING in the study.
+        searcher.abandon_running(INTERRUPTED)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+    return interrupted or done < settings.trials
+
+
+def load_study(run_dir_or_storage: str | Path) -> optuna.Study:
+    """The study of a run directory (or a storage URL holding exactly one study)."""
+    text = str(run_dir_or_storage)
+    if "://" in text:
+        url, name = text, None
+    else:
+        run_dir = Path(text)
+        marker = run_dir / "study.txt"
+        if not marker.exists():
+            raise UserError(f"{run_dir} is not a search run directory (no study.txt / study.db in it)")
+        url, name = marker.read_text().split("\n")[:2]
+    storage = make_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)] if name is None else [name]
+    if len(names) != 1:
+        raise UserError(f"{url} holds {len(names)} studies; give the run directory instead")
+    try:
+        return optuna.load_study(study_name=names[0], storage=storage)
+    except KeyError:
+        raise UserError(f"no study named '{names[0]}' in {url}") from None

@@ -1,0 +1,140 @@
+"""One search trial: build the student a config describes, measure it, distil it briefly, report.
+
+`train_candidate` is the Ray Tune function trainable; `evaluate_candidate` is its body, also used in-process
+for the baselines. A trial never raises into Ray: any exception becomes a final report with status "error"
+and the reason, so the searcher records the trial as FAIL with that reason (Ray's own error path would lose it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sslc.compress import CompressionConfig, quantize_int8
+from sslc.metrics import count_nonzero_params, measure_latency
+from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
+
+from .budget import Budget
+from .context import RunContext
+
+# Fault injection for the tests of failure handling, e.g. SSLC_INJECT_FAULTS="raise:1,nan:2" makes trial 1 raise
+# and gives trial 2 NaN weights (Ray workers inherit the driver's environment).
+FAULTS_ENV = "SSLC_INJECT_FAULTS"
+# Per worker process (Ray reuses actors): the targets object remembers its open caches between trials.
+_TARGETS: dict[str, TeacherTargets] = {}
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of a run needs; shipped once to Ray's object store with `tune.with_parameters`."""
+
+    run: RunContext
+    run_dir: Path
+    trainer: TrainerConfig
+    budget: Budget
+    latency_repeats: int = 3
+
+
+def _targets(setup: TrialSetup) -> TeacherTargets:
+    key = str(setup.run.cache_dir)
+    if key not in _TARGETS:
+        _TARGETS[key] = setup.run.targets()
+    return _TARGETS[key]
+
+
+def injected_fault(trial_number: int) -> str | None:
+    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+        kind, _, number = item.partition(":")
+        if number.strip() == str(trial_number):
+            return kind.strip()
+    return None
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate_candidate(
+    setup: TrialSetup,
+    config_dict: dict,
+    trial_dir: Path | None,
+    report: Callable[[dict], None] | None = None,
+    macs: int | None = None,
+    fault: str | None = None,
+) -> dict:
+    """Train and measure one config; returns the final result (status "completed" | "stopped" | "nonfinite" |
+    "infeasible"). `report(metrics)` receives the training loss every `log_every` steps."""
+    config = CompressionConfig.from_dict(config_dict)
+    if trial_dir is not None:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(trial_dir / "config.json", config.to_dict())
+    # int8 models cannot be trained: the float student is distilled, latency is measured on its int8 copy.
+    student = setup.run.build_student(config, quantize=False)
+    if fault == "raise":
+        raise RuntimeError("injected fault (SSLC_INJECT_FAULTS)")
+    if fault == "nan":
+        with torch.no_grad():
+            next(student.parameters()).fill_(float("nan"))
+    deployed = quantize_int8(student) if config.quantize == "int8" else student
+    latency = measure_latency(deployed, seconds=setup.budget.seconds, warmup=1, repeats=setup.latency_repeats)
+    base = {"macs": macs, "latency_ms": latency.median_ms, "nonzero_params": count_nonzero_params(deployed)}
+    del deployed
+    over = setup.budget.violations(macs or 0, latency_ms=latency.median_ms)
+    if over:
+        return {**base, "final": True, "status": "infeasible", "reason": "; ".join(over)}
+
+    def on_report(step: int, train_loss: float) -> bool:
+        if report is not None:
+            report({**base, "step": step, "train_loss": train_loss})
+        return False  # stopping is the scheduler's decision, taken through Ray
+
+    result = run_short_trial(
+        student, _targets(setup), setup.run.data.train, setup.run.data.heldout, setup.trainer, on_report,
+        kept_layers=config.layers,
+    )
+    if trial_dir is not None and result.status == "completed":
+        torch.save(
+            {
+                "architecture": student.config.to_dict(),
+                "state_dict": student.state_dict(),
+                "compression": config.to_dict(),
+                "teacher": setup.run.teacher_spec,
+            },
+            trial_dir / "student.pt",
+        )
+    return {
+        **base,
+        "final": True,
+        "status": result.status,
+        "reason": result.reason,
+        "heldout_loss": result.heldout_loss,
+        "train_curve": [list(point) for point in result.curve],
+        "steps_done": result.steps_done,
+        "seconds_training": result.seconds_training,
+        "loss_measured_before_int8": config.quantize == "int8",
+    }
+
+
+def train_candidate(params: dict, setup: TrialSetup) -> None:
+    """Ray Tune function trainable: `params` is what `OptunaAskTellSearcher.suggest` returned."""
+    from ray import tune
+
+    trial_dir = Path(setup.run_dir) / "trials" / str(params["trial_number"])
+    try:
+        if setup.trainer.num_threads:
+            torch.set_num_threads(setup.trainer.num_threads)
+        fault = injected_fault(params["trial_number"])
+        result = evaluate_candidate(setup, params["config"], trial_dir, tune.report, params["macs"], fault)
+    except Exception as error:  # recorded as the trial's fail reason; the traceback goes to its directory
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / "error.txt").write_text(traceback.format_exc())
+        result = {"final": True, "status": "error", "reason": f"{type(error).__name__}: {error}"}
+    tune.report({**result, "macs": params["macs"]})

@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny real search per test session, read by the report, retrain and export tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run directory of a real search on the tiny random teacher (~20 s on 2 cores).
+
+    A 40% budget makes the sampler propose over-budget configs (infeasible trials), and a lenient stopping rule
+    lets the scheduler stop some (pruned), so the report sees every kind of trial. Do not modify it: tests that
+    write to a run (retrain) take `copy_run()`.
+    """
+    from sslc.search.runner import SearchSettings, run_search
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    settings = SearchSettings(
+        teacher="random:tiny", data="demo", budget="40%", trials=5, steps=4, batch_size=4, crop_seconds=1.0,
+        name="tiny", run_dir=root / "tiny", latency_repeats=1, stopping_rule={"min_peers": 2, "min_dominators": 1},
+        quiet=True,
+    )
+    result = run_search(settings)
+    assert not result.interrupted and result.pareto, "the tiny search must finish with a Pareto front"
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def copy_run(tiny_run, tmp_path_factory):
+    """copy_run(name) -> a private copy of the tiny run (its own study.db), for tests that write to a run."""
+
+    def make(name: str = "copy") -> Path:
+        target = tmp_path_factory.mktemp(name) / "run"
+        # study.txt names the original database; without it the copy resolves its own study.db.
+        shutil.copytree(tiny_run, target, ignore=shutil.ignore_patterns("ray", "study.txt", "report.html"))
+        return target
+
+    return make

@@ -1,0 +1,188 @@
+"""The HTML report of a tiny real search: the figures' data against the study, and the file on disk."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from optuna.trial import TrialState
+
+from sslc.cli.report import main as report_main
+from sslc.dashboards import build_report, write_report
+from sslc.dashboards.architecture import PANELS, teacher_architecture
+from sslc.dashboards.history import reference_point
+from sslc.models import tiny_config
+from sslc.rundir import open_run
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    return open_run(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    return build_report(run)
+
+
+def traces(figure, kind):
+    return [t for t in figure.data if t.meta == kind]
+
+
+def points_of(figure, kind) -> list:
+    found = traces(figure, kind)
+    return list(found[0].customdata) if found else []
+
+
+def by_category(run):
+    trials = run.trials()
+    return {
+        "complete": [t for t in trials if t.state == TrialState.COMPLETE],
+        "pruned": [t for t in trials if t.state == TrialState.PRUNED],
+        "infeasible": [t for t in trials if t.user_attrs.get("infeasible")],
+        "failed": [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("infeasible")],
+    }
+
+
+def test_pareto_trace_is_the_studys_best_trials(run, report):
+    figure = report.section("front").figure
+    best = run.study.best_trials
+    pareto = traces(figure, "pareto")[0]
+    assert sorted(pareto.customdata) == sorted(t.number for t in best)
+    by_number = {t.number: t for t in best}
+    for number, x, y in zip(pareto.customdata, pareto.x, pareto.y):
+        trial = by_number[number]
+        assert y == pytest.approx(trial.values[0])  # loss is the first objective
+        assert x == pytest.approx(trial.user_attrs["macs"] / 1e9) == pytest.approx(trial.values[1])
+    assert list(pareto.x) == sorted(pareto.x)  # drawn left to right
+
+
+def test_point_counts_equal_the_studys_trials_by_state(run, report):
+    figure = report.section("front").figure
+    groups = by_category(run)
+    assert groups["infeasible"], "the 40% budget makes the sampler propose over-budget configs"
+    complete = points_of(figure, "pareto") + points_of(figure, "complete")
+    assert sorted(complete) == sorted(t.number for t in groups["complete"])
+    assert sorted(points_of(figure, "pruned")) == sorted(t.number for t in groups["pruned"])
+    assert sorted(points_of(figure, "infeasible")) == sorted(t.number for t in groups["infeasible"])
+    failed = points_of(figure, "failed") + points_of(figure, "interrupted")
+    assert sorted(failed) == sorted(t.number for t in groups["failed"])
+    # Trials without a loss sit on the strip (second row), at their MACs.
+    for kind in ("pruned", "infeasible"):
+        for trace in traces(figure, kind):
+            assert trace.yaxis == "y2"
+            macs = {t.number: t.user_attrs["macs"] for t in groups[kind]}
+            assert list(trace.x) == pytest.approx([macs[n] / 1e9 for n in trace.customdata])
+
+
+def test_budget_teacher_and_baselines_are_marked(run, report):
+    figure = report.section("front").figure
+    lines = sorted({shape.x0 for shape in figure.layout.shapes})  # one line per panel
+    assert lines == pytest.approx(sorted([run.budget["max_macs"] / 1e9, run.teacher["macs"] / 1e9]))
+    labels = [a.text for a in figure.layout.annotations]
+    assert any(text.startswith("budget") for text in labels) and any(text.startswith("teacher") for text in labels)
+    scored = [b for b in run.baselines if b.get("heldout_loss") is not None]
+    assert scored, "the uniform baseline fits a 40% budget and is trained"
+    baseline = traces(figure, "baseline")[0]
+    assert list(baseline.customdata) == [b["name"] for b in scored]
+    assert list(baseline.y) == pytest.approx([b["heldout_loss"] for b in scored])
+    latency = report.section("front-latency").figure
+    measured = {t.number: t.user_attrs["latency_ms"] for t in run.study.best_trials}
+    pareto = traces(latency, "pareto")[0]
+    assert list(pareto.x) == pytest.approx([measured[n] for n in pareto.customdata])
+
+
+def test_per_layer_view_matches_the_configs(run, report):
+    figure = report.section("architecture").figure
+    teacher = tiny_config()
+    assert teacher_architecture(run) == teacher
+    front = sorted(run.study.best_trials, key=lambda t: (t.user_attrs["macs"], t.number))
+    heatmaps = {trace.meta: trace for trace in figure.data}
+    assert set(heatmaps) == {panel for panel, _ in PANELS}
+    for row, trial in enumerate(front):
+        config = trial.user_attrs["config"]
+        assert heatmaps["heads"].customdata[row][0] == trial.number
+        kept = dict(zip(config["layers"], range(len(config["layers"]))))
+        for layer in range(teacher.num_layers):
+            heads, ffn = heatmaps["heads"], heatmaps["ffn"]
+            if layer not in kept:
+                assert heads.z[row][layer] is None and heads.text[row][layer] == "dropped"
+                continue
+            k = kept[layer]
+            assert heads.z[row][layer] == pytest.approx(config["heads"][k] / teacher.layers[layer].heads)
+            assert heads.text[row][layer] == f"{config['heads'][k]}/{teacher.layers[layer].heads}"
+            assert ffn.z[row][layer] == pytest.approx(config["ffn"][k] / teacher.layers[layer].ffn_dim)
+            rank = config["attn_rank"][k]
+            full = min(teacher.embed_dim, config["heads"][k] * teacher.head_dim)
+            assert heatmaps["attn_rank"].z[row][layer] == pytest.approx(1.0 if rank is None else rank / full)
+        conv = heatmaps["conv_channels"]
+        assert list(conv.z[row]) == pytest.approx(
+            [c / spec.channels for c, spec in zip(config["conv_channels"], teacher.conv_layers)]
+        )
+
+
+def _hypervolume_2d(points, reference) -> float:
+    """Area dominated by `points` (minimised) inside the box up to `reference`, by a sweep over x."""
+    inside = sorted(p for p in points if p[0] < reference[0] and p[1] < reference[1])
+    area, best_y = 0.0, reference[1]
+    for i, (x, y) in enumerate(inside):
+        next_x = inside[i + 1][0] if i + 1 < len(inside) else reference[0]
+        best_y = min(best_y, y)
+        area += (next_x - x) * (reference[1] - best_y)
+    return area
+
+
+def test_hypervolume_history_matches_an_independent_computation(run, report):
+    figure = report.section("hypervolume").figure
+    complete = run.trials(states=(TrialState.COMPLETE,))
+    reference = reference_point(run)
+    assert reference[1] == pytest.approx(run.budget["max_macs"] / 1e9)  # the budget bounds the MACs axis
+    trace = figure.data[0]
+    assert list(trace.x) == [t.number for t in complete]
+    for i in range(len(complete)):
+        expected = _hypervolume_2d([tuple(t.values) for t in complete[: i + 1]], reference)
+        assert trace.y[i] == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_table_lists_the_pareto_points_with_ratios(run, report):
+    table = report.section("table").html
+    rows = re.findall(r'<tr class="pareto">(.*?)</tr>', table)
+    front = sorted(run.study.best_trials, key=lambda t: (t.user_attrs["macs"], t.number))
+    assert len(rows) == len(front)
+    for row, trial in zip(rows, front):
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        assert cells[0] == str(trial.number)
+        assert cells[1] == f"{trial.values[0]:.4f}"
+        assert cells[5] == f"{trial.user_attrs['macs'] / run.teacher['macs']:.1%}"
+    assert '<tr class="teacher">' in table and "baseline: uniform" in table
+
+
+def test_importances_and_parallel_coordinates_when_possible(run, report):
+    complete = run.trials(states=(TrialState.COMPLETE,))
+    for key in ("importance", "parallel"):
+        section = report.section(key)
+        if len(complete) < 2:
+            assert section.figure is None and "at least 2" in section.note
+        else:
+            assert section.figure is not None or section.note
+
+
+def test_written_file_is_self_contained(tiny_run, tmp_path):
+    out = write_report(tiny_run, tmp_path / "r.html")
+    text = out.read_text()
+    assert text.count("plotly.js v") == 1  # the library is embedded once
+    assert not re.search(r"<script[^>]+src=", text)  # and nothing is fetched: works offline
+    for key in ("front", "table", "hypervolume", "architecture"):
+        assert f"id='{key}'" in text and (key == "table" or f'id="fig-{key}"' in text)
+    assert "random weights" in text
+
+
+def test_cli_writes_default_file_and_rejects_bad_run_dirs(tiny_run, tmp_path, capsys):
+    assert report_main([str(tiny_run)]) == 0
+    assert (tiny_run / "report.html").is_file()
+    assert report_main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert report_main([str(tmp_path / "empty")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert "does not exist" in errors[0] and "holds no study" in errors[1]

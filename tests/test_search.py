@@ -1,0 +1,218 @@
+"""The search end to end on a tiny teacher: study states, budget, Pareto front, files, failures, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sslc.compress import CompressionConfig
+from sslc.metrics import count_macs
+from sslc.models import tiny_config
+from sslc.search.budget import BudgetError, parse_budget
+from sslc.search.runner import SearchSettings, load_study, run_search
+from sslc.search.trial import FAULTS_ENV
+
+TEACHER_MACS = count_macs(tiny_config(), seconds=10).total
+
+
+def _settings(tmp_path, name, **overrides):
+    base = dict(
+        teacher="random:tiny", data="demo", budget="70%", trials=4, steps=4, batch_size=2, crop_seconds=1.0,
+        name=name, run_dir=tmp_path / name, latency_repeats=1, baselines=False, quiet=True,
+    )
+    return SearchSettings(**{**base, **overrides})
+
+
+def _non_dominated(points: dict[int, tuple[float, ...]]) -> set[int]:
+    """Independent Pareto computation: a point is dropped when another is <= everywhere and < somewhere."""
+    def dominates(a, b):
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return {n for n, p in points.items() if not any(dominates(q, p) for m, q in points.items() if m != n)}
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    settings = _settings(tmp, "e2e", trials=5, baselines=True)
+    result = run_search(settings)
+    return settings, result, load_study(settings.run_dir)
+
+
+def test_end_to_end_trials_budget_and_pareto(finished_search):
+    settings, result, study = finished_search
+    trials = study.get_trials(deepcopy=False)
+    budget = int(0.7 * TEACHER_MACS)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert not result.interrupted
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    trained = [t for t in trials if not t.user_attrs.get("infeasible")]
+    assert len(trained) == settings.trials
+    assert complete, "some trials must complete"
+    for t in trials:
+        config = CompressionConfig.from_dict(t.user_attrs["config"])
+        macs = count_macs(config.student_architecture(tiny_config()), seconds=10).total
+        assert macs == t.user_attrs["macs"]
+        if t.user_attrs.get("infeasible"):
+            assert t.state == TrialState.FAIL and macs > budget  # recognised before training
+            assert not (settings.run_dir / "trials" / str(t.number)).exists()
+        else:
+            assert macs <= budget
+    for t in complete:
+        assert len(t.values) == 2 and t.values[1] == pytest.approx(t.user_attrs["macs"] / 1e9)
+        assert t.values[0] == pytest.approx(t.user_attrs["heldout_loss"])
+        assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["params"] > 0
+        assert set(t.user_attrs["macs_breakdown"]) >= {"cnn", "ffn"}
+        assert t.user_attrs["budget_slack_macs"] == budget - t.user_attrs["macs"]
+        assert (settings.run_dir / "trials" / str(t.number) / "student.pt").exists()
+        saved = json.loads((settings.run_dir / "trials" / str(t.number) / "config.json").read_text())
+        assert saved == t.user_attrs["config"]
+
+    front = _non_dominated({t.number: tuple(t.values) for t in complete})
+    assert {t.number for t in study.best_trials} == front
+    rows = json.loads((settings.run_dir / "pareto.json").read_text())
+    assert {row["trial"] for row in rows} == front
+    with open(settings.run_dir / "pareto.csv") as handle:
+        assert {int(row["trial"]) for row in csv.DictReader(handle)} == front
+    assert {t.number for t in study.best_trials} == {row["trial"] for row in result.pareto}
+
+
+def test_study_records_settings_teacher_and_baselines(finished_search):
+    settings, _, study = finished_search
+    attrs = study.user_attrs
+    assert attrs["objective_names"] == ["loss", "macs"]
+    assert attrs["teacher"]["macs"] == TEACHER_MACS and attrs["teacher"]["is_random"]
+    assert attrs["budget"]["max_macs"] == int(0.7 * TEACHER_MACS)
+    names = {b["name"] for b in attrs["baselines"]}
+    assert names == {"uniform", "distilhubert-2layer"}
+    uniform = next(b for b in attrs["baselines"] if b["name"] == "uniform")
+    assert uniform["macs"] <= attrs["budget"]["max_macs"] and uniform["heldout_loss"] > 0
+
+
+def test_a_raising_and_a_nan_trial_fail_and_the_search_goes_on(tmp_path, monkeypatch):
+    # 100%: every config fits, so trial numbers 0..3 are exactly the trained trials.
+    monkeypatch.setenv(FAULTS_ENV, "raise:0,nan:1")
+    settings = _settings(tmp_path, "faults", budget="100%")
+    run_search(settings)
+    study = load_study(settings.run_dir)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert by_number[0].state == TrialState.FAIL
+    assert "injected fault" in by_number[0].user_attrs["fail_reason"]
+    assert (settings.run_dir / "trials" / "0" / "error.txt").exists()
+    assert by_number[1].state == TrialState.FAIL
+    assert "non-finite" in by_number[1].user_attrs["fail_reason"]
+    assert {by_number[2].state, by_number[3].state} == {TrialState.COMPLETE}
+    assert {t.number for t in study.best_trials} <= {2, 3}
+
+
+def test_early_stopped_trials_are_pruned_never_on_the_front(tmp_path):
+    # A rule that stops every trial at its first rung: all must end PRUNED with no objective values.
+    settings = _settings(tmp_path, "pruned", budget="100%", trials=3, steps=6,
+                         stopping_rule={"min_peers": -1, "min_dominators": 0})
+    result = run_search(settings)
+    study = load_study(settings.run_dir)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 3
+    assert all(t.values is None and t.user_attrs["stopped_at_step"] < 6 for t in trials)
+    assert study.best_trials == [] and result.pareto == []
+
+
+def _counts(run_dir):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    return trials
+
+
+def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
+    run_dir = tmp_path / "resume"
+    command = [
+        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
+        "6", "--steps", "40", "--batch-size", "2", "--crop-seconds", "1", "--name", "resume", "--run-dir",
+        str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(1)
+        if (run_dir / "study.db").exists():
+            try:
+                states = [t.state for t in _counts(run_dir)]
+            except Exception:  # the study may not be created yet
+                continue
+            if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+                break
+    else:
+        process.kill()
+        pytest.fail("the search did not get two trials done in time")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {t.number: t.values for t in _counts(run_dir) if t.state == TrialState.COMPLETE}
+    assert len(before) >= 2
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    after = _counts(run_dir)
+    assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    kept = {t.number: t.values for t in after if t.state == TrialState.COMPLETE}
+    assert all(kept[n] == values for n, values in before.items())  # nothing lost, nothing re-run
+    counted = [t for t in after if not t.user_attrs.get("interrupted") and not t.user_attrs.get("infeasible")]
+    assert len(counted) == 6
+    interrupted = [t for t in after if t.user_attrs.get("interrupted")]
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
+    retried = {t.user_attrs.get("retry_of") for t in after} - {None}
+    assert retried == {t.number for t in interrupted}
+
+
+@pytest.mark.parametrize(
+    "text, macs, share",
+    [
+        ("30GMACs", 30e9, None), ("30gmacs", 30e9, None), ("500MMACs", 500e6, None), ("3e10", 3e10, None),
+        ("2.5G", 2.5e9, None), ("1.5 TMAC", 1.5e12, None), ("40%", None, 0.4), ("100%", None, 1.0),
+    ],
+)
+def test_budget_parsing(text, macs, share):
+    spec = parse_budget(text)
+    assert spec.macs == pytest.approx(macs) if macs else spec.macs is None
+    assert spec.share == pytest.approx(share) if share else spec.share is None
+
+
+@pytest.mark.parametrize("text", ["", "abc", "30GFLOPs", "0", "0GMACs", "-5GMACs", "0%", "150%", "30 G M", "1e"])
+def test_malformed_budgets_are_rejected(text):
+    with pytest.raises(BudgetError):
+        parse_budget(text)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "sslc.cli.search", *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "lots"], "not understood"),
+        (["--budget", "-3GMACs"], "budget"),
+        (["--budget", "1MMACs"], "smallest config"),
+        (["--budget", "50%", "--teacher", "random:nope"], "random:nope"),
+        (["--budget", "50%", "--data", "/no/such/dir"], "/no/such/dir"),
+        (["--budget", "50%", "--space", "/no/such/space.yaml"], "space"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = _cli("--teacher", "random:tiny", "--run-dir", str(tmp_path / "bad"), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
