@@ -7,7 +7,8 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/sslc-info --teacher random:hubert-base --latency-repeats 3
+	$(VENV)/sslc-search --teacher random:hubert-base --data demo --budget 30GMACs \
+		--trials 8 --steps 10 --crop-seconds 1 --batch-size 2
 
 lint: setup
 	$(VENV)/python -m ruff check sslc tests benchmarks
