@@ -141,7 +141,20 @@ def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
         str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1",
     ]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Own process group, so Ray processes orphaned by the kill can be cleaned up at the end.
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        _kill_and_resume(process, command, env, run_dir)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_and_resume(process, command, env, run_dir):
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(1)
@@ -216,3 +229,41 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_ctrl_c_exits_130_and_leaves_no_trial_running(tmp_path):
+    run_dir = tmp_path / "ctrlc"
+    command = [
+        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
+        "4", "--steps", "2000", "--batch-size", "2", "--crop-seconds", "1", "--name", "ctrlc", "--run-dir",
+        str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            time.sleep(1)
+            try:
+                if TrialState.RUNNING in [t.state for t in _counts(run_dir)]:
+                    break
+            except Exception:  # no study yet
+                continue
+        else:
+            pytest.fail("no trial started in time")
+        time.sleep(3)  # let the trial get into training
+        os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stderr[-2000:]
+        trials = _counts(run_dir)
+        assert TrialState.RUNNING not in [t.state for t in trials]
+        cut = [t for t in trials if t.user_attrs.get("interrupted")]
+        assert cut and all(t.state == TrialState.FAIL and "interrupted" in t.user_attrs["fail_reason"] for t in cut)
+        assert not [t for t in trials if t.state == TrialState.PRUNED]  # Ctrl-C is not early stopping
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -264,11 +264,12 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
 
     started_ray = _start_ray(settings)
     progress = SearchProgress(study, settings.trials, console)
-    searcher = OptunaAskTellSearcher(
-        study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress
-    )
     rungs = sorted({max(1, settings.steps // 3), max(1, 2 * settings.steps // 3)} - {settings.steps})
     scheduler = DominanceStopper(rungs, **settings.stopping_rule) if settings.early_stopping and rungs else None
+    searcher = OptunaAskTellSearcher(
+        study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress,
+        early_stopped=scheduler.stopped if scheduler else (),
+    )
     trainable = tune.with_resources(
         tune.with_parameters(train_candidate, setup=setup),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},

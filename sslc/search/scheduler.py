@@ -20,7 +20,7 @@ class DominanceStopper(FIFOScheduler):
         self.min_peers, self.min_dominators, self.margin = min_peers, min_dominators, margin
         self.records: dict[int, list[tuple[float, float]]] = {rung: [] for rung in self.rungs}
         self.passed: dict[str, set[int]] = {}
-        self.stopped: list[str] = []
+        self.stopped: set[str] = set()
 
     def decide(self, trial_key: str, step: int, macs: float, loss: float) -> bool:
         """Record the trial at every rung it just crossed; True when it should stop."""
@@ -41,6 +41,6 @@ class DominanceStopper(FIFOScheduler):
         if "train_loss" not in result or result.get("final"):
             return TrialScheduler.CONTINUE
         if self.decide(trial.trial_id, int(result["step"]), float(result["macs"]), float(result["train_loss"])):
-            self.stopped.append(trial.trial_id)
+            self.stopped.add(trial.trial_id)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

@@ -8,7 +8,7 @@ trial RUNNING forever. Driving ask/tell here gives every trial its right final s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import optuna
@@ -21,7 +21,7 @@ from sslc.models import EncoderConfig
 from sslc.spaces import SearchSpace
 
 from .budget import Budget
-from .storage import counts_toward_budget
+from .storage import INTERRUPTED, counts_toward_budget
 
 # How many over-budget configs in a row before the space is judged hopeless for this budget.
 MAX_INFEASIBLE_IN_A_ROW = 2000
@@ -49,12 +49,16 @@ class OptunaAskTellSearcher(Searcher):
         objectives: list[str],
         target_trials: int,
         on_event: Callable[[str, optuna.trial.FrozenTrial | None], None] | None = None,
+        early_stopped: Container[str] = (),
     ):
+        """early_stopped: Tune trial ids the scheduler stopped (a live view); any other trial that ends without
+        its final report was cut short by the user (Ctrl-C) and is recorded as interrupted, to be run again."""
         super().__init__(metric=None, mode=None)  # Tune would demand the metric in every report
         self.study, self.space, self.teacher_config = study, space, teacher_config
         self.budget, self.objectives, self.target_trials = budget, objectives, target_trials
         self.on_event = on_event or (lambda kind, trial: None)
         self.running: dict[str, optuna.Trial] = {}
+        self.early_stopped = early_stopped
         self.started = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
 
     # Tune pickles its searcher to save experiment state; the study (its connection) stays out: resuming goes
@@ -113,6 +117,10 @@ class OptunaAskTellSearcher(Searcher):
         trial = self.running.pop(trial_id, None)
         if trial is None:
             return
+        if not error and result is not None and not result.get("final") and trial_id not in self.early_stopped:
+            self._interrupted(trial, INTERRUPTED)
+            self.on_event("interrupted", None)
+            return
         state, values = self._outcome(trial, result, error)
         if state == TrialState.COMPLETE:
             self.study.tell(trial, values)
@@ -152,8 +160,11 @@ class OptunaAskTellSearcher(Searcher):
     def abandon_running(self, reason: str) -> None:
         """Called when the search stops with trials in flight: none may stay RUNNING in the study."""
         for trial_id in list(self.running):
-            trial = self.running.pop(trial_id)
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("interrupted", True)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            self._interrupted(self.running.pop(trial_id), reason)
+
+    def _interrupted(self, trial: optuna.Trial, reason: str) -> None:
+        """FAIL with the reason, and the same config queued again: an interrupted trial is run again on resume."""
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("interrupted", True)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})

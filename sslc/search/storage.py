@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import optuna
+from sqlalchemy import event
 from optuna.trial import TrialState
 
 from sslc.errors import UserError
@@ -19,13 +20,33 @@ def default_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
 
 
+def _fast_sqlite(dbapi_connection, _record) -> None:
+    """Write-ahead log with synchronous=NORMAL: a commit costs microseconds instead of an fsync (10-20 ms on a
+    busy disk), and every suggested param and user attr is a commit, in the driver's loop. Still safe against
+    a killed search (SIGKILL, Ctrl-C): only a power cut or OS crash may drop the last commits, never corrupt the
+    file. Readers (the dashboard) no longer block the search either. Where WAL is unavailable, keep defaults."""
+    cursor = dbapi_connection.cursor()
+    try:
+        mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode and str(mode[0]).lower() == "wal":
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    except Exception:  # a read-only file or a filesystem without shared memory: the defaults still work
+        pass
+    finally:
+        cursor.close()
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         # A generous SQLite timeout: the dashboard may read while the search writes.
         kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
         raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
+    if storage.engine.name == "sqlite" and ":memory:" not in url and url.rstrip("/") != "sqlite:":
+        event.listen(storage.engine, "connect", _fast_sqlite)
+        storage.engine.dispose()  # connections opened while creating the tables reconnect with the settings
+    return storage
 
 
 def open_study(storage, name: str, directions: list[str], sampler, identity: dict) -> optuna.Study:
