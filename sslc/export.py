@@ -168,9 +168,13 @@ class ExportedStudent(nn.Module):
 
 
 def load_student(path: str | os.PathLike, map_location="cpu", quantize: bool = True) -> ExportedStudent:
-    """An exported student in eval mode; int8 students are re-quantized (on CPU) unless `quantize=False`."""
+    """An exported student in eval mode on `map_location`; int8 students are re-quantized (on CPU) unless
+    `quantize=False`."""
     payload = read_student_file(path, map_location=map_location)
     encoder = build_from_payload(payload, quantize=quantize)
+    quantized = quantize and (payload.get("compression") or {}).get("quantize") == "int8"
+    if isinstance(map_location, (str, torch.device)) and not quantized:  # int8 kernels run on CPU only
+        encoder = encoder.to(map_location)
     metadata = {k: payload.get(k) for k in ("teacher", "compression", "provenance", "metrics")}
     config = EncoderConfig.from_dict(payload["architecture"])
     return ExportedStudent(encoder, config, metadata).eval()

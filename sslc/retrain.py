@@ -20,6 +20,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial, TrialState
 
 from sslc.compress import CompressionConfig
+from sslc.data import LengthBucketBatchSampler
 from sslc.errors import UserError
 from sslc.export import RESULT_FILE, WEIGHTS_FILE, save_student
 from sslc.rundir import Run, open_run, retrain_key
@@ -65,40 +66,40 @@ def select_trials(
     return chosen
 
 
-def full_trainer_config(
-    run: Run, steps: int | None = None, epochs: int | None = None, device: str | None = None
-) -> TrainerConfig:
-    """The search's trainer settings, run for longer (and in this process: torch's own thread count)."""
-    stored = run.identity.get("trainer")
-    if not stored:
-        raise UserError(f"run '{run.name}' records no trainer settings: was it written by sslc-search?")
-    short = TrainerConfig.from_dict(stored)
+def check_length(steps: int | None, epochs: int | None) -> None:
     if steps is not None and epochs is not None:
         raise UserError("give --steps or --epochs, not both")
     if (steps is not None and steps < 1) or (epochs is not None and epochs < 1):
         raise UserError("--steps and --epochs must be at least 1")
-    total = steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR
-    if epochs is not None:
-        total = epochs * _batches_per_epoch(run, short)
+
+
+def full_trainer_config(
+    run: Run,
+    steps: int | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    batches_per_epoch: int | None = None,
+) -> TrainerConfig:
+    """The search's trainer settings, run for longer (and in this process: torch's own thread count).
+
+    `batches_per_epoch` (of the run's training data) sets the report and checkpoint cadence for `epochs`.
+    """
+    check_length(steps, epochs)
+    stored = run.identity.get("trainer")
+    if not stored:
+        raise UserError(f"run '{run.name}' records no trainer settings: was it written by sslc-search?")
+    short = TrainerConfig.from_dict(stored)
+    steps = steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR
+    total = epochs * (batches_per_epoch or 1) if epochs is not None else steps
     return replace(
         short,
-        steps=steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR,
+        steps=steps,
         epochs=epochs,
         num_threads=None,
         device=device or short.device,
         log_every=max(1, total // REPORTS_PER_RUN),
         checkpoint_every=max(1, min(short.checkpoint_every, total // CHECKPOINTS_PER_RUN)),
     ).validate()
-
-
-def _batches_per_epoch(run: Run, trainer: TrainerConfig) -> int:
-    # Only an estimate for the report/checkpoint cadence; train_full counts the real epochs itself.
-    from sslc.data import LengthBucketBatchSampler
-    from sslc.search.context import load_run_data
-
-    settings = run.settings
-    data = load_run_data(settings.get("data", "demo"), run.run_dir / "cache", trainer.crop_seconds, trainer.seed)
-    return len(LengthBucketBatchSampler(data.train.lengths, trainer.batch_size, seed=trainer.seed))
 
 
 def prepare_context(run: Run):
@@ -216,10 +217,14 @@ def retrain(
     say: Callable[[str], None] = print,
 ) -> list[dict]:
     """Retrain the chosen trials of the run in `run_dir` one after the other; returns their results."""
+    check_length(steps, epochs)
     run = open_run(run_dir)
     chosen = select_trials(run, numbers, pareto, under_budget)
-    trainer = full_trainer_config(run, steps, epochs, device)
+    trainer = full_trainer_config(run, steps, epochs, device)  # every check before the teacher is loaded
     context = prepare_context(run)
+    if epochs is not None:  # reports and checkpoints follow the real epoch length
+        sampler = LengthBucketBatchSampler(context.data.train.lengths, trainer.batch_size, seed=trainer.seed)
+        trainer = full_trainer_config(run, steps, epochs, device, batches_per_epoch=len(sampler))
     length = f"{trainer.epochs} epochs" if trainer.epochs else f"{trainer.steps} steps"
     results = []
     for index, trial in enumerate(chosen, 1):

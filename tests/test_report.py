@@ -186,3 +186,51 @@ def test_cli_writes_default_file_and_rejects_bad_run_dirs(tiny_run, tmp_path, ca
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
     assert "does not exist" in errors[0] and "holds no study" in errors[1]
+
+
+def _early_run(tmp_path):
+    """A run as a report sees it early on: three objectives, one trial done, one over budget, one running."""
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    from sslc.compress import CompressionConfig
+    from sslc.metrics import count_macs
+
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    teacher = tiny_config()
+    study = optuna.create_study(storage=f"sqlite:///{run_dir / 'study.db'}", study_name="early",
+                                directions=["minimize"] * 3)
+    teacher_macs = count_macs(teacher, seconds=10).total
+    study.set_user_attr("objective_names", ["loss", "macs", "latency"])
+    study.set_user_attr("budget", {"max_macs": teacher_macs // 2, "seconds": 10.0, "max_latency_ms": 50.0})
+    study.set_user_attr("teacher", {"spec": "random:tiny", "macs": teacher_macs, "params": 100_000})
+    small = CompressionConfig.first_n(teacher, 1).to_dict()
+    macs = count_macs(CompressionConfig.first_n(teacher, 1).student_architecture(teacher), seconds=10).total
+    depth = {"depth": IntDistribution(1, 2)}
+    study.add_trial(optuna.trial.create_trial(
+        values=[0.9, macs / 1e9, 3.0], params={"depth": 1}, distributions=depth,
+        user_attrs={"config": small, "macs": macs, "params": 50_000, "latency_ms": 3.0, "heldout_loss": 0.9},
+    ))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"depth": 2}, distributions=depth,
+        user_attrs={"infeasible": True, "macs": teacher_macs, "fail_reason": "over budget"},
+    ))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, params={"depth": 1}, distributions=depth,
+                                              user_attrs={"macs": macs}))
+    return run_dir
+
+
+def test_report_of_an_early_three_objective_run(tmp_path):
+    run_dir = _early_run(tmp_path)
+    report = build_report(open_run(run_dir))
+    front = report.section("front").figure
+    assert points_of(front, "pareto") == [0]
+    assert points_of(front, "infeasible") == [1] and points_of(front, "running") == [2]
+    assert traces(front, "pareto")[0].mode == "markers"  # three objectives: no line through the 2-D projection
+    latency = report.section("front-latency").figure
+    assert {shape.x0 for shape in latency.layout.shapes} == {50.0}  # the latency limit
+    hypervolume = report.section("hypervolume").figure
+    assert list(hypervolume.data[0].x) == [0]
+    assert report.section("importance").figure is None and "at least 2" in report.section("importance").note
+    assert write_report(run_dir).is_file()

@@ -151,7 +151,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(copy_run):
     checkpoint = run_dir / "retrain" / str(trial) / "checkpoint" / "last.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "sslc.cli.retrain", str(run_dir), "--trial", str(trial), "--steps", "4000",
+        [sys.executable, "-m", "sslc.cli.retrain", str(run_dir), "--trial", str(trial), "--steps", "600",
          "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -169,5 +169,57 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(copy_run):
     assert "stopping after the next report" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err
     step = load_checkpoint(checkpoint)["step"]
-    assert 0 < step < 4000
+    assert 0 < step < 600
     assert not (checkpoint.parent.parent / "result.json").exists()
+
+
+def test_under_budget_drops_pareto_points_over_a_latency_limit(tmp_path):
+    import optuna
+
+    from sslc.retrain import select_trials
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{run_dir / 'study.db'}", study_name="lat",
+                                directions=["minimize", "minimize"])
+    study.set_user_attr("objective_names", ["loss", "macs"])
+    study.set_user_attr("budget", {"max_macs": 10**9, "seconds": 10.0, "max_params": None, "max_latency_ms": 20.0})
+    for loss, macs, latency in ((0.5, 0.9, 30.0), (0.8, 0.5, 10.0), (0.9, 0.8, 5.0)):  # the last is dominated
+        study.add_trial(optuna.trial.create_trial(
+            values=[loss, macs], user_attrs={"macs": int(macs * 1e9), "latency_ms": latency, "heldout_loss": loss}
+        ))
+    run = open_run(run_dir)
+    assert [t.number for t in select_trials(run, pareto=True)] == [1, 0]  # by MACs
+    assert [t.number for t in select_trials(run, pareto=True, under_budget=True)] == [1]
+    assert [t.number for t in select_trials(run, numbers=[2, 0, 2])] == [2, 0]
+
+
+def test_full_schedule_defaults_and_overrides(run_dir):
+    run = open_run(run_dir)
+    short = run.identity["trainer"]
+    default = full_trainer_config(run)
+    assert default.steps == 10 * short["steps"] and default.epochs is None
+    assert default.num_threads is None  # the search pinned a thread per Ray trial; a retrain uses the machine
+    for key in ("batch_size", "lr", "seed", "crop_seconds", "layer_map", "warmup_fraction", "decay"):
+        assert getattr(default, key) == short[key]  # trained exactly like the trial, only longer
+    by_epochs = full_trainer_config(run, epochs=3, batches_per_epoch=200, device="cpu")
+    assert by_epochs.epochs == 3 and by_epochs.device == "cpu"
+    assert by_epochs.log_every == 600 // 50 and by_epochs.checkpoint_every == 600 // 10
+
+
+def test_failed_and_running_trials_are_refused(tmp_path, capsys):
+    import optuna
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{run_dir / 'study.db'}", study_name="states",
+                                directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "loss is nan"}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"interrupted": True}))
+    for number, message in ((0, "failed (loss is nan)"), (1, "is still running"), (2, "was interrupted")):
+        assert retrain_main([str(run_dir), "--trial", str(number)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert retrain_main([str(run_dir), "--pareto"]) == 2
+    assert "no complete trial yet" in capsys.readouterr().err

@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 from sslc.compress import CompressionConfig
 from sslc.metrics import count_macs
 from sslc.models import tiny_config
+from sslc.rundir import load_study
 from sslc.search.budget import BudgetError, parse_budget
-from sslc.search.runner import SearchSettings, load_study, run_search
+from sslc.search.runner import SearchSettings, run_search
 from sslc.search.trial import FAULTS_ENV
 
 TEACHER_MACS = count_macs(tiny_config(), seconds=10).total

@@ -1,4 +1,4 @@
-"""`sslc-dashboard`: optuna-dashboard on a search's study, live while the search runs.
+"""`sslc-dashboard`: optuna-dashboard on a search's study, live while the search runs (its WSGI app, served here).
 
 sslc-dashboard runs/hubert30
 sslc-dashboard sqlite:////abs/path/study.db --port 8081
@@ -22,6 +22,23 @@ def build_parser():
     return parser
 
 
+def _serve(app, host: str, port: int):
+    """A threaded WSGI server bound now (so a taken port is an error before anything is printed)."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # the page polls several endpoints at once
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args):  # a line per request would bury the URL printed above
+            pass
+
+    return make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -35,15 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     storage = make_storage(url)
     import optuna_dashboard
 
-    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-    where = f"http://{shown}:{args.port}/dashboard/"
-    print(f"optuna-dashboard for {name or url}: open {where} (Ctrl-C to stop)", flush=True)
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        server = _serve(optuna_dashboard.wsgi(storage), args.host, args.port)
     except OSError as error:  # the port is taken, or the host cannot be bound
         raise UserError(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}") from None
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"optuna-dashboard for {name or url}: open http://{shown}:{args.port}/dashboard/ (Ctrl-C to stop)",
+          flush=True)
+    try:
+        server.serve_forever()
     except KeyboardInterrupt:  # the normal way to stop a server
-        print("dashboard stopped", file=sys.stderr)
+        pass
+    finally:
+        server.server_close()
+    print("dashboard stopped", file=sys.stderr)
     return 0
 
 

@@ -44,6 +44,8 @@ def reference_point(run: Run) -> list[float] | None:
 
 def hypervolume_figure(run: Run) -> tuple[go.Figure | None, str]:
     """Dominated hypervolume after each complete trial (higher is better) and a note on the reference point."""
+    if len(run.study.directions) < 2:
+        return None, "a single objective has no hypervolume"
     point = reference_point(run)
     if point is None:
         return None, "no complete trial yet"
@@ -63,7 +65,7 @@ def _loss_target(run: Run):
 
 
 def importance_figure(run: Run) -> tuple[go.Figure | None, str]:
-    """Which searched knobs explain the held-out loss (fANOVA-style importances from Optuna)."""
+    """Which searched knobs explain the held-out loss (Optuna's default importance evaluator)."""
     complete = run.trials(states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return None, f"needs at least 2 complete trials ({len(complete)} so far)"

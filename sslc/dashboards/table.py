@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from sslc.metrics import format_macs, format_params
 from sslc.rundir import Run
 
 from .points import TrialPoint
@@ -11,8 +12,8 @@ from .points import TrialPoint
 COLUMNS = (
     ("trial", "trial"),
     ("loss", "held-out loss"),
-    ("params_m", "params (M)"),
-    ("gmacs", "GMACs"),
+    ("params", "params"),
+    ("macs", "MACs"),
     ("latency_ms", "latency (ms)"),
     ("mac_ratio", "MACs vs teacher"),
     ("param_ratio", "params vs teacher"),
@@ -56,14 +57,14 @@ def reference_rows(run: Run) -> list[dict]:
     rows = []
     if teacher.get("macs"):
         rows.append({
-            "kind": "teacher", "trial": "teacher", "loss": None, "params_m": (teacher.get("params") or 0) / 1e6,
-            "gmacs": teacher["macs"] / 1e9, "mac_ratio": 1.0, "param_ratio": 1.0, "speedup": 1.0,
+            "kind": "teacher", "trial": "teacher", "loss": None, "params": teacher.get("params"),
+            "macs": teacher["macs"], "mac_ratio": 1.0, "param_ratio": 1.0, "speedup": 1.0,
         })
     for b in run.baselines:
+        over = " (over budget, not trained)" if b.get("status") == "infeasible" else ""
         rows.append({
-            "kind": "baseline", "trial": f"baseline: {b.get('name')}", "loss": b.get("heldout_loss"),
-            "params_m": b["params"] / 1e6 if b.get("params") is not None else None,
-            "gmacs": b["macs"] / 1e9 if b.get("macs") is not None else None, "latency_ms": b.get("latency_ms"),
+            "kind": "baseline", "trial": f"baseline: {b.get('name')}{over}", "loss": b.get("heldout_loss"),
+            "params": b.get("params"), "macs": b.get("macs"), "latency_ms": b.get("latency_ms"),
             "mac_ratio": _ratio(b.get("macs"), teacher.get("macs")),
             "param_ratio": _ratio(b.get("params"), teacher.get("params")),
             "speedup": _ratio(teacher.get("macs"), b.get("macs")),
@@ -80,8 +81,10 @@ def _cell(key: str, value) -> str:
         return f"{value:.2f}x"
     if key in ("loss", "retrained_loss"):
         return f"{value:.4f}"
-    if key in ("params_m", "gmacs"):
-        return f"{value:.3f}"
+    if key == "params":
+        return format_params(value)
+    if key == "macs":
+        return format_macs(value)
     if key == "latency_ms":
         return f"{value:.1f}"
     return html.escape(str(value))

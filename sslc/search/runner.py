@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
+import torch
 
 from sslc.errors import UserError
 from sslc.metrics import count_macs, count_params, count_params_from_config, format_macs
@@ -169,7 +170,7 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
     """Short trials of the simple baselines, once per study (kept in its user attrs for the report)."""
     if "baselines" in study.user_attrs:
         return
-    rows = []
+    rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
     for name, config in baseline_configs(teacher_config, setup.budget.max_macs, setup.budget.seconds).items():
         arch = config.student_architecture(teacher_config)
         macs = count_macs(arch, seconds=setup.budget.seconds).total
@@ -182,6 +183,7 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
                 "status": result["status"], "within_budget": macs <= setup.budget.max_macs,
             }
         )
+    torch.set_num_threads(threads)
     study.set_user_attr("baselines", rows)
 
 
@@ -226,6 +228,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
             "spec": settings.teacher, "description": describe_teacher(context.teacher),
             "is_random": bool(getattr(context.teacher, "is_random", False)), "macs": teacher_macs.total,
             "params": count_params(context.teacher), "macs_breakdown": teacher_macs.as_dict(),
+            "architecture": teacher_config.to_dict(),
         },
     )
     (run_dir / "study.txt").write_text(f"{storage_url}\n{study_name}\n")
@@ -300,24 +303,3 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
             ray.shutdown()
     done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
     return interrupted or done < settings.trials
-
-
-def load_study(run_dir_or_storage: str | Path) -> optuna.Study:
-    """The study of a run directory (or a storage URL holding exactly one study)."""
-    text = str(run_dir_or_storage)
-    if "://" in text:
-        url, name = text, None
-    else:
-        run_dir = Path(text)
-        marker = run_dir / "study.txt"
-        if not marker.exists():
-            raise UserError(f"{run_dir} is not a search run directory (no study.txt / study.db in it)")
-        url, name = marker.read_text().split("\n")[:2]
-    storage = make_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)] if name is None else [name]
-    if len(names) != 1:
-        raise UserError(f"{url} holds {len(names)} studies; give the run directory instead")
-    try:
-        return optuna.load_study(study_name=names[0], storage=storage)
-    except KeyError:
-        raise UserError(f"no study named '{names[0]}' in {url}") from None
