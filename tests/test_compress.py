@@ -265,6 +265,10 @@ def test_low_rank_full_rank_reproduces_and_error_falls_with_rank():
     assert all(later < earlier for earlier, later in zip(errors, errors[1:]))
     with pytest.raises(ValueError, match="rank must be 1..32"):
         factorize(linear.weight, 33)
+    tall = linear.weight.detach().T.contiguous()  # wide weights are factored through their transpose: both orientations
+    down, up = factorize(tall, 32)
+    assert down.shape == (32, 32) and up.shape == (48, 32)
+    assert float((up @ down - tall).abs().max()) <= TOL
 
 
 def test_low_rank_layer_error_falls_with_rank(tiny, batch):

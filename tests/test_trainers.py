@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from sslc.compress import CompressionConfig, compress
 from sslc.data import SAMPLE_RATE, SegmentDataset, discover_audio, make_segments, split_heldout
 from sslc.errors import UserError
 from sslc.models import PRESETS, build_encoder
@@ -189,7 +190,9 @@ def test_identity_student_starts_at_the_loss_minimum(tmp_path, teacher, data):
     train, heldout = data
     targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
     config = trial_config(steps=1, log_every=1, lr=1e-6)
-    result = run_short_trial(copy.deepcopy(teacher), targets, train, heldout, config, kept_layers=[0, 1])
+    identity = CompressionConfig.identity(teacher.config)  # the student `compress` builds when nothing is cut
+    student = compress(teacher, identity)
+    result = run_short_trial(student, targets, train, heldout, config, kept_layers=identity.layers)
     assert result.layer_map == [(1, 1), (2, 2)]
     floor = len(result.layer_map) * MIN_LOSS_PER_TARGET  # the cosine term is log(1 + e^-1) even when exact
     assert result.curve[0][1] == pytest.approx(floor, abs=5e-3)
@@ -218,11 +221,13 @@ def test_on_report_every_k_steps_and_early_stop(teacher, data):
     assert [step for step, _ in calls] == [3, 6, 7] and result.curve == calls
     assert result.status == "completed"
 
+    student = small_student()
     stopped = run_short_trial(
-        small_student(), targets, train, heldout, trial_config(steps=7, log_every=3),
+        student, targets, train, heldout, trial_config(steps=7, log_every=3),
         on_report=lambda step, loss: step >= 3,
     )
     assert (stopped.status, stopped.steps_done, stopped.heldout_loss) == ("stopped", 3, None)
+    assert all(p.grad is None for p in student.parameters())  # a finished trial leaves no gradients behind
 
 
 def test_nonfinite_loss_stops_the_run(teacher, data):

@@ -235,6 +235,7 @@ class _Run:
                     status = "stopped"
                     break
         state.seconds += time.perf_counter() - started
+        self.step.release_gradients()  # the student outlives the run: it should not keep a step's gradients
 
         heldout = None
         if status == "completed":
