@@ -34,7 +34,7 @@ def build_parser():
     parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/study.db)")
     parser.add_argument("--objectives", default="loss,macs", choices=OBJECTIVE_SETS)
-    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS)
+    parser.add_argument("--sampler", default="gp", choices=SAMPLERS, help="Optuna sampler (default: %(default)s)")
     parser.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or host:6379)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)

@@ -30,6 +30,8 @@ log = logging.getLogger("sslc.search")
 
 # Importance scores ("data", "diagonal") are averaged over this many training batches.
 IMPORTANCE_BATCHES = 4
+# Frozen teachers rebuilt in this process from a pickled RunContext, by fingerprint (architecture + weights).
+_TEACHERS: dict[str, SpeechEncoder] = {}
 
 
 @dataclass
@@ -62,10 +64,18 @@ class RunContext:
 
     def __setstate__(self, state: dict) -> None:
         config, weights, is_random = state.pop("teacher_weights")
-        teacher = SpeechEncoder(EncoderConfig.from_dict(config))
-        teacher.load_state_dict(weights)
+        # Ray hands every trial a fresh copy of the context (`tune.with_parameters` fetches it from the object
+        # store each time); a worker builds the frozen teacher once and reuses it (~0.5 s a trial for a Base model).
+        key = state.get("teacher_fingerprint")
+        teacher = _TEACHERS.get(key) if key else None
+        if teacher is None:
+            teacher = SpeechEncoder(EncoderConfig.from_dict(config))
+            teacher.load_state_dict(weights)
+            teacher = teacher.eval().requires_grad_(False)
+            if key:
+                _TEACHERS[key] = teacher
         teacher.teacher_spec, teacher.is_random = state["teacher_spec"], is_random
-        self.__dict__.update(state, teacher=teacher.eval().requires_grad_(False))
+        self.__dict__.update(state, teacher=teacher)
 
     def targets(self) -> TeacherTargets:
         """Teacher targets cached on disk, shared by every trial and process of this run."""

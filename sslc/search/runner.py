@@ -65,7 +65,7 @@ class SearchSettings:
     run_dir: Path | None = None
     storage: str | None = None
     objectives: list[str] = field(default_factory=lambda: ["loss", "macs"])
-    sampler: str = "tpe"
+    sampler: str = "gp"
     ray_address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -289,6 +289,9 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
         ),
     )
     interrupted = False
+    # Trials run in their own processes; in the driver one thread keeps the GP sampler off their cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         with progress:
             tuner.fit()
@@ -297,6 +300,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
     finally:
         # Trials still in flight (Ctrl-C, or Ray stopping them) must not stay RUNNING in the study.
         searcher.abandon_running(INTERRUPTED)
+        torch.set_num_threads(threads)
         if started_ray:
             import ray
 

@@ -1,10 +1,11 @@
 """Which Optuna sampler proposes the next config.
 
-Default: multi-objective TPE (multivariate, grouped). The search has few (tens of) expensive trials in a
-conditional space (per-layer knobs exist only for the chosen depth); TPE models such define-by-run spaces
-directly, needs no population of generations like NSGA-II, and stays cheap per suggestion unlike the GP sampler.
-`constant_liar` keeps parallel trials from proposing the same config. benchmarks/sampler_quality.py measures it
-against random search.
+Default: Optuna's Gaussian-process sampler (multi-objective, log expected hypervolume improvement). A search has
+few (tens of) expensive trials, which is where a GP model is most sample-efficient. Measured with
+benchmarks/sampler_quality.py (32 trials, 5 seeds, zero-step trials on a half-width HuBERT-Base): GP reached
+1.22x the hypervolume of random search; multi-objective TPE (tried multivariate/grouped, univariate, fewer
+start-up trials) and NSGA-II stayed at 0.9-1.0x. A GP suggestion costs seconds instead of milliseconds, which
+is small against trials of minutes. `--sampler tpe|nsga2|random` remain available.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import optuna
-from sqlalchemy import event
 from optuna.trial import TrialState
+from sqlalchemy import event
 
 from sslc.errors import UserError
 

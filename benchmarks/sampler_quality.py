@@ -1,0 +1,245 @@
+"""Hypervolume of the search's default sampler (`SearchSettings.sampler`) vs random search, same number of trials.
+
+Cheap trials: 0 training steps. A trial's objectives are the ones the search minimises by default, the held-out
+distillation loss of the teacher-initialised student (its prediction heads start as the identity, so this is how
+well the compressed student reproduces the teacher's layers before any training) and its GMACs for 10 s of audio.
+Everything else is the search's own machinery, in-process and without Ray: the `combined` space, the MAC budget,
+`make_sampler`, and `OptunaAskTellSearcher.next_feasible` (over-budget configs are recorded as infeasible, never
+evaluated, and do not count as trials). The teacher is a random HuBERT-Base at half width (12 post-LN layers,
+384 wide, 6 heads, FFN 1536, 256 conv channels: the same split of MACs between CNN and transformer as Base): 12
+layers make configs differ a lot, and half the width keeps the SVDs of low-rank configs cheap enough to evaluate
+hundreds of configs on 2 cores (on Base a config with many low-rank layers takes 10-30 s). The held-out set is the demo corpus's, in 1 s
+crops, as `prepare_run` makes it for a search with 1 s crops.
+
+Both samplers run TRIALS trials for each of SEEDS seeds. Objectives are normalised to [0, 1] by the best and worst
+values seen over all runs, and the reference point is the worst value plus 10% of the range in each objective;
+the hypervolume (2-D, exact) of each run's Pareto front is computed against it. The headline is the median over
+seeds of the per-seed ratio hypervolume(default sampler) / hypervolume(random), goal >= 1.1; `--also gp,nsga2`
+adds other samplers to the table (not to the headline).
+
+    python benchmarks/sampler_quality.py [--trials 32] [--seeds 5] [--also gp,nsga2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+from sslc.data.demo import DEMO_SPEC  # noqa: E402
+from sslc.metrics import count_macs  # noqa: E402
+from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
+from sslc.models.builders import base_config  # noqa: E402
+from sslc.search.budget import Budget, parse_budget  # noqa: E402
+from sslc.search.context import RunContext, load_run_data  # noqa: E402
+from sslc.search.runner import SearchSettings  # noqa: E402
+from sslc.search.samplers import make_sampler  # noqa: E402
+from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
+from sslc.spaces import SearchSpace  # noqa: E402
+from sslc.trainers import DistillationStep, PredictionHeads, resolve_layer_map, teacher_fingerprint  # noqa: E402
+from sslc.trainers.layer_map import teacher_layers  # noqa: E402
+
+TEACHER = "random HuBERT-Base at half width"
+SPACE = "combined"
+BUDGET = "40%"  # of the teacher's MACs for 10 s of audio
+TRIALS = 32
+SEEDS = 5
+DEFAULT = SearchSettings.__dataclass_fields__["sampler"].default  # the search's default sampler (TPE today)
+CROP_SECONDS = 1.0
+EVAL_BATCH = 4
+REFERENCE_MARGIN = 0.1
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_context(run_dir: Path) -> RunContext:
+    """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it)."""
+    config = base_config("hubert")
+    config.embed_dim = 384
+    config.layers = [LayerSpec(heads=6, ffn_dim=1536) for _ in range(12)]
+    config.conv_layers = [ConvLayerSpec(256, c.kernel, c.stride) for c in config.conv_layers]
+    teacher = build_encoder(config.validate(), seed=0).eval().requires_grad_(False)
+    teacher.teacher_spec, teacher.is_random = TEACHER, True
+    cache_dir = run_dir / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    data = load_run_data(DEMO_SPEC, cache_dir, CROP_SECONDS, 0)
+    return RunContext(TEACHER, teacher, data, cache_dir, CROP_SECONDS, 0, teacher_fingerprint(teacher))
+
+
+class _Columns:
+    """Teacher targets re-ordered (and repeated) to follow the prediction heads, as the trainer does."""
+
+    def __init__(self, source, columns: list[int]):
+        self.source, self.columns = source, columns
+
+    def get(self, indices, waves=None, lengths=None):
+        batch = self.source.get(indices, waves, lengths)
+        return batch._replace(hidden=[batch.hidden[c] for c in self.columns])
+
+
+class ZeroStepObjective:
+    """Held-out distillation loss of a config's student straight after `compress` (no training step)."""
+
+    def __init__(self, context):
+        self.context = context
+        self.targets = context.targets()
+        self.cache: dict[str, float] = {}
+        self.evaluations = 0
+        self.seconds = 0.0
+
+    def __call__(self, config) -> float:
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key not in self.cache:
+            started = time.perf_counter()
+            self.cache[key] = self.evaluate(config)
+            self.evaluations += 1
+            self.seconds += time.perf_counter() - started
+        return self.cache[key]
+
+    def evaluate(self, config) -> float:
+        student = self.context.build_student(config, quantize=False)
+        layer_map = resolve_layer_map(None, config.layers, student.config.num_layers, self.targets.depth)
+        needed = teacher_layers(layer_map)
+        source = self.targets.source(self.context.data.heldout, needed)
+        heads = PredictionHeads(layer_map, student.config.embed_dim, self.targets.dim)
+        step = DistillationStep(student, heads)
+        columns = [needed.index(t) for _, t in layer_map]
+        return step.evaluate(self.context.data.heldout, _Columns(source, columns), EVAL_BATCH)
+
+
+def check_against_trainer(context, objective: ZeroStepObjective, config) -> tuple[float, float]:
+    """The same loss from the trainer itself: a 1-step trial at a negligible learning rate."""
+    from sslc.trainers import TrainerConfig, run_short_trial
+
+    trainer = TrainerConfig(
+        steps=1, batch_size=EVAL_BATCH, lr=1e-12, crop_seconds=CROP_SECONDS, warmup_fraction=0.0, device="cpu"
+    )
+    student = context.build_student(config, quantize=False)
+    result = run_short_trial(
+        student, objective.targets, context.data.train, context.data.heldout, trainer, kept_layers=config.layers
+    )
+    return objective.evaluate(config), result.heldout_loss
+
+
+def run_search(name: str, seed: int, space, teacher_config, budget, objective) -> dict:
+    """TRIALS feasible trials with `name`'s sampler, asked exactly as the search's searcher asks them."""
+    sampler = make_sampler(name, seed, TRIALS, 1)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    searcher = OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], TRIALS)
+    points, started, evaluating = [], time.perf_counter(), objective.seconds
+    for _ in range(TRIALS):
+        candidate = searcher.next_feasible()
+        values = [objective(candidate.config), candidate.macs / 1e9]
+        study.tell(candidate.trial, values)
+        points.append(tuple(values))
+    infeasible = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("infeasible"))
+    seconds = time.perf_counter() - started
+    return {"points": points, "infeasible": infeasible, "seconds": seconds, "evaluating": objective.seconds - evaluating}
+
+
+def pareto_2d(points):
+    front, best = [], float("inf")
+    for x, y in sorted(set(points)):
+        if y < best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def hypervolume_2d(points, reference) -> float:
+    """Exact area dominated by `points` (minimised) and bounded by `reference`."""
+    area, ceiling = 0.0, reference[1]
+    for x, y in pareto_2d([p for p in points if p[0] < reference[0] and p[1] < reference[1]]):
+        area += (reference[0] - x) * (ceiling - y)
+        ceiling = y
+    return area
+
+
+def main() -> None:
+    global TRIALS, SEEDS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--also", default="", help="other samplers to compare, e.g. gp,nsga2 (not in the headline)")
+    args = parser.parse_args()
+    TRIALS, SEEDS = args.trials, args.seeds
+    samplers = [DEFAULT, "random"] + [n for n in args.also.split(",") if n and n not in (DEFAULT, "random")]
+    torch.manual_seed(0)
+    # One thread, as a search trial with --cpus-per-trial 1: with two, LAPACK's SVD (low-rank configs) slows down
+    # by up to 100x whenever another process is busy on this 2-core machine.
+    torch.set_num_threads(1)
+    wall = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sslc-sampler-") as tmp:
+        context = make_context(Path(tmp))
+        teacher_config = context.teacher.config
+        teacher_macs = count_macs(teacher_config, seconds=10.0).total
+        budget = Budget(parse_budget(BUDGET).resolve(teacher_macs), 10.0, None, None)
+        space = SearchSpace.load(SPACE)
+        objective = ZeroStepObjective(context)
+        setup = time.perf_counter() - wall
+        print(f"teacher {TEACHER} ({teacher_macs / 1e9:.2f} GMACs / 10 s), space '{SPACE}', budget {BUDGET} = "
+              f"{budget.max_macs / 1e9:.2f} GMACs; {TRIALS} trials x {SEEDS} seeds per sampler; held-out: "
+              f"{len(context.data.heldout)} crops of {CROP_SECONDS:g} s; set-up {setup:.1f} s")
+
+        smallest = space.smallest(teacher_config)
+        mine, trainer = check_against_trainer(context, objective, smallest)
+        print(f"check: zero-step loss of the smallest config {mine:.5f}, trainer's held-out loss after one "
+              f"lr=1e-12 step {trainer:.5f}")
+
+        runs: dict[str, list[dict]] = {name: [] for name in samplers}
+        for seed in range(SEEDS):
+            for name in samplers if seed % 2 == 0 else reversed(samplers):
+                run = run_search(name, seed, space, teacher_config, budget, objective)
+                runs[name].append(run)
+                best = min(p[0] for p in run["points"])
+                print(f"  seed {seed} {name:6s}: {run['seconds']:6.1f} s ({run['evaluating']:5.1f} s evaluating), "
+                      f"{run['infeasible']:3d} over-budget asks, "
+                      f"best loss {best:.4f}, Pareto front of {len(pareto_2d(run['points']))}")
+
+        every = [p for name in samplers for run in runs[name] for p in run["points"]]
+        low = [min(p[i] for p in every) for i in range(2)]
+        high = [max(p[i] for p in every) for i in range(2)]
+
+        def normalise(p):
+            return tuple((p[i] - low[i]) / ((high[i] - low[i]) or 1.0) for i in range(2))
+
+        reference = (1.0 + REFERENCE_MARGIN, 1.0 + REFERENCE_MARGIN)
+        print(f"normalisation: loss {low[0]:.4f}..{high[0]:.4f}, GMACs {low[1]:.2f}..{high[1]:.2f}; "
+              f"reference point {reference} (worst + {REFERENCE_MARGIN:.0%} of the range)")
+        volumes = {name: [hypervolume_2d([normalise(p) for p in run["points"]], reference) for run in runs[name]]
+                   for name in samplers}
+        try:  # cross-check the 2-D sweep against Optuna's (private) WFG implementation
+            import numpy as np
+            from optuna._hypervolume import compute_hypervolume
+
+            run = runs[DEFAULT][0]
+            theirs = compute_hypervolume(np.array([normalise(p) for p in run["points"]]), np.array(reference))
+            print(f"check: hypervolume of the first {DEFAULT} run {volumes[DEFAULT][0]:.6f}, Optuna's WFG {theirs:.6f}")
+        except ImportError:
+            pass
+        ratios = {name: [v / r for v, r in zip(volumes[name], volumes["random"])] for name in samplers}
+        for seed in range(SEEDS):
+            print(f"seed {seed}: hypervolume " + "  ".join(f"{n} {volumes[n][seed]:.4f}" for n in samplers)
+                  + f"  ratio {DEFAULT}/random {ratios[DEFAULT][seed]:.3f}")
+        for name in samplers:
+            print(f"{name:6s}: median hypervolume {statistics.median(volumes[name]):.4f}, median ratio to random "
+                  f"{statistics.median(ratios[name]):.3f} (per seed {', '.join(f'{r:.3f}' for r in ratios[name])})")
+        print(f"{objective.evaluations} distinct configs evaluated in {objective.seconds:.1f} s; "
+              f"total {time.perf_counter() - wall:.1f} s")
+        print(f"sampler_quality: {statistics.median(ratios[DEFAULT]):.3f}")
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        main()

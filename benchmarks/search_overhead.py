@@ -1,0 +1,268 @@
+"""Share of a search's wall time not spent inside trial training (Ray + Tune + Optuna + counting + building).
+
+Runs a real search (`sslc.search.runner.run_search`: a local Ray started for it, Tune, Optuna ask/tell on SQLite,
+the default TPE sampler) of 16 trials on the `random:tiny` teacher with demo audio, at the CLI's batch (4 crops of
+2 s) and enough steps that training is most of a trial, and times it from outside. Definitions:
+
+- W: wall time of the whole `run_search` call (teacher and data, Ray start, all trials, Pareto front, Ray stop);
+- K: the trial concurrency the search used (Ray slots); K x W is the capacity in slot-seconds;
+- T: the sum over COMPLETE trials of `seconds_training` (the time each trial spent in its training loop);
+- overhead share = 1 - T / (K x W): the part of the capacity spent on anything but training steps, one-off
+  costs and idle slots included. This is the headline.
+
+It also prints where the overhead goes: one-off phases timed in the driver; per-trial overhead from the study's
+timestamps (ask -> tell of a trial, minus its training time; plus the gaps between one trial and the next on a
+slot); slot idle time at the start and at the tail (one slot waiting for the other's last trial); and, replayed
+in this process on the same configs without Ray, how much of a trial is building the student, measuring latency,
+the held-out evaluation and saving the checkpoint. Two more views: the share without the one-off start-up (what
+a long search converges to) and the share if trial lengths were perfectly balanced across slots.
+
+The last line is the headline: `search_overhead: <share>` (goal <= 0.05).
+
+    python benchmarks/search_overhead.py [--steps 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optuna.trial import TrialState  # noqa: E402
+
+import sslc.search.runner as runner  # noqa: E402
+from sslc.rundir import load_study  # noqa: E402
+
+TEACHER = "random:tiny"
+TRIALS = 16
+STEPS = 600  # ~15-25 s of training a trial on one busy CPU core
+BATCH_SIZE = 4
+CROP_SECONDS = 2.0
+LATENCY_REPEATS = 1
+
+
+def settings_for(run_dir: Path, steps: int | None = None) -> runner.SearchSettings:
+    steps = STEPS if steps is None else steps
+    return runner.SearchSettings(
+        teacher=TEACHER, data="demo", budget="70%", trials=TRIALS, steps=steps, batch_size=BATCH_SIZE,
+        crop_seconds=CROP_SECONDS, name="overhead", run_dir=run_dir, latency_repeats=LATENCY_REPEATS,
+        baselines=False, quiet=True, early_stopping=False, sampler="tpe", seed=0,
+    )
+
+
+class Phases:
+    """Wraps driver-side functions to time the phases of one search (wall time; first start, total)."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+        self.first_start: dict[str, float] = {}
+        self.saved = []
+
+    def wrap(self, owner, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+        self.saved.append((owner, attr, original))
+
+        def timed(*args, **kwargs):
+            started = time.time()
+            self.first_start.setdefault(label, started)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.total[label] = self.total.get(label, 0.0) + time.time() - started
+
+        setattr(owner, attr, timed)
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self.saved):
+            setattr(owner, attr, original)
+
+
+def run_timed_search(run_dir: Path) -> tuple[float, float, Phases]:
+    import ray
+    from ray.tune import Tuner
+
+    phases = Phases()
+    phases.wrap(runner, "prepare_run", "prepare_run")
+    phases.wrap(runner, "_start_ray", "ray_start")
+    phases.wrap(runner, "_tune", "tune")
+    phases.wrap(Tuner, "fit", "tuner_fit")
+    phases.wrap(ray, "shutdown", "ray_shutdown")
+    started = time.time()
+    try:
+        runner.run_search(settings_for(run_dir))
+    finally:
+        phases.restore()
+    return started, time.time() - started, phases
+
+
+def assign_slots(trials, slots: int) -> list[list]:
+    """Which trials ran one after the other on the same slot: greedy by start time (at most `slots` overlap)."""
+    lanes: list[list] = [[] for _ in range(slots)]
+    for trial in sorted(trials, key=lambda t: t.datetime_start):
+        free = [lane for lane in lanes if not lane or lane[-1].datetime_complete <= trial.datetime_start]
+        lane = min(free or lanes, key=lambda ln: ln[-1].datetime_complete if ln else trial.datetime_start)
+        lane.append(trial)
+    return lanes
+
+
+def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
+    """A trial's work other than training, timed in this process on the same configs (no Ray, 1 step)."""
+    import torch
+
+    import sslc.search.context as context_module
+    import sslc.search.trial as trial_module
+    from sslc.metrics import count_macs
+    from sslc.search.context import prepare_run
+    from sslc.search.trial import TrialSetup, evaluate_candidate
+    from sslc.trainers import distill
+
+    torch.set_num_threads(1)  # as in a trial (cpus_per_trial=1)
+    settings = settings_for(run_dir, steps=1)
+    context = prepare_run(TEACHER, "demo", run_dir, CROP_SECONDS, 0)
+    budget = runner._budget(settings, count_macs(context.teacher.config).total)
+    setup = TrialSetup(context, run_dir, runner._trainer_config(settings), budget, LATENCY_REPEATS)
+    parts: dict[str, list[float]] = {}
+    current: dict[str, float] = {}
+    saved = []
+
+    def wrap(owner, attr, label):
+        original = getattr(owner, attr)
+        saved.append((owner, attr, original))
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                current[label] = current.get(label, 0.0) + time.perf_counter() - started
+
+        setattr(owner, attr, timed)
+
+    wrap(context_module, "compress", "build student")
+    wrap(trial_module, "measure_latency", "measure latency")
+    wrap(distill._Run, "evaluate", "held-out eval")
+    wrap(trial_module.torch, "save", "save checkpoint")
+    try:
+        first = trials[0]  # builds the teacher-targets cache and pays first-call costs: not counted
+        evaluate_candidate(setup, first.user_attrs["config"], run_dir / "warm", None, first.user_attrs["macs"])
+        for trial in trials:
+            current.clear()
+            started = time.perf_counter()
+            result = evaluate_candidate(
+                setup, trial.user_attrs["config"], run_dir / str(trial.number), None, trial.user_attrs["macs"]
+            )
+            total = time.perf_counter() - started - result["seconds_training"]
+            current["other (targets lookup, heads, optimizer, ...)"] = total - sum(current.values())
+            current["total"] = total
+            for key, value in current.items():
+                parts.setdefault(key, []).append(value)
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+    return parts
+
+
+def main() -> None:
+    global STEPS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per trial")
+    STEPS = parser.parse_args().steps
+    with tempfile.TemporaryDirectory(prefix="sslc-overhead-") as tmp:
+        run_dir = Path(tmp) / "run"
+        search_start, wall, phases = run_timed_search(run_dir)
+        search_end = search_start + wall
+        study = load_study(run_dir)
+        trials = study.get_trials(deepcopy=False)
+        settings = study.user_attrs["settings"]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
+        others = [t for t in trials if t.state != TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
+        slots = max(1, min(settings.get("concurrency") or int(os.cpu_count() // settings["cpus_per_trial"]), TRIALS))
+
+        def seconds(t) -> float:
+            return (t.datetime_complete - t.datetime_start).total_seconds()
+
+        training = {t.number: t.user_attrs["seconds_training"] for t in complete}
+        total_training = sum(training.values())
+        share = 1.0 - total_training / (slots * wall)
+
+        # ---- the trial window, slot by slot ---------------------------------------------------------------
+        asked = [t for t in trials if t.datetime_start and t.datetime_complete]
+        lanes = assign_slots([t for t in asked if not t.user_attrs.get("infeasible")], slots)
+        first_ask = min(t.datetime_start for t in asked).timestamp()
+        last_tell = max(t.datetime_complete for t in asked).timestamp()
+        lane_ends = [lane[-1].datetime_complete.timestamp() for lane in lanes if lane]
+        tail_idle = sum(last_tell - end for end in lane_ends) + (slots - len(lane_ends)) * (last_tell - first_ask)
+        firsts = {lane[0].number for lane in lanes if lane}
+        in_lanes = [t for lane in lanes for t in lane]
+        startup_overhead = [seconds(t) - training.get(t.number, 0.0) for t in in_lanes if t.number in firsts]
+        steady = [seconds(t) - training.get(t.number, 0.0) for t in in_lanes if t.number not in firsts]
+        gaps = []  # previous tell -> next ask on the same slot (Tune's loop; infeasible asks happen in here too)
+        for lane in lanes:
+            gaps += [(b.datetime_start - a.datetime_complete).total_seconds() for a, b in zip(lane, lane[1:])]
+        lead_in = sum(lane[0].datetime_start.timestamp() - first_ask for lane in lanes if lane)
+
+        one_off = {
+            "prepare_run (teacher, demo audio, fingerprint)": phases.total.get("prepare_run", 0.0),
+            "study, budget and MAC counting before Ray": phases.first_start.get("ray_start", search_start)
+            - phases.first_start.get("prepare_run", search_start) - phases.total.get("prepare_run", 0.0),
+            "Ray start": phases.total.get("ray_start", 0.0),
+            "Tune set-up until the first ask": first_ask - phases.first_start.get("ray_start", first_ask)
+            - phases.total.get("ray_start", 0.0),
+            f"after the last tell (Tune and Ray stop: ray.shutdown {phases.total.get('ray_shutdown', 0.0):.2f} s; "
+            "Pareto files)": search_end - last_tell,
+            "before prepare_run (space, settings)": phases.first_start.get("prepare_run", search_start) - search_start,
+        }
+        in_window = slots * (last_tell - first_ask)
+        print(f"search: {TRIALS} trials x {STEPS} steps (batch {BATCH_SIZE} x {CROP_SECONDS:g} s) on {TEACHER}, "
+              f"demo audio, {slots} concurrent slot(s), TPE, {os.cpu_count()} CPU cores")
+        print(f"trials: {len(complete)} complete, {len(infeasible)} over budget (not trained), {len(others)} other")
+        print(f"W   run_search wall time              {wall:8.2f} s   K x W = {slots * wall:.2f} slot-s")
+        print(f"T   training (sum of seconds_training) {total_training:7.2f} s   "
+              f"median {statistics.median(training.values()):.2f} s a trial")
+        print(f"    not training: K x W - T            {slots * wall - total_training:7.2f} slot-s, made of:")
+        print("  one-off, driver wall time x K slots idle:")
+        for label, value in one_off.items():
+            print(f"    {label:50s} {value:6.2f} s  -> {slots * value:6.2f} slot-s")
+        print(f"  inside the trial window ({last_tell - first_ask:.2f} s x {slots} = {in_window:.2f} slot-s):")
+        print(f"    first trial on each slot, beyond training (worker process, imports incl. torch._dynamo, "
+              f"targets cache): {', '.join(f'{v:.2f}' for v in startup_overhead)} s")
+        print(f"    slots waiting for their first trial                {lead_in:6.2f} slot-s")
+        if steady:
+            print(f"    later trials, ask -> tell minus training: median {statistics.median(steady):.3f} s, "
+                  f"sum {sum(steady):6.2f} slot-s")
+        if gaps:
+            print(f"    gaps between trials on a slot (tell -> next ask, incl. {len(infeasible)} over-budget asks): "
+                  f"median {statistics.median(gaps):.3f} s, sum {sum(gaps):6.2f} slot-s")
+        print(f"    tail: slots idle after their last trial            {tail_idle:6.2f} slot-s")
+
+        replay = replay_in_process(Path(tmp) / "replay", complete)
+        print("  per trial, the same configs replayed in this process without Ray (median):")
+        for key, values in replay.items():
+            if key != "total":
+                print(f"    {key:46s} {statistics.median(values):.3f} s")
+        in_process = statistics.median(replay["total"])
+        if steady:
+            print(f"    => of the {statistics.median(steady) + statistics.median(gaps or [0.0]):.3f} s a trial costs "
+                  f"beyond training in the search, ~{in_process:.3f} s is this work and the rest Ray/Tune/Optuna")
+
+        one_off_slot_s = slots * sum(one_off.values()) + sum(startup_overhead) + lead_in
+        accounted = one_off_slot_s + sum(steady) + sum(gaps) + tail_idle
+        print(f"  check: the parts above add up to {accounted:.2f} of the {slots * wall - total_training:.2f} "
+              "slot-s not spent training")
+        steady_share = 1.0 - total_training / (slots * wall - one_off_slot_s)
+        balanced_share = 1.0 - total_training / (slots * wall - tail_idle)
+        print(f"share without the one-off start-up/shut-down (a long search's limit): {steady_share:.3f}")
+        print(f"share without the tail (as if the slots' trial lengths were balanced): {balanced_share:.3f}")
+        print(f"overhead share = 1 - T / (K x W) = 1 - {total_training:.2f} / ({slots} x {wall:.2f})")
+        print(f"search_overhead: {share:.3f}")
+
+
+if __name__ == "__main__":
+    main()
