@@ -1,7 +1,7 @@
 """Share of a search's wall time not spent inside trial training (Ray + Tune + Optuna + counting + building).
 
 Runs a real search (`sslc.search.runner.run_search`: a local Ray started for it, Tune, Optuna ask/tell on SQLite,
-the default TPE sampler) of 16 trials on the `random:tiny` teacher with demo audio, at the CLI's batch (4 crops of
+the default sampler, GP) of 16 trials on the `random:tiny` teacher with demo audio, at the CLI's batch (4 crops of
 2 s) and enough steps that training is most of a trial, and times it from outside. Definitions:
 
 - W: wall time of the whole `run_search` call (teacher and data, Ray start, all trials, Pareto front, Ray stop);
@@ -41,7 +41,9 @@ from sslc.rundir import load_study  # noqa: E402
 
 TEACHER = "random:tiny"
 TRIALS = 16
-STEPS = 600  # ~15-25 s of training a trial on one busy CPU core
+# ~30 s of training a trial on one idle core: short next to a real trial (a HuBERT-Base student trains about
+# 1 s a step on this machine, so 100 steps take minutes), long enough that start-up is not the whole figure.
+STEPS = 1600
 BATCH_SIZE = 4
 CROP_SECONDS = 2.0
 LATENCY_REPEATS = 1
@@ -52,7 +54,7 @@ def settings_for(run_dir: Path, steps: int | None = None) -> runner.SearchSettin
     return runner.SearchSettings(
         teacher=TEACHER, data="demo", budget="70%", trials=TRIALS, steps=steps, batch_size=BATCH_SIZE,
         crop_seconds=CROP_SECONDS, name="overhead", run_dir=run_dir, latency_repeats=LATENCY_REPEATS,
-        baselines=False, quiet=True, early_stopping=False, sampler="tpe", seed=0,
+        baselines=False, quiet=True, early_stopping=False, sampler=runner.SearchSettings.sampler, seed=0,
     )
 
 
@@ -221,7 +223,7 @@ def main() -> None:
         }
         in_window = slots * (last_tell - first_ask)
         print(f"search: {TRIALS} trials x {STEPS} steps (batch {BATCH_SIZE} x {CROP_SECONDS:g} s) on {TEACHER}, "
-              f"demo audio, {slots} concurrent slot(s), TPE, {os.cpu_count()} CPU cores")
+              f"demo audio, {slots} concurrent slot(s), sampler {runner.SearchSettings.sampler}, {os.cpu_count()} CPU cores")
         print(f"trials: {len(complete)} complete, {len(infeasible)} over budget (not trained), {len(others)} other")
         print(f"W   run_search wall time              {wall:8.2f} s   K x W = {slots * wall:.2f} slot-s")
         print(f"T   training (sum of seconds_training) {total_training:7.2f} s   "
