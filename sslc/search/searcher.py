@@ -167,4 +167,5 @@ class OptunaAskTellSearcher(Searcher):
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("interrupted", True)
         self.study.tell(trial, state=TrialState.FAIL)
-        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        if trial.params:  # stopped before its config was chosen: nothing to run again
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
