@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             should_stop=should_stop, say=lambda line: print(line, file=sys.stderr),
         )
     _print_results(results)
+    if any(r["status"] == "completed" for r in results):
+        from sslc.dashboards import write_report  # the report shows retrained points beside the search's
+
+        print(f"report: {write_report(args.run_dir)}")
     print(f"results: {args.run_dir / 'retrain'}/<trial>/result.json; export with sslc-export {args.run_dir} --trial N")
     return 0 if all(r["status"] == "completed" for r in results) else 1
 
