@@ -225,6 +225,7 @@ def _cli(*args):
         (["--budget", "50%", "--teacher", "random:nope"], "random:nope"),
         (["--budget", "50%", "--data", "/no/such/dir"], "/no/such/dir"),
         (["--budget", "50%", "--space", "/no/such/space.yaml"], "space"),
+        (["--budget", "50%", "--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,6 +140,17 @@ def _trainer_config(settings: SearchSettings) -> TrainerConfig:
     ).validate()
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on (Ray itself retries for minutes); "auto" is left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
+
+
 def _start_ray(settings: SearchSettings) -> bool:
     """Start a local Ray sized to this machine (or join `--ray-address`); True when we started it."""
     import ray
@@ -189,6 +201,8 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
 
 def run_search(settings: SearchSettings) -> SearchResult:
     _check(settings)
+    if settings.ray_address:
+        _check_reachable(settings.ray_address)
     parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
     space = SearchSpace.load(settings.space)
     name, run_dir = _run_dir(settings)
