@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from sslc.compress import CompressionConfig
+from sslc.errors import UserError
 from sslc.metrics import count_macs
 from sslc.models import tiny_config
 from sslc.rundir import load_study
@@ -271,3 +273,12 @@ def test_ctrl_c_exits_130_and_leaves_no_trial_running(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_reusing_a_name_with_other_settings_is_refused_and_changes_nothing(finished_search):
+    settings, _, study = finished_search
+    before = [(t.number, t.state, t.values) for t in study.get_trials()]
+    with pytest.raises(UserError, match="budget_macs"):
+        run_search(replace(settings, budget="60%"))
+    after = [(t.number, t.state, t.values) for t in load_study(settings.run_dir).get_trials()]
+    assert after == before
