@@ -41,9 +41,11 @@ from sslc.rundir import load_study  # noqa: E402
 
 TEACHER = "random:tiny"
 TRIALS = 16
-# ~30 s of training a trial on one idle core: short next to a real trial (a HuBERT-Base student trains about
-# 1 s a step on this machine, so 100 steps take minutes), long enough that start-up is not the whole figure.
-STEPS = 1600
+# ~40 s of training a trial on one idle core (the run takes ~6 min): still short next to a real trial (a
+# HuBERT-Base student trains about 1 s a step on this machine, so 100 steps take minutes). The fixed start-up
+# (Ray, worker imports) is ~20 slot-seconds whatever the trial length: at 1600 steps (~30 s trials) the share was
+# 0.060, at 600 steps (~12 s) 0.111; the per-trial part alone stays near 0.02.
+STEPS = 2400
 BATCH_SIZE = 4
 CROP_SECONDS = 2.0
 LATENCY_REPEATS = 1
