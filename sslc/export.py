@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from sslc.errors import UserError
+from sslc.files import write_atomically
 from sslc.models import EncoderConfig, build_encoder
 
 FORMAT = "sslc-student"
@@ -51,15 +51,7 @@ def save_student(
         "provenance": dict(provenance or {}),
         "metrics": dict(metrics or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_student_file(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -23,6 +23,7 @@ from sslc.compress import CompressionConfig
 from sslc.data import LengthBucketBatchSampler
 from sslc.errors import UserError
 from sslc.export import RESULT_FILE, WEIGHTS_FILE, save_student
+from sslc.files import write_json_atomically
 from sslc.rundir import Run, open_run, retrain_key
 from sslc.search.budget import Budget
 from sslc.trainers import TrainerConfig, train_full
@@ -113,12 +114,6 @@ def prepare_context(run: Run):
     return prepare_run(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def retrain_trial(
     run: Run,
     trial: FrozenTrial,
@@ -193,7 +188,7 @@ def retrain_trial(
         provenance = {"run": run.name, "trial": trial.number, "weights": "retrained", "steps": result.steps_done}
         metrics = {k: summary[k] for k in ("macs", "params", "nonzero_params", "latency_ms", "heldout_loss")}
         save_student(out_dir / WEIGHTS_FILE, student, config.to_dict(), context.teacher_spec, provenance, metrics)
-    _write_json(out_dir / RESULT_FILE, {**summary, "curve": [list(p) for p in result.curve]})
+    write_json_atomically(out_dir / RESULT_FILE, {**summary, "curve": [list(p) for p in result.curve]})
     if record:
         _record(run, trial.number, summary)
     return summary

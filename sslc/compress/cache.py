@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from sslc.files import write_atomically
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -68,14 +69,4 @@ class ImportanceCache:
             return None
 
     def put(self, model_key: str, data_key: str, method: str, scores) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path(model_key, data_key, method)
-        handle, tmp = tempfile.mkstemp(dir=self.directory, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(scores, file)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomically(self.path(model_key, data_key, method), lambda tmp: torch.save(scores, tmp))

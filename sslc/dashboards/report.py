@@ -14,6 +14,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from sslc.files import write_text_atomically
 from sslc.metrics import format_macs
 from sslc.rundir import Run, open_run
 
@@ -143,8 +144,4 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """Write the report of the run in `run_dir` (default `<run_dir>/report.html`) and return its path."""
     run = open_run(run_dir)
     out = Path(out) if out is not None else run.run_dir / REPORT_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render_html(build_report(run)), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomically(out, render_html(build_report(run)))

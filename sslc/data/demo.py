@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from sslc.data.audio import SAMPLE_RATE
+from sslc.files import write_atomically, write_json_atomically
 
 DEMO_NOTE = "synthetic speech-like demo audio (not real speech)"
 DEMO_SPEC = "demo"
@@ -74,10 +75,9 @@ def make_demo_corpus(
     for i, name in enumerate(names):
         rng = np.random.default_rng([seed, i])
         wave = synthesize_utterance(rng, rng.uniform(lo, hi))
-        _atomic_write(
-            out_dir / name, lambda tmp, w=wave: sf.write(tmp, w, SAMPLE_RATE, "PCM_16", format="WAV")
-        )
-    _atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps({**params, "files": names})))
+        # Write-then-rename: parallel trials resolving 'demo' at once never read a half-written file.
+        write_atomically(out_dir / name, lambda tmp, w=wave: sf.write(tmp, w, SAMPLE_RATE, "PCM_16", format="WAV"))
+    write_json_atomically(marker, {**params, "files": names})
     return out_dir
 
 
@@ -89,13 +89,6 @@ def _is_complete(marker: Path, params: dict, names: list[str]) -> bool:
     if recorded != {**params, "files": names}:
         return False
     return all((marker.parent / name).is_file() for name in names)
-
-
-def _atomic_write(path: Path, write) -> None:
-    # Write-then-rename: parallel trials resolving 'demo' at once never read a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
 
 
 def synthesize_utterance(rng: np.random.Generator, seconds: float) -> np.ndarray:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import optuna
+
+from sslc.files import write_atomically, write_json_atomically
 
 ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 
@@ -42,21 +43,17 @@ def objective_names(trial) -> list[str]:
 def write_pareto(study: optuna.Study, run_dir: Path, teacher_macs=None, teacher_params=None) -> list[dict]:
     rows = [trial_row(t, teacher_macs, teacher_params) for t in pareto_trials(study)]
     run_dir = Path(run_dir)
-    _atomic_write(run_dir / "pareto.json", json.dumps(rows, indent=2))
-    tmp = run_dir / "pareto.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*ROW_FIELDS, "macs", "params", "config"])
-        for row in rows:
-            writer.writerow([row[f] for f in ROW_FIELDS] + [row["macs"], row["params"], json.dumps(row["config"])])
-    os.replace(tmp, run_dir / "pareto.csv")
+    write_json_atomically(run_dir / "pareto.json", rows, indent=2)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*ROW_FIELDS, "macs", "params", "config"])
+            for row in rows:
+                writer.writerow([row[f] for f in ROW_FIELDS] + [row["macs"], row["params"], json.dumps(row["config"])])
+
+    write_atomically(run_dir / "pareto.csv", write_csv)
     return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def pareto_table(rows: list[dict], title: str = "Pareto front"):

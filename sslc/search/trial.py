@@ -7,7 +7,6 @@ and the reason, so the searcher records the trial as FAIL with that reason (Ray'
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sslc.compress import CompressionConfig, quantize_int8
+from sslc.files import write_json_atomically
 from sslc.metrics import count_nonzero_params, measure_latency
 from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 
@@ -56,12 +56,6 @@ def injected_fault(trial_number: int) -> str | None:
     return None
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def evaluate_candidate(
     setup: TrialSetup,
     config_dict: dict,
@@ -75,7 +69,7 @@ def evaluate_candidate(
     config = CompressionConfig.from_dict(config_dict)
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(trial_dir / "config.json", config.to_dict())
+        write_json_atomically(trial_dir / "config.json", config.to_dict(), indent=2)
     # int8 models cannot be trained: the float student is distilled, latency is measured on its int8 copy.
     student = setup.run.build_student(config, quantize=False)
     if fault == "raise":

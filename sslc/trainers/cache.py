@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from sslc.data import SegmentDataset
+from sslc.files import write_json_atomically
 from sslc.trainers.target_batch import TargetBatch
 
 MARKER = "complete"
@@ -115,7 +116,7 @@ class TeacherTargetCache:
                 if missing:
                     _remove_leftovers(directory, missing)
                     if description is not None:
-                        _write_json_atomic(directory / "key.json", description)
+                        write_json_atomically(directory / "key.json", description, indent=1, sort_keys=True)
                     _build(directory, teacher, dataset, missing, batch_size, device)
         return cls(directory, layers)
 
@@ -140,12 +141,6 @@ def _remove_leftovers(directory: Path, missing: Sequence[int]) -> None:
         stale = directory / layer_dir_name(layer)
         if stale.exists():
             shutil.rmtree(stale)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

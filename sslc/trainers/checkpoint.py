@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sslc.files import write_atomically
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -21,17 +22,7 @@ def checkpoint_path(directory: str | os.PathLike) -> Path:
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over `path`: an interruption at any
     moment leaves either the previous checkpoint or the new one, never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: torch.save(state, tmp), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
