@@ -14,9 +14,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sslc.errors import UserError
+from sslc.search.storage import (
+    STUDY_DB,
+    STUDY_MARKER,
+    default_storage_url,
+    make_storage,
+    objective_names,
+    trial_category,
+)
 
-STUDY_MARKER = "study.txt"  # "<storage url>\n<study name>\n", written by the search
-STUDY_DB = "study.db"
 RETRAIN_PREFIX = "retrain:"  # study user attr per retrained trial (a finished trial's own attrs are frozen)
 
 
@@ -40,7 +46,7 @@ def resolve_storage(run_dir_or_url: str | Path) -> tuple[str, str | None]:
             _check_sqlite_exists(url)
             return url, name or None
     if (run_dir / STUDY_DB).is_file():
-        return f"sqlite:///{(run_dir / STUDY_DB).resolve()}", None
+        return default_storage_url(run_dir), None
     raise UserError(f"{run_dir} holds no study (no {STUDY_MARKER} or {STUDY_DB}): is it a sslc-search run directory?")
 
 
@@ -54,8 +60,6 @@ def _check_sqlite_exists(url: str) -> None:
 
 def load_study(run_dir_or_url: str | Path) -> optuna.Study:
     """The one study of a run directory (or of a storage URL that holds exactly one)."""
-    from sslc.search.storage import make_storage
-
     url, name = resolve_storage(run_dir_or_url)
     storage = make_storage(url)
     if name is None:
@@ -67,19 +71,6 @@ def load_study(run_dir_or_url: str | Path) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         raise UserError(f"no study named '{name}' in {url}") from None
-
-
-def trial_category(trial: FrozenTrial) -> str:
-    """complete | pruned | infeasible (over budget, never trained) | failed | interrupted | running."""
-    if trial.user_attrs.get("infeasible"):
-        return "infeasible"
-    if trial.state == TrialState.COMPLETE:
-        return "complete"
-    if trial.state == TrialState.PRUNED:
-        return "pruned"
-    if trial.state == TrialState.FAIL:
-        return "interrupted" if trial.user_attrs.get("interrupted") else "failed"
-    return "running"  # RUNNING or WAITING
 
 
 @dataclass
@@ -114,8 +105,7 @@ class Run:
 
     @property
     def objective_names(self) -> list[str]:
-        names = self.study.user_attrs.get("objective_names")
-        return list(names) if names else ["loss", "macs", "latency"][: len(self.study.directions)]
+        return objective_names(self.study)
 
     @property
     def budget_seconds(self) -> float:

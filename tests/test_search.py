@@ -282,3 +282,14 @@ def test_reusing_a_name_with_other_settings_is_refused_and_changes_nothing(finis
         run_search(replace(settings, budget="60%"))
     after = [(t.number, t.state, t.values) for t in load_study(settings.run_dir).get_trials()]
     assert after == before
+
+
+def test_pareto_files_name_the_studys_objectives(tmp_path):
+    from sslc.search.pareto import write_pareto
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_user_attr("objective_names", ["loss", "latency"])
+    study.add_trial(optuna.trial.create_trial(values=[1.5, 20.0], user_attrs={"macs": 10, "params": 5}))
+    (row,) = write_pareto(study, tmp_path)
+    assert row["objectives"] == {"loss": 1.5, "latency": 20.0}
+    assert json.loads((tmp_path / "pareto.json").read_text())[0]["objectives"] == row["objectives"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sslc.rundir import Run, trial_category
+from sslc.rundir import Run
+from sslc.search.storage import trial_category
 
 # How each category is named on the plots, in legend order. Only COMPLETE trials have a held-out loss.
 CATEGORY_LABELS = {

@@ -10,6 +10,8 @@ import optuna
 
 from sslc.files import write_atomically, write_json_atomically
 
+from .storage import objective_names
+
 ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 
 
@@ -18,11 +20,17 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.user_attrs.get("macs", 0))
 
 
-def trial_row(trial: optuna.trial.FrozenTrial, teacher_macs: int | None = None, teacher_params: int | None = None):
+def trial_row(
+    trial: optuna.trial.FrozenTrial,
+    names: list[str],
+    teacher_macs: int | None = None,
+    teacher_params: int | None = None,
+):
+    """`names`: the study's objective names, in the order of the trial's values."""
     attrs = trial.user_attrs
     row = {
         "trial": trial.number,
-        "objectives": dict(zip(objective_names(trial), trial.values or [])),
+        "objectives": dict(zip(names, trial.values or [])),
         "loss": attrs.get("heldout_loss"),
         "gmacs": attrs.get("macs", 0) / 1e9,
         "macs": attrs.get("macs"),
@@ -36,12 +44,9 @@ def trial_row(trial: optuna.trial.FrozenTrial, teacher_macs: int | None = None, 
     return row
 
 
-def objective_names(trial) -> list[str]:
-    return trial.user_attrs.get("objective_names") or ["loss", "macs", "latency"][: len(trial.values or [])]
-
-
 def write_pareto(study: optuna.Study, run_dir: Path, teacher_macs=None, teacher_params=None) -> list[dict]:
-    rows = [trial_row(t, teacher_macs, teacher_params) for t in pareto_trials(study)]
+    names = objective_names(study)
+    rows = [trial_row(t, names, teacher_macs, teacher_params) for t in pareto_trials(study)]
     run_dir = Path(run_dir)
     write_json_atomically(run_dir / "pareto.json", rows, indent=2)
 

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .storage import counts_toward_budget
+from .storage import counts_toward_budget, trial_category
 
 
 class SearchProgress:
@@ -41,16 +41,10 @@ class SearchProgress:
         trials = self.study.get_trials(deepcopy=False)
         count = {s: 0 for s in ("done", "running", "failed", "pruned", "infeasible")}
         for t in trials:
-            if t.user_attrs.get("infeasible"):
-                count["infeasible"] += 1
-            elif t.state == TrialState.RUNNING:
-                count["running"] += 1
-            elif t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"):
-                count["failed"] += 1
-            elif t.state == TrialState.PRUNED:
-                count["pruned"] += 1
-            elif t.state == TrialState.COMPLETE:
-                count["done"] += 1
+            category = trial_category(t)
+            if category == "interrupted" or (category == "running" and t.state != TrialState.RUNNING):
+                continue  # interrupted ones run again; queued ones have not started
+            count["done" if category == "complete" else category] += 1
         count["counted"] = sum(counts_toward_budget(t) for t in trials)
         has_complete = count["done"] > 0
         count["pareto"] = len(self.study.best_trials) if has_complete else 0

@@ -24,7 +24,7 @@ from sslc.spaces import SearchSpace
 from sslc.trainers import TrainerConfig
 
 from .baselines import baseline_configs
-from .budget import Budget, parse_budget, parse_count
+from .budget import Budget, BudgetSpec, parse_budget, parse_count
 from .context import prepare_run
 from .pareto import pareto_table, write_pareto
 from .progress import SearchProgress
@@ -33,7 +33,9 @@ from .scheduler import DominanceStopper
 from .searcher import OptunaAskTellSearcher
 from .storage import (
     INTERRUPTED,
-    counts_toward_budget,
+    OBJECTIVES,
+    STUDY_MARKER,
+    count_trained,
     default_storage_url,
     make_storage,
     open_study,
@@ -43,7 +45,6 @@ from .trial import TrialSetup, evaluate_candidate, train_candidate
 
 log = logging.getLogger("sslc.search")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line and the study say what happened
-OBJECTIVES = ("loss", "macs", "latency")
 
 
 @dataclass
@@ -112,8 +113,7 @@ def _run_dir(settings: SearchSettings) -> tuple[str, Path]:
     return name, run_dir.resolve()
 
 
-def _budget(settings: SearchSettings, teacher_macs: int) -> Budget:
-    spec = parse_budget(settings.budget)
+def _budget(settings: SearchSettings, spec: BudgetSpec, teacher_macs: int) -> Budget:
     max_params = parse_count(settings.max_params) if settings.max_params else None
     if settings.max_latency_ms is not None and not settings.max_latency_ms > 0:
         raise UserError("--max-latency-ms must be > 0")
@@ -203,7 +203,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
     _check(settings)
     if settings.ray_address:
         _check_reachable(settings.ray_address)
-    parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
+    budget_spec = parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
     space = SearchSpace.load(settings.space)
     name, run_dir = _run_dir(settings)
     console = SearchProgress.make_console(settings.quiet)
@@ -212,7 +212,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
     context = prepare_run(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
-    budget = _budget(settings, teacher_macs.total)
+    budget = _budget(settings, budget_spec, teacher_macs.total)
     _check_feasible(space, teacher_config, budget)
     trainer = _trainer_config(settings)
     say(f"teacher: {describe_teacher(context.teacher)}")
@@ -245,15 +245,14 @@ def run_search(settings: SearchSettings) -> SearchResult:
             "architecture": teacher_config.to_dict(),
         },
     )
-    (run_dir / "study.txt").write_text(f"{storage_url}\n{study_name}\n")
+    (run_dir / STUDY_MARKER).write_text(f"{storage_url}\n{study_name}\n")
     recovered = recover_interrupted(study)
     if recovered:
         say(f"resuming run '{name}': {recovered} interrupted trial(s) will run again")
 
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats)
-    counted = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
     interrupted = False
-    if counted < settings.trials:
+    if count_trained(study) < settings.trials:
         interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console)
     if settings.baselines and not interrupted:
         try:
@@ -319,5 +318,4 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
             import ray
 
             ray.shutdown()
-    done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
-    return interrupted or done < settings.trials
+    return interrupted or count_trained(study) < settings.trials

@@ -21,7 +21,7 @@ from sslc.models import EncoderConfig
 from sslc.spaces import SearchSpace
 
 from .budget import Budget
-from .storage import INTERRUPTED, counts_toward_budget
+from .storage import INTERRUPTED, count_trained
 
 # How many over-budget configs in a row before the space is judged hopeless for this budget.
 MAX_INFEASIBLE_IN_A_ROW = 2000
@@ -59,7 +59,7 @@ class OptunaAskTellSearcher(Searcher):
         self.on_event = on_event or (lambda kind, trial: None)
         self.running: dict[str, optuna.Trial] = {}
         self.early_stopped = early_stopped
-        self.started = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+        self.started = count_trained(study)
 
     # Tune pickles its searcher to save experiment state; the study (its connection) stays out: resuming goes
     # through Optuna's storage, never through Tune's experiment restore.

@@ -14,10 +14,13 @@ from sslc.errors import UserError
 # Settings that define what a study measures: a resumed run must not silently change them.
 IDENTITY_KEYS = ("teacher", "space", "objectives", "budget_macs", "budget_seconds", "data", "trainer")
 INTERRUPTED = "interrupted: the search stopped while this trial ran (it is run again on resume)"
+STUDY_DB = "study.db"
+STUDY_MARKER = "study.txt"  # "<storage url>\n<study name>\n": how later commands find a run's study
+OBJECTIVES = ("loss", "macs", "latency")
 
 
 def default_storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+    return f"sqlite:///{(Path(run_dir) / STUDY_DB).resolve()}"
 
 
 def _fast_sqlite(dbapi_connection, _record) -> None:
@@ -87,6 +90,28 @@ def recover_interrupted(study: optuna.Study) -> int:
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Trained trials count against --trials; over-budget configs and interrupted runs do not."""
-    if trial.user_attrs.get("infeasible") or trial.user_attrs.get("interrupted"):
-        return False
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return trial_category(trial) in ("complete", "pruned", "failed")
+
+
+def count_trained(study: optuna.Study) -> int:
+    """How many trials count against --trials so far."""
+    return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+
+
+def trial_category(trial: optuna.trial.FrozenTrial) -> str:
+    """complete | pruned | infeasible (over budget, never trained) | failed | interrupted | running (or queued)."""
+    if trial.user_attrs.get("infeasible"):
+        return "infeasible"
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.PRUNED:
+        return "pruned"
+    if trial.state == TrialState.FAIL:
+        return "interrupted" if trial.user_attrs.get("interrupted") else "failed"
+    return "running"  # RUNNING or WAITING
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives in the order of its values (recorded by the search)."""
+    names = study.user_attrs.get("objective_names")
+    return list(names) if names else list(OBJECTIVES[: len(study.directions)])
