@@ -130,7 +130,8 @@ def test_early_stopped_trials_are_pruned_never_on_the_front(tmp_path):
 
 
 def _counts(run_dir):
-    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
+    # Read like a dashboard does; creating the schema is the search's job.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}", skip_table_creation=True)
     (summary,) = optuna.get_all_study_summaries(storage)
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
     return trials
@@ -145,11 +146,13 @@ def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
     ]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     # Own process group, so Ray processes orphaned by the kill can be cleaned up at the end.
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    stderr_path = tmp_path / "first-run.stderr"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
     try:
-        _kill_and_resume(process, command, env, run_dir)
+        _kill_and_resume(process, command, env, run_dir, stderr_path)
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -157,10 +160,12 @@ def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
             pass
 
 
-def _kill_and_resume(process, command, env, run_dir):
+def _kill_and_resume(process, command, env, run_dir, stderr_path):
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(1)
+        if process.poll() is not None:
+            pytest.fail(f"the search exited ({process.returncode}) before the kill: {stderr_path.read_text()[-2000:]}")
         if (run_dir / "study.db").exists():
             try:
                 trials = _counts(run_dir)

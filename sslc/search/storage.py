@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 
 from sslc.errors import UserError
 
@@ -39,13 +41,23 @@ def _fast_sqlite(dbapi_connection, _record) -> None:
         cursor.close()
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    try:
-        # A generous SQLite timeout: the dashboard may read while the search writes.
-        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
-        raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
+def make_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+    # A generous SQLite timeout: the dashboard may read while the search writes.
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    for attempt in range(1, attempts + 1):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            break
+        except DBAPIError as error:
+            # Optuna creates the schema unguarded: when another process (optuna-dashboard, sslc-report, a
+            # second search) opens a brand-new database at the same moment, one of them loses the race with
+            # "table ... already exists" or a duplicate alembic_version row. Once the winner has committed,
+            # opening again succeeds; a database that is really unreachable fails every attempt.
+            if attempt == attempts:
+                raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
+            time.sleep(0.2 * attempt)
+        except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
+            raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
     if storage.engine.name == "sqlite" and ":memory:" not in url and url.rstrip("/") != "sqlite:":
         event.listen(storage.engine, "connect", _fast_sqlite)
         storage.engine.dispose()  # connections opened while creating the tables reconnect with the settings
