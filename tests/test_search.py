@@ -142,14 +142,17 @@ def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
     command = [
         sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
         "6", "--steps", "40", "--batch-size", "2", "--crop-seconds", "1", "--name", "resume", "--run-dir",
-        str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1",
+        str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
     ]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop(FAULTS_ENV, None)
     # Own process group, so Ray processes orphaned by the kill can be cleaned up at the end.
     stderr_path = tmp_path / "first-run.stderr"
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+            # Trial 3 trains until the kill: tiny trials take a second, too short to catch one running by polling.
+            command, env={**env, FAULTS_ENV: "hang:3"}, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True,
         )
     try:
         _kill_and_resume(process, command, env, run_dir, stderr_path)

@@ -8,6 +8,7 @@ and the reason, so the searcher records the trial as FAIL with that reason (Ray'
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 from .budget import Budget
 from .context import RunContext
 
-# Fault injection for the tests of failure handling, e.g. SSLC_INJECT_FAULTS="raise:1,nan:2" makes trial 1 raise
-# and gives trial 2 NaN weights (Ray workers inherit the driver's environment).
+# Fault injection for the tests of failure handling, e.g. SSLC_INJECT_FAULTS="raise:1,nan:2,hang:3" makes trial 1
+# raise, gives trial 2 NaN weights and keeps trial 3 training until the search is killed (Ray workers inherit the
+# driver's environment).
 FAULTS_ENV = "SSLC_INJECT_FAULTS"
 # Per worker process (Ray reuses actors): the targets object remembers its open caches between trials.
 _TARGETS: dict[str, TeacherTargets] = {}
@@ -74,6 +76,9 @@ def evaluate_candidate(
     student = setup.run.build_student(config, quantize=False)
     if fault == "raise":
         raise RuntimeError("injected fault (SSLC_INJECT_FAULTS)")
+    if fault == "hang":  # a trial that is surely still training when a test kills the search
+        while True:
+            time.sleep(1)
     if fault == "nan":
         with torch.no_grad():
             next(student.parameters()).fill_(float("nan"))
