@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -137,56 +138,67 @@ def _counts(run_dir):
     return trials
 
 
-def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
-    run_dir = tmp_path / "resume"
-    command = [
-        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
-        "6", "--steps", "40", "--batch-size", "2", "--crop-seconds", "1", "--name", "resume", "--run-dir",
-        str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
-    ]
+def _search_env() -> dict:
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     env.pop(FAULTS_ENV, None)
-    # Own process group, so Ray processes orphaned by the kill can be cleaned up at the end.
-    stderr_path = tmp_path / "first-run.stderr"
+    return env
+
+
+def _tiny_search_command(run_dir, trials: int, steps: int) -> list[str]:
+    """`sslc-search` on the tiny teacher, one trial at a time, every trial trained to the end."""
+    return [
+        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
+        str(trials), "--steps", str(steps), "--batch-size", "2", "--crop-seconds", "1", "--name", run_dir.name,
+        "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
+    ]
+
+
+@contextlib.contextmanager
+def _search_process(command, env, stderr_path):
+    """The search in its own process group, so Ray processes orphaned by a kill are cleaned up at the end."""
     with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(
-            # Trial 3 trains until the kill: tiny trials take a second, too short to catch one running by polling.
-            command, env={**env, FAULTS_ENV: "hang:3"}, stdout=subprocess.DEVNULL, stderr=stderr,
-            start_new_session=True,
-        )
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
-        _kill_and_resume(process, command, env, run_dir, stderr_path)
+        yield process
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
-def _kill_and_resume(process, command, env, run_dir, stderr_path):
-    deadline = time.time() + 240
+def _wait_for_trials(process, run_dir, stderr_path, ready, what: str, timeout: float):
+    """Poll the study until `ready(trials)`; fail at once if the search exits first."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(1)
         if process.poll() is not None:
-            pytest.fail(f"the search exited ({process.returncode}) before the kill: {stderr_path.read_text()[-2000:]}")
-        if (run_dir / "study.db").exists():
-            try:
-                trials = _counts(run_dir)
-            except Exception:  # the study may not be created yet
-                continue
-            # Kill while a trial trains (its config chosen), so there is a config to run again.
-            training = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
-            if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and training:
-                break
-    else:
-        process.kill()
-        pytest.fail("the search did not get two trials done in time")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    before = {t.number: t.values for t in _counts(run_dir) if t.state == TrialState.COMPLETE}
-    assert len(before) >= 2
+            pytest.fail(f"the search exited ({process.returncode}) before {what}: {stderr_path.read_text()[-2000:]}")
+        try:
+            trials = _counts(run_dir)
+        except Exception:  # no study yet
+            continue
+        if ready(trials):
+            return
+    pytest.fail(f"the search did not get to {what} in time")
 
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+def _two_done_one_training(trials) -> bool:
+    # Kill while a trial trains (its config chosen), so there is a config to run again.
+    training = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
+    return sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and bool(training)
+
+
+def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
+    run_dir = tmp_path / "resume"
+    command, env, stderr_path = _tiny_search_command(run_dir, trials=6, steps=40), _search_env(), tmp_path / "stderr"
+    # Trial 3 trains until the kill: tiny trials take a second, too short to catch one running by polling.
+    with _search_process(command, {**env, FAULTS_ENV: "hang:3"}, stderr_path) as process:
+        _wait_for_trials(process, run_dir, stderr_path, _two_done_one_training, "two trials done", timeout=240)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        before = {t.number: t.values for t in _counts(run_dir) if t.state == TrialState.COMPLETE}
+        assert len(before) >= 2
+
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     after = _counts(run_dir)
     assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -221,8 +233,7 @@ def test_malformed_budgets_are_rejected(text):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "sslc.cli.search", *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        [sys.executable, "-m", "sslc.cli.search", *args], capture_output=True, text=True, timeout=120, env=_search_env()
     )
 
 
@@ -246,41 +257,19 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 def test_ctrl_c_exits_130_and_leaves_no_trial_running(tmp_path):
-    run_dir = tmp_path / "ctrlc"
-    command = [
-        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
-        "4", "--steps", "2000", "--batch-size", "2", "--crop-seconds", "1", "--name", "ctrlc", "--run-dir",
-        str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            time.sleep(1)
-            try:
-                if TrialState.RUNNING in [t.state for t in _counts(run_dir)]:
-                    break
-            except Exception:  # no study yet
-                continue
-        else:
-            pytest.fail("no trial started in time")
+    run_dir, stderr_path = tmp_path / "ctrlc", tmp_path / "stderr"
+    with _search_process(_tiny_search_command(run_dir, trials=4, steps=2000), _search_env(), stderr_path) as process:
+        _wait_for_trials(process, run_dir, stderr_path, lambda trials: TrialState.RUNNING in [t.state for t in trials],
+                         "a trial started", timeout=180)
         time.sleep(3)  # let the trial get into training
         os.kill(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 130, stderr[-2000:]
-        trials = _counts(run_dir)
-        assert TrialState.RUNNING not in [t.state for t in trials]
-        cut = [t for t in trials if t.user_attrs.get("interrupted")]
-        assert cut and all(t.state == TrialState.FAIL and "interrupted" in t.user_attrs["fail_reason"] for t in cut)
-        assert not [t for t in trials if t.state == TrialState.PRUNED]  # Ctrl-C is not early stopping
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        process.wait(timeout=120)
+    assert process.returncode == 130, stderr_path.read_text()[-2000:]
+    trials = _counts(run_dir)
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    cut = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert cut and all(t.state == TrialState.FAIL and "interrupted" in t.user_attrs["fail_reason"] for t in cut)
+    assert not [t for t in trials if t.state == TrialState.PRUNED]  # Ctrl-C is not early stopping
 
 
 def test_reusing_a_name_with_other_settings_is_refused_and_changes_nothing(finished_search):
