@@ -26,9 +26,8 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
     context = multiprocessing.get_context("fork")
     for round_number in range(4):
         url = f"sqlite:///{tmp_path / f'round{round_number}.db'}"
-        barrier = context.Manager().Barrier(OPENERS)
-        with context.Pool(OPENERS) as pool:
-            results = pool.starmap(_open_and_count, [(url, barrier)] * OPENERS)
+        with context.Manager() as manager, context.Pool(OPENERS) as pool:
+            results = pool.starmap(_open_and_count, [(url, manager.Barrier(OPENERS))] * OPENERS)
         assert results == [1] * OPENERS  # one study, no trials, in every process
         assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["shared"]
 

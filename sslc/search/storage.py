@@ -48,16 +48,14 @@ def make_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
             break
-        except DBAPIError as error:
+        except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
             # Optuna creates the schema unguarded: when another process (optuna-dashboard, sslc-report, a
             # second search) opens a brand-new database at the same moment, one of them loses the race with
             # "table ... already exists" or a duplicate alembic_version row. Once the winner has committed,
             # opening again succeeds; a database that is really unreachable fails every attempt.
-            if attempt == attempts:
+            if not isinstance(error, DBAPIError) or attempt == attempts:
                 raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
             time.sleep(0.2 * attempt)
-        except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
-            raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
     if storage.engine.name == "sqlite" and ":memory:" not in url and url.rstrip("/") != "sqlite:":
         event.listen(storage.engine, "connect", _fast_sqlite)
         storage.engine.dispose()  # connections opened while creating the tables reconnect with the settings
