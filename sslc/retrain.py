@@ -89,6 +89,9 @@ def full_trainer_config(
     stored = run.identity.get("trainer")
     if not stored:
         raise UserError(f"run '{run.name}' records no trainer settings: was it written by sslc-search?")
+    if "protocol" not in run.identity:
+        # Its short trials were scored by an older rule: a retrained score would not be comparable with them.
+        raise UserError(f"run '{run.name}' was made by an older sslc (no evaluation protocol recorded): search again")
     short = TrainerConfig.from_dict(stored)
     steps = steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR
     total = epochs * (batches_per_epoch or 1) if epochs is not None else steps
@@ -170,6 +173,7 @@ def retrain_trial(
         "steps": result.steps_done,
         "epochs": trainer.epochs,
         "heldout_loss": result.heldout_loss,
+        "heldout_loss_by_target": result.heldout_loss_by_target,
         "short_trial_heldout_loss": trial.user_attrs.get("heldout_loss"),
         "short_trial_steps": trial.user_attrs.get("steps_done"),
         "params": count_params(student),

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sslc.errors import UserError
+from sslc.protocol import EvaluationProtocol
 from sslc.search.storage import (
     STUDY_DB,
     STUDY_MARKER,
@@ -98,6 +99,12 @@ class Run:
     @property
     def budget(self) -> dict:
         return self.study.user_attrs.get("budget") or {}
+
+    @property
+    def protocol(self) -> EvaluationProtocol | None:
+        """How every score of this run was measured (None for runs of an older sslc)."""
+        stored = self.study.user_attrs.get("protocol")
+        return EvaluationProtocol.from_dict(stored) if stored else None
 
     @property
     def baselines(self) -> list[dict]:

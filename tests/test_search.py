@@ -83,11 +83,32 @@ def test_end_to_end_trials_budget_and_pareto(finished_search):
 
     front = _non_dominated({t.number: tuple(t.values) for t in complete})
     assert {t.number for t in study.best_trials} == front
-    rows = json.loads((settings.run_dir / "pareto.json").read_text())
+    document = json.loads((settings.run_dir / "pareto.json").read_text())
+    assert document["protocol"] == study.user_attrs["protocol"] and document["objectives"] == ["heldout_loss", "gmacs"]
+    rows = document["points"]
     assert {row["trial"] for row in rows} == front
     with open(settings.run_dir / "pareto.csv") as handle:
         assert {int(row["trial"]) for row in csv.DictReader(handle)} == front
     assert {t.number for t in study.best_trials} == {row["trial"] for row in result.pareto}
+
+
+def test_every_candidate_is_scored_on_the_protocol_targets(finished_search):
+    """Students of every depth get the same target list; the loss objective is the mean over the targets."""
+    settings, _, study = finished_search
+    protocol = study.user_attrs["protocol"]
+    assert protocol["targets"] == [1, 2] and protocol["heldout_segments"] > 0  # the 2-layer teacher's default
+    assert study.user_attrs["identity"]["protocol"] == protocol
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        by_target = t.user_attrs["heldout_loss_by_target"]
+        assert sorted(by_target) == ["1", "2"]
+        assert t.values[0] == pytest.approx(sum(by_target.values()) / len(by_target), rel=1e-12)
+    baselines = [b for b in study.user_attrs["baselines"] if b["heldout_loss"] is not None]
+    for b in baselines:
+        assert sorted(b["heldout_loss_by_target"]) == ["1", "2"]
+        assert b["heldout_loss"] == pytest.approx(sum(b["heldout_loss_by_target"].values()) / 2, rel=1e-12)
+    assert baselines  # (students of several depths on one target list: tests/test_trainers.py)
 
 
 def test_study_records_settings_teacher_and_baselines(finished_search):
@@ -247,6 +268,8 @@ def _cli(*args):
         (["--budget", "50%", "--data", "/no/such/dir"], "/no/such/dir"),
         (["--budget", "50%", "--space", "/no/such/space.yaml"], "space"),
         (["--budget", "50%", "--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
+        (["--budget", "50%", "--targets", "4,x"], "--targets"),
+        (["--budget", "50%", "--targets", "3"], "out of range"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -281,6 +304,31 @@ def test_reusing_a_name_with_other_settings_is_refused_and_changes_nothing(finis
     assert after == before
 
 
+def test_resuming_with_other_targets_is_refused_with_exit_2(finished_search):
+    settings, _, study = finished_search
+    before = [(t.number, t.state, t.values) for t in study.get_trials()]
+    result = _cli(
+        "--teacher", "random:tiny", "--data", "demo", "--budget", "70%", "--trials", "5", "--steps", "4",
+        "--batch-size", "2", "--crop-seconds", "1", "--latency-repeats", "1", "--no-baselines",
+        "--name", "e2e", "--run-dir", str(settings.run_dir), "--targets", "2",
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr
+    assert "protocol" in errors[0] and "[1, 2]" in errors[0] and "[2]" in errors[0], errors
+    assert [(t.number, t.state, t.values) for t in load_study(settings.run_dir).get_trials()] == before
+
+
+def test_a_study_from_before_the_protocol_is_refused(tmp_path):
+    from sslc.search.storage import make_storage, open_study
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'old.db'}")
+    old = optuna.create_study(storage=storage, study_name="old", directions=["minimize", "minimize"])
+    old.set_user_attr("identity", {"teacher": "random:tiny", "trainer": {}})  # what older sslc recorded
+    with pytest.raises(UserError, match="older sslc"):
+        open_study(storage, "old", ["minimize", "minimize"], None, {"teacher": "random:tiny", "protocol": {}})
+
+
 def test_pareto_files_name_the_studys_objectives(tmp_path):
     from sslc.search.pareto import write_pareto
 
@@ -288,5 +336,7 @@ def test_pareto_files_name_the_studys_objectives(tmp_path):
     study.set_user_attr("objective_names", ["loss", "latency"])
     study.add_trial(optuna.trial.create_trial(values=[1.5, 20.0], user_attrs={"macs": 10, "params": 5}))
     (row,) = write_pareto(study, tmp_path)
-    assert row["objectives"] == {"loss": 1.5, "latency": 20.0}
-    assert json.loads((tmp_path / "pareto.json").read_text())[0]["objectives"] == row["objectives"]
+    assert row["objectives"] == {"heldout_loss": 1.5, "latency_ms": 20.0}  # each name says its unit
+    document = json.loads((tmp_path / "pareto.json").read_text())
+    assert document["points"][0]["objectives"] == row["objectives"]
+    assert document["objectives"] == ["heldout_loss", "latency_ms"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import threading
 
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 
 from sslc.compress import CompressionConfig, compress
 from sslc.data import SAMPLE_RATE, SegmentDataset, discover_audio, make_segments, split_heldout
@@ -22,14 +22,16 @@ from sslc.trainers import (
     TrainerConfig,
     computation_count,
     default_layer_map,
+    default_targets,
+    parse_targets,
     resolve_layer_map,
     run_short_trial,
+    score_student,
     train_full,
 )
 from sslc.trainers.cache import layer_dir_name
 
 CROP = 1.0
-MIN_LOSS_PER_TARGET = -F.logsigmoid(torch.tensor(1.0)).item()  # L1 = 0 and cosine = 1
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,11 +78,17 @@ def trial_config(**overrides) -> TrainerConfig:
 
 
 # ---- configuration and layer maps -------------------------------------------------------------------------------
-def test_default_layer_map_cases():
-    assert default_layer_map([0, 1], 2) == [(1, 1), (2, 2)]  # identity: the last pair is already the last
-    assert default_layer_map([1, 3], 12) == [(1, 2), (2, 4), (2, 12)]
-    assert default_layer_map([11], 12) == [(1, 12)]
-    assert default_layer_map([], 12) == [(0, 12)]
+def test_layer_maps_have_one_pair_per_target_whatever_the_depth():
+    assert default_targets(12) == [4, 8, 12] and default_targets(2) == [1, 2] and default_targets(24) == [8, 16, 24]
+    # Each target is predicted by the student layer whose teacher origin is the deepest at or below it.
+    assert default_layer_map(list(range(12)), 12) == [(4, 4), (8, 8), (12, 12)]  # identity: each from its own layer
+    assert default_layer_map([1, 3], 12) == [(2, 4), (2, 8), (2, 12)]  # a shallow student: all from its last
+    assert default_layer_map([3, 7, 11], 12) == [(1, 4), (2, 8), (3, 12)]
+    assert default_layer_map([5, 6], 12) == [(0, 4), (2, 8), (2, 12)]  # below every kept layer: the CNN features
+    assert default_layer_map([0, 1], 2) == [(1, 1), (2, 2)]
+    assert default_layer_map([1, 3], 12, targets=[2, 12]) == [(1, 2), (2, 12)]
+    for kept in ([0, 1], [0, 5, 11], list(range(12)), [11]):  # same targets, same number of terms
+        assert [t for _, t in default_layer_map(kept, 12)] == [4, 8, 12]
     with pytest.raises(UserError):
         default_layer_map([12], 12)
     # Unknown origin: evenly spread teacher layers.
@@ -90,6 +98,23 @@ def test_default_layer_map_cases():
         resolve_layer_map([[4, 5]], None, 3, 12)
     with pytest.raises(UserError):
         resolve_layer_map(None, [0, 1], 3, 12)
+    with pytest.raises(UserError, match="twice"):
+        resolve_layer_map([[1, 5], [2, 5]], None, 3, 12)
+
+
+def test_parse_targets():
+    assert parse_targets("default", 12) == [4, 8, 12] and parse_targets(None, 12) == [4, 8, 12]
+    assert parse_targets("all", 3) == [1, 2, 3]
+    assert parse_targets("12, 4,8", 12) == [4, 8, 12] and parse_targets([3], 12) == [3]
+    assert parse_targets("4,8") == [4, 8] and parse_targets("all") == "all"  # syntax only, before the teacher
+    for bad in ("", "4,,8", "four", "0,4", "4,4", "4,13"):
+        if bad == "":
+            assert parse_targets(bad, 12) == [4, 8, 12]  # empty means the default
+            continue
+        with pytest.raises(UserError):
+            parse_targets(bad, 12)
+    with pytest.raises(UserError, match="empty"):
+        parse_targets([], 12)
 
 
 def test_trainer_config_round_trip_and_validation():
@@ -186,17 +211,43 @@ def test_concurrent_users_build_the_cache_once(tmp_path, teacher, data):
 
 
 # ---- short trials -----------------------------------------------------------------------------------------------
-def test_identity_student_starts_at_the_loss_minimum(tmp_path, teacher, data):
+def test_identity_student_scores_zero_on_every_target(tmp_path, teacher, data):
     train, heldout = data
     targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
-    config = trial_config(steps=1, log_every=1, lr=1e-6)
     identity = CompressionConfig.identity(teacher.config)  # the student `compress` builds when nothing is cut
+    config = trial_config(targets=[1, 2])
+    # Before any training step: the held-out targets are exact, so a copy of the teacher scores ~0 per target.
+    score, by_target = score_student(compress(teacher, identity), targets, heldout, config, identity.layers)
+    assert set(by_target) == {"1", "2"} and all(loss < 1e-4 for loss in by_target.values()), by_target
+    assert score == pytest.approx(sum(by_target.values()) / 2)
+    # Training starts there too (fp16 training targets: near 0, not exactly).
     student = compress(teacher, identity)
-    result = run_short_trial(student, targets, train, heldout, config, kept_layers=identity.layers)
+    result = run_short_trial(student, targets, train, heldout, trial_config(steps=1, log_every=1, lr=1e-6,
+                             targets=[1, 2]), kept_layers=identity.layers)
     assert result.layer_map == [(1, 1), (2, 2)]
-    floor = len(result.layer_map) * MIN_LOSS_PER_TARGET  # the cosine term is log(1 + e^-1) even when exact
-    assert result.curve[0][1] == pytest.approx(floor, abs=5e-3)
-    assert result.heldout_loss == pytest.approx(floor, abs=5e-3)
+    assert result.curve[0][1] == pytest.approx(0.0, abs=5e-3)
+    assert result.heldout_loss == pytest.approx(0.0, abs=5e-3)
+
+
+def test_students_of_any_depth_are_scored_on_the_same_targets(tmp_path, data):
+    """The score has one term per protocol target, whatever the student keeps, and is their mean."""
+    train, heldout = data
+    config = PRESETS["tiny"]()
+    config.layers = [config.layers[0]] * 6
+    deep_teacher = build_encoder(config, seed=3)
+    targets = TeacherTargets(deep_teacher, tmp_path / "cache", crop_seconds=CROP)
+    results = {}
+    for depth in (1, 3, 6):
+        student = build_encoder(dataclasses.replace(config, layers=config.layers[:depth]), seed=4)
+        kept = list(range(depth))
+        results[depth] = run_short_trial(student, targets, train, heldout, trial_config(steps=2), kept_layers=kept)
+    for result in results.values():
+        assert [t for _, t in result.layer_map] == default_targets(6) == [2, 4, 6]
+        assert list(result.heldout_loss_by_target) == ["2", "4", "6"]
+        mean = sum(result.heldout_loss_by_target.values()) / 3
+        assert result.heldout_loss == pytest.approx(mean, rel=1e-12)
+    assert results[1].layer_map == [(1, 2), (1, 4), (1, 6)]
+    assert results[3].layer_map == [(2, 2), (3, 4), (3, 6)]
 
 
 def test_loss_decreases_over_a_short_run(tmp_path, teacher, data):

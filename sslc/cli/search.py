@@ -30,6 +30,10 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length")
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--targets", default="default",
+                        help="teacher layers every candidate is trained and scored on, score = mean over them: "
+                        "'default' (1/3, 2/3 and the end: 4,8,12 of 12), 'all', or a list such as 4,8,12 "
+                        "(default: %(default)s)")
     parser.add_argument("--name", help="run name; reusing one resumes that search (default: a timestamp)")
     parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/study.db)")
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from sslc.search.budget import parse_budget
 
     parse_budget(args.budget)  # a typo in the budget is reported at once, before the heavy imports
+    from sslc.protocol import parse_targets
+
+    parse_targets(args.targets)
     from sslc.search.runner import SearchSettings, run_search  # heavy imports after argument checks
 
     if args.trials < 1 or args.steps < 1:
@@ -61,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = SearchSettings(
         teacher=args.teacher, data=args.data, budget=args.budget, budget_seconds=args.budget_seconds,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, space=args.space, trials=args.trials,
-        steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr, name=args.name,
+        steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
+        targets=args.targets, name=args.name,
         run_dir=args.run_dir, storage=args.storage, objectives=args.objectives.split(","), sampler=args.sampler,
         ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,

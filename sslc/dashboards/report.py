@@ -69,6 +69,8 @@ def _summary(run: Run, counts: dict[str, int]) -> list[tuple[str, str]]:
         if budget.get(key):
             rows.append((label, f"{budget[key]:,}"))
     rows.append(("objectives", ", ".join(run.objective_names) + " (all minimised)"))
+    if run.protocol:  # how every loss in this report was measured (baselines and retrains included)
+        rows.append(("score", run.protocol.describe()))
     searched = [f"{k} {settings[k]}" for k in ("space", "sampler", "trials", "steps", "batch_size", "lr") if k in settings]
     if searched:
         rows.append(("search", ", ".join(searched)))

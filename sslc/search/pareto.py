@@ -10,7 +10,7 @@ import optuna
 
 from sslc.files import write_atomically, write_json_atomically
 
-from .storage import objective_names
+from .storage import OBJECTIVE_ATTRS, objective_names
 
 ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 
@@ -30,8 +30,9 @@ def trial_row(
     attrs = trial.user_attrs
     row = {
         "trial": trial.number,
-        "objectives": dict(zip(names, trial.values or [])),
+        "objectives": {OBJECTIVE_ATTRS[name]: value for name, value in zip(names, trial.values or [])},
         "loss": attrs.get("heldout_loss"),
+        "loss_by_target": attrs.get("heldout_loss_by_target"),
         "gmacs": attrs.get("macs", 0) / 1e9,
         "macs": attrs.get("macs"),
         "params": attrs.get("params"),
@@ -45,10 +46,18 @@ def trial_row(
 
 
 def write_pareto(study: optuna.Study, run_dir: Path, teacher_macs=None, teacher_params=None) -> list[dict]:
+    """pareto.json: {"study", "protocol" (how every loss was measured), "objectives", "points": rows};
+    pareto.csv: the rows. Returns the rows."""
     names = objective_names(study)
     rows = [trial_row(t, names, teacher_macs, teacher_params) for t in pareto_trials(study)]
     run_dir = Path(run_dir)
-    write_json_atomically(run_dir / "pareto.json", rows, indent=2)
+    document = {
+        "study": study.study_name,
+        "protocol": study.user_attrs.get("protocol"),
+        "objectives": [OBJECTIVE_ATTRS[name] for name in names],
+        "points": rows,
+    }
+    write_json_atomically(run_dir / "pareto.json", document, indent=2)
 
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:

@@ -21,7 +21,7 @@ from sslc.errors import UserError
 from sslc.metrics import count_macs, count_params, count_params_from_config, format_macs
 from sslc.models.teachers import describe_teacher
 from sslc.spaces import SearchSpace
-from sslc.trainers import TrainerConfig
+from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 
 from .baselines import baseline_configs
 from .budget import Budget, BudgetSpec, parse_budget, parse_count
@@ -63,6 +63,8 @@ class SearchSettings:
     batch_size: int = 4
     crop_seconds: float = 2.0
     lr: float = 2e-4
+    # Teacher layers every candidate is scored on (mean over them): "default" (1/3, 2/3, end), "all", "4,8,12".
+    targets: str = "default"
     name: str | None = None
     run_dir: Path | None = None
     storage: str | None = None
@@ -132,11 +134,12 @@ def _check_feasible(space: SearchSpace, teacher_config, budget: Budget) -> None:
         )
 
 
-def _trainer_config(settings: SearchSettings) -> TrainerConfig:
+def trainer_config(settings: SearchSettings, targets: list[int]) -> TrainerConfig:
+    """How every short trial of a search with `settings` is trained and scored (on `targets`)."""
     return TrainerConfig(
         steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, crop_seconds=settings.crop_seconds,
         seed=settings.seed, log_every=max(1, settings.steps // 10), device="auto",
-        num_threads=max(1, int(settings.cpus_per_trial)),
+        num_threads=max(1, int(settings.cpus_per_trial)), targets=targets,
     ).validate()
 
 
@@ -191,7 +194,9 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         rows.append(
             {
                 "name": name, "config": config.to_dict(), "macs": macs, "params": count_params_from_config(arch),
-                "heldout_loss": result.get("heldout_loss"), "latency_ms": result.get("latency_ms"),
+                "heldout_loss": result.get("heldout_loss"),
+                "heldout_loss_by_target": result.get("heldout_loss_by_target"),
+                "latency_ms": result.get("latency_ms"),
                 "status": result["status"], "within_budget": macs <= setup.budget.max_macs,
             }
         )
@@ -204,6 +209,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
     if settings.ray_address:
         _check_reachable(settings.ray_address)
     budget_spec = parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
+    parse_targets(settings.targets)  # so does a malformed --targets (its range needs the teacher)
     space = SearchSpace.load(settings.space)
     name, run_dir = _run_dir(settings)
     console = SearchProgress.make_console(settings.quiet)
@@ -214,9 +220,12 @@ def run_search(settings: SearchSettings) -> SearchResult:
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
     budget = _budget(settings, budget_spec, teacher_macs.total)
     _check_feasible(space, teacher_config, budget)
-    trainer = _trainer_config(settings)
+    targets = parse_targets(settings.targets, teacher_config.num_layers)
+    trainer = trainer_config(settings, targets)
+    protocol = EvaluationProtocol.for_heldout(targets, context.data.heldout, settings.crop_seconds)
     say(f"teacher: {describe_teacher(context.teacher)}")
     say(f"data: {context.data.note}")
+    say(protocol.describe())
     say(
         f"budget: {format_macs(budget.max_macs)} MACs for {budget.seconds:g} s of audio "
         f"({budget.max_macs / teacher_macs.total:.0%} of the teacher's {format_macs(teacher_macs.total)})"
@@ -227,7 +236,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
     identity = {
         "teacher": settings.teacher, "space": space.to_dict(), "objectives": settings.objectives,
         "budget_macs": budget.max_macs, "budget_seconds": budget.seconds, "data": settings.data,
-        "trainer": trainer.to_dict(),
+        "trainer": trainer.to_dict(), "protocol": protocol.to_dict(),
     }
     sampler = make_sampler(settings.sampler, settings.seed, settings.trials, settings.concurrency or 1)
     study = open_study(
@@ -236,6 +245,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
     study.set_user_attr("settings", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()})
     study.set_user_attr("objective_names", settings.objectives)
     study.set_user_attr("budget", budget.to_dict())
+    study.set_user_attr("protocol", protocol.to_dict())
     study.set_user_attr(
         "teacher",
         {

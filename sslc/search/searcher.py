@@ -21,11 +21,10 @@ from sslc.models import EncoderConfig
 from sslc.spaces import SearchSpace
 
 from .budget import Budget
-from .storage import INTERRUPTED, count_trained
+from .storage import INTERRUPTED, OBJECTIVE_ATTRS, count_trained
 
 # How many over-budget configs in a row before the space is judged hopeless for this budget.
 MAX_INFEASIBLE_IN_A_ROW = 2000
-OBJECTIVE_ATTRS = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
 
 
 @dataclass
@@ -155,6 +154,8 @@ class OptunaAskTellSearcher(Searcher):
             trial.set_user_attr("fail_reason", f"non-finite or missing objective values {values}")
             return TrialState.FAIL, None
         trial.set_user_attr("heldout_loss", result["heldout_loss"])
+        by_target = {str(key): float(value) for key, value in result["heldout_loss_by_target_pairs"]}
+        trial.set_user_attr("heldout_loss_by_target", by_target)
         return TrialState.COMPLETE, values
 
     def abandon_running(self, reason: str) -> None:

@@ -14,11 +14,15 @@ from sqlalchemy.exc import DBAPIError
 from sslc.errors import UserError
 
 # Settings that define what a study measures: a resumed run must not silently change them.
-IDENTITY_KEYS = ("teacher", "space", "objectives", "budget_macs", "budget_seconds", "data", "trainer")
+IDENTITY_KEYS = (
+    "teacher", "space", "objectives", "budget_macs", "budget_seconds", "data", "protocol", "trainer",
+)
 INTERRUPTED = "interrupted: the search stopped while this trial ran (it is run again on resume)"
 STUDY_DB = "study.db"
 STUDY_MARKER = "study.txt"  # "<storage url>\n<study name>\n": how later commands find a run's study
 OBJECTIVES = ("loss", "macs", "latency")
+# Each objective's value, as recorded on a trial and in the Pareto files: the name says the unit.
+OBJECTIVE_ATTRS = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
 
 
 def default_storage_url(run_dir: Path) -> str:
@@ -69,14 +73,25 @@ def open_study(storage, name: str, directions: list[str], sampler, identity: dic
     )
     stored = study.user_attrs.get("identity")
     if stored is None:
+        if study.trials:
+            raise UserError(f"run '{name}' holds trials but no record of what they measured: use another --name")
         study.set_user_attr("identity", identity)
+    elif "protocol" not in stored:
+        # Scores from before the evaluation protocol summed a depth-dependent number of terms: never mix them.
+        raise UserError(
+            f"run '{name}' was made by an older sslc whose scores are not comparable with today's (no evaluation "
+            "protocol recorded): use another --name"
+        )
     else:
         changed = [k for k in IDENTITY_KEYS if json.dumps(stored.get(k)) != json.dumps(identity.get(k))]
         if changed:
             key = changed[0]
+            before, now = stored.get(key), identity.get(key)
+            if key == "protocol" and before.get("targets") != now.get("targets"):
+                before, now = f"targets {before['targets']}", f"targets {now['targets']}"
+            values = f" ({before!r}, not {now!r})" if len(repr(before)) + len(repr(now)) < 160 else ""
             raise UserError(
-                f"run '{name}' was started with {key}={stored.get(key)!r}, not {identity.get(key)!r}: "
-                "use another --name for a different search"
+                f"run '{name}' was started with another {key}{values}: use another --name for a different search"
             )
     if [d.name.lower() for d in study.directions] != directions:
         raise UserError(f"run '{name}' has objectives of another kind: use another --name")

@@ -115,6 +115,7 @@ def evaluate_candidate(
         "status": result.status,
         "reason": result.reason,
         "heldout_loss": result.heldout_loss,
+        "heldout_loss_by_target": result.heldout_loss_by_target,
         "train_curve": [list(point) for point in result.curve],
         "steps_done": result.steps_done,
         "seconds_training": result.seconds_training,
@@ -136,4 +137,7 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "error.txt").write_text(traceback.format_exc())
         result = {"final": True, "status": "error", "reason": f"{type(error).__name__}: {error}"}
+    by_target = result.pop("heldout_loss_by_target", None)
+    if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
+        result["heldout_loss_by_target_pairs"] = [[key, value] for key, value in by_target.items()]
     tune.report({**result, "macs": params["macs"]})

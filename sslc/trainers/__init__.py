@@ -1,18 +1,26 @@
 """Distillation trainers: short search trials, full resumable training, and the shared teacher-target cache."""
 
+from sslc.protocol import EvaluationProtocol, default_targets, mean_score, parse_targets, target_key
 from sslc.trainers.cache import TeacherTargetCache, computation_count
 from sslc.trainers.checkpoint import load_checkpoint, save_checkpoint
 from sslc.trainers.config import TrainerConfig
-from sslc.trainers.distill import FullTrainResult, ShortTrialResult, run_short_trial, train_full
+from sslc.trainers.distill import (
+    FullTrainResult,
+    ShortTrialResult,
+    run_short_trial,
+    score_student,
+    train_full,
+)
 from sslc.trainers.fingerprint import segments_fingerprint, teacher_fingerprint
 from sslc.trainers.heads import PredictionHeads
-from sslc.trainers.layer_map import default_layer_map, resolve_layer_map, spread_layers
+from sslc.trainers.layer_map import default_layer_map, resolve_layer_map, spread_layers, target_layer_map
 from sslc.trainers.step import DistillationStep, StepOutcome
 from sslc.trainers.target_batch import TargetBatch, TargetSource
 from sslc.trainers.targets import LiveTeacherTargets, TeacherTargets
 
 __all__ = [
     "DistillationStep",
+    "EvaluationProtocol",
     "FullTrainResult",
     "LiveTeacherTargets",
     "PredictionHeads",
@@ -25,12 +33,18 @@ __all__ = [
     "TrainerConfig",
     "computation_count",
     "default_layer_map",
+    "default_targets",
     "load_checkpoint",
+    "mean_score",
+    "parse_targets",
     "resolve_layer_map",
     "run_short_trial",
     "save_checkpoint",
+    "score_student",
     "segments_fingerprint",
     "spread_layers",
+    "target_key",
+    "target_layer_map",
     "teacher_fingerprint",
     "train_full",
 ]

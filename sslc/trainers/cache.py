@@ -1,5 +1,5 @@
 """The on-disk teacher-target cache: every trial of a search distils from the same teacher on the same data, so
-the teacher's target layers are computed once, stored as fp16 memory-mapped arrays and shared by all trials and
+the teacher's target layers are computed once, stored as memory-mapped arrays (fp16, or float32 for exact ones) and shared by all trials and
 all processes (Ray workers) on the machine.
 
 Layout, under `<cache_root>/<key>/` where key hashes the teacher, the segments and the crop:
@@ -7,7 +7,7 @@ Layout, under `<cache_root>/<key>/` where key hashes the teacher, the segments a
     .lock              flock'ed while building, so concurrent processes build once and the others wait
     layer-05/          one directory per teacher hidden index, so trials needing other layers share the rest
         frames.npy     int64 [N]: frames of each segment (offsets are their cumulative sum)
-        targets.npy    float16 [total frames, D], segments concatenated
+        targets.npy    float16 (or float32) [total frames, D], segments concatenated
         complete       written last, inside a temp directory that is then renamed into place
 
 A layer directory without `complete` (a crashed or foreign writer) is never read; it is rebuilt.
@@ -86,7 +86,7 @@ class TeacherTargetCache:
         for array in self._arrays:
             out = np.zeros((len(indices), longest, array.shape[1]), dtype=np.float32)
             for row, (i, n) in enumerate(zip(indices, counts)):
-                out[row, :n] = array[self.offsets[i] : self.offsets[i] + n]  # fp16 -> fp32 on copy
+                out[row, :n] = array[self.offsets[i] : self.offsets[i] + n]  # (fp16 ->) fp32 on copy
             hidden.append(torch.from_numpy(out))
         return TargetBatch(hidden, mask)
 
@@ -101,6 +101,7 @@ class TeacherTargetCache:
         batch_size: int = 8,
         device: torch.device | str | None = None,
         description: dict | None = None,
+        dtype: str = "float16",
     ) -> TeacherTargetCache:
         """Open the cache in `directory` (whose name is the caller's key), computing whatever layers are missing.
 
@@ -117,7 +118,7 @@ class TeacherTargetCache:
                     _remove_leftovers(directory, missing)
                     if description is not None:
                         write_json_atomically(directory / "key.json", description, indent=1, sort_keys=True)
-                    _build(directory, teacher, dataset, missing, batch_size, device)
+                    _build(directory, teacher, dataset, missing, batch_size, device, np.dtype(dtype))
         return cls(directory, layers)
 
 
@@ -163,6 +164,7 @@ def _build(
     layers: list[int],
     batch_size: int,
     device: torch.device | str | None,
+    dtype: np.dtype = np.dtype(np.float16),
 ) -> None:
     _COUNTS["builds"] += 1
     _COUNTS["layers"] += len(layers)
@@ -178,7 +180,7 @@ def _build(
             tmp.mkdir()
             np.save(tmp / "frames.npy", frames)
             arrays[layer] = np.lib.format.open_memmap(
-                tmp / "targets.npy", mode="w+", dtype=np.float16, shape=(int(offsets[-1]), config.embed_dim)
+                tmp / "targets.npy", mode="w+", dtype=dtype, shape=(int(offsets[-1]), config.embed_dim)
             )
         _fill(arrays, teacher, dataset, frames, offsets, batch_size, device)
     except BaseException:
@@ -206,10 +208,10 @@ def _fill(arrays, teacher, dataset, frames, offsets, batch_size, device) -> None
             waves = torch.from_numpy(np.stack([dataset[i] for i in batch])).to(device)
             hidden = teacher(waves).hidden_states  # no lengths: nothing in the batch is padded
             for layer, array in arrays.items():
-                values = hidden[layer].to("cpu", torch.float16).numpy()
+                values = hidden[layer].float().cpu().numpy().astype(array.dtype)
                 if not np.isfinite(values).all():
                     raise ValueError(
-                        f"teacher hidden state {layer} is not finite in fp16 (overflow or a broken teacher)"
+                        f"teacher hidden state {layer} is not finite in {array.dtype} (overflow or a broken teacher)"
                     )
                 for row, i in enumerate(batch):
                     if values.shape[1] != frames[i]:

@@ -18,8 +18,11 @@ DECAYS = ("cosine", "linear")
 class TrainerConfig:
     """How to distil a student from its teacher.
 
-    `layer_map` lists [student_hidden_index, teacher_hidden_index] pairs in `EncoderOutput.hidden_states`
-    indexing (0 = input of the first layer, i = output of layer i); None picks `default_layer_map`.
+    `targets` are the teacher layers (1-based) every student is trained on and scored on, one loss term each,
+    averaged (the evaluation protocol, `sslc.protocol`); None: the teacher's layers at 1/3, 2/3 and the
+    end. `layer_map` lists [student_hidden_index, teacher_hidden_index] pairs in `EncoderOutput.hidden_states`
+    indexing (0 = input of the first layer, i = output of layer i), one per target; None picks
+    `target_layer_map` (the student layer whose origin is the deepest at or below each target).
     `epochs`, when set, overrides `steps` in full mode (steps = epochs x batches per epoch).
     """
 
@@ -34,6 +37,7 @@ class TrainerConfig:
     eval_batches: int | None = None  # None: the whole held-out set
     crop_seconds: float = 4.0
     seed: int = 0
+    targets: list[int] | None = None
     layer_map: list[list[int]] | None = None
     checkpoint_every: int = 500
     epochs: int | None = None
@@ -69,6 +73,10 @@ class TrainerConfig:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.num_threads is not None and self.num_threads < 1:
             problems.append(f"num_threads must be >= 1 or null, got {self.num_threads}")
+        if self.targets is not None and (
+            not self.targets or any(int(t) < 1 for t in self.targets) or len(set(self.targets)) != len(self.targets)
+        ):
+            problems.append(f"targets must be distinct teacher layers >= 1, got {self.targets}")
         if self.layer_map is not None and (
             not self.layer_map or any(len(pair) != 2 for pair in self.layer_map)
         ):
@@ -100,6 +108,8 @@ class TrainerConfig:
                 f"unknown trainer setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
         data = dict(data)
+        if data.get("targets") is not None:
+            data["targets"] = [int(t) for t in data["targets"]]
         if data.get("layer_map") is not None:
             data["layer_map"] = [[int(v) for v in pair] for pair in data["layer_map"]]
         return cls(**data).validate()

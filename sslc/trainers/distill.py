@@ -17,6 +17,7 @@ import torch
 from sslc.data import LengthBucketBatchSampler, SegmentDataset, collate
 from sslc.errors import UserError
 from sslc.models import SpeechEncoder
+from sslc.protocol import mean_score, target_key
 from sslc.trainers.checkpoint import (
     capture_rng,
     checkpoint_path,
@@ -37,15 +38,17 @@ log = logging.getLogger("sslc.trainers")
 ReportCallback = Callable[[int, float], bool]
 CHECKPOINT_FORMAT = 1
 # Settings that must not change across a resume: the weights saved so far were trained under them.
-_RESUME_INVARIANTS = ("batch_size", "lr", "weight_decay", "warmup_fraction", "decay", "seed", "layer_map")
+_RESUME_INVARIANTS = (
+    "batch_size", "lr", "weight_decay", "warmup_fraction", "decay", "seed", "layer_map", "targets",
+)
 
 
 @dataclass
 class ShortTrialResult:
     """status: "completed" | "stopped" (on_report asked to stop) | "nonfinite" (see `reason`).
 
-    `curve` holds (step, mean training loss since the previous report); `heldout_loss` is set only when
-    completed.
+    `curve` holds (step, mean training loss since the previous report); `heldout_loss` (the score: the mean of
+    `heldout_loss_by_target`, keyed by 1-based teacher layer) is set only when completed.
     """
 
     status: str
@@ -55,6 +58,7 @@ class ShortTrialResult:
     seconds_training: float
     reason: str | None = None
     layer_map: list[tuple[int, int]] = field(default_factory=list)
+    heldout_loss_by_target: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,8 +82,8 @@ def run_short_trial(
     """Train `student` (in place) for `config.steps` steps, then measure the held-out loss.
 
     `on_report(step, train_loss)` runs every `config.log_every` steps; returning True stops the trial early.
-    `kept_layers` (0-based teacher layers the student's layers were copied from) picks the default layer map
-    when `config.layer_map` is None.
+    `kept_layers` (0-based teacher layers the student's layers were copied from) picks which student layer
+    predicts each of `config.targets` when `config.layer_map` is None (see `target_layer_map`).
     """
     run = _Run(student, targets, train_data, heldout_data, config, kept_layers, total_steps=config.steps)
     state = _State()
@@ -131,18 +135,14 @@ class _Run:
             torch.set_num_threads(config.num_threads)
         self.config, self.total = config, total_steps
         self.device = config.resolve_device()
-        self.layer_map = resolve_layer_map(
-            config.layer_map, kept_layers, student.config.num_layers, targets.depth
-        )
-        needed = teacher_layers(self.layer_map)
+        _seed_everything(config.seed)  # before the heads are made: a head that cannot start as identity is random
+        self.scorer = _Scorer(student, targets, heldout_data, config, kept_layers)
+        self.layer_map = self.scorer.layer_map
         # Built before training starts, so cache building never counts as training time.
-        columns = [needed.index(t) for _, t in self.layer_map]  # the source layer each head predicts
-        self.train_targets = _Columns(targets.source(train_data, needed), columns)
-        self.heldout_targets = _Columns(targets.source(heldout_data, needed), columns)
-        self.train_data, self.heldout_data = train_data, heldout_data
+        self.train_targets = _targets_for(targets, train_data, self.layer_map)
+        self.train_data = train_data
 
-        _seed_everything(config.seed)
-        self.heads = PredictionHeads(self.layer_map, student.config.embed_dim, targets.dim)
+        self.heads = self.scorer.heads
         self.student = student.to(self.device).train()
         self.heads.to(self.device).train()
         self.optimizer = make_optimizer([self.student, self.heads], config.lr, config.weight_decay)
@@ -237,11 +237,11 @@ class _Run:
         state.seconds += time.perf_counter() - started
         self.step.release_gradients()  # the student outlives the run: it should not keep a step's gradients
 
-        heldout = None
+        heldout, by_target = None, None
         if status == "completed":
-            heldout = self.evaluate()
+            heldout, by_target = self.scorer.score()
             if not math.isfinite(heldout):
-                status, reason, heldout = "nonfinite", f"held-out loss is {heldout}", None
+                status, reason, heldout, by_target = "nonfinite", f"held-out loss is {heldout}", None, None
         result = result_type(
             status=status,
             steps_done=state.step,
@@ -250,15 +250,54 @@ class _Run:
             seconds_training=state.seconds,
             reason=reason,
             layer_map=list(self.layer_map),
+            heldout_loss_by_target=by_target,
         )
         if isinstance(result, FullTrainResult):
             result.checkpoint = str(written or checkpoint_path(checkpoint_dir)) if checkpoint_dir else None
         return result
 
-    def evaluate(self) -> float:
-        return self.step.evaluate(
-            self.heldout_data, self.heldout_targets, self.config.batch_size, self.config.eval_batches
+
+
+class _Scorer:
+    """The evaluation protocol applied to one student: its layer map onto the targets, its prediction heads, and
+    the exact held-out targets. Training and scoring share the heads, so what is trained is what is measured."""
+
+    def __init__(self, student, targets: TeacherTargets, heldout_data, config: TrainerConfig, kept_layers):
+        self.layer_map = resolve_layer_map(
+            config.layer_map, kept_layers, student.config.num_layers, targets.depth, config.targets
         )
+        self.heldout_targets = _targets_for(targets, heldout_data, self.layer_map, exact=True)
+        self.heldout_data, self.config = heldout_data, config
+        self.heads = PredictionHeads(self.layer_map, student.config.embed_dim, targets.dim)
+        self.student, self.device = student, config.resolve_device()
+
+    def score(self) -> tuple[float, dict[str, float]]:
+        """(mean over targets, {target layer: held-out loss})."""
+        step = DistillationStep(self.student, self.heads, device=self.device)
+        losses = step.evaluate(self.heldout_data, self.heldout_targets, self.config.batch_size, self.config.eval_batches)
+        by_target = {target_key(t): loss for (_, t), loss in zip(self.layer_map, losses)}
+        return mean_score(by_target), by_target
+
+
+def score_student(
+    student: SpeechEncoder,
+    targets: TeacherTargets,
+    heldout_data: SegmentDataset,
+    config: TrainerConfig,
+    kept_layers: Sequence[int] | None = None,
+) -> tuple[float, dict[str, float]]:
+    """The held-out score of `student` as it is, with fresh (identity where widths match) heads and no training:
+    (mean over targets, {target layer: loss}). A student copied whole from the teacher scores 0."""
+    scorer = _Scorer(student, targets, heldout_data, config, kept_layers)
+    student.to(scorer.device)
+    scorer.heads.to(scorer.device)
+    return scorer.score()
+
+
+def _targets_for(targets: TeacherTargets, dataset: SegmentDataset, layer_map, exact: bool = False) -> _Columns:
+    needed = teacher_layers(layer_map)
+    columns = [needed.index(t) for _, t in layer_map]  # the source layer each head predicts
+    return _Columns(targets.source(dataset, needed, exact=exact), columns)
 
 
 class _Columns:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslc.data import SAMPLE_RATE, LengthBucketBatchSampler, SegmentDataset, collate
+from sslc.data import SAMPLE_RATE, SegmentDataset, collate
 from sslc.losses import distillation_loss
+from sslc.trainers.cache import equal_length_batches
 from sslc.trainers.heads import PredictionHeads
 from sslc.trainers.target_batch import TargetBatch, TargetSource
 
@@ -61,8 +62,9 @@ class DistillationStep:
 
     def loss(
         self, waves: torch.Tensor, lengths: torch.Tensor, targets: TargetBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed distillation loss, [B, T] mask of the frames it averaged over)."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(distillation loss averaged over the targets, each target's term, [B, T] mask of the frames they
+        averaged over)."""
         waves = waves.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
         with self._autocast():
@@ -76,8 +78,8 @@ class DistillationStep:
         student_mask = out.frame_mask()
         if student_mask is not None:
             mask = mask & student_mask[:, :frames]
-        loss, _ = distillation_loss(predictions, hidden, mask)
-        return loss, mask
+        loss, terms = distillation_loss(predictions, hidden, mask)
+        return loss, terms, mask
 
     def train(self, waves: torch.Tensor, lengths: torch.Tensor, targets: TargetBatch) -> StepOutcome:
         """One update. A non-finite loss or gradient leaves the weights and optimizer state untouched.
@@ -88,7 +90,7 @@ class DistillationStep:
         faults in fresh pages for all gradients (on CPU ~5x the minor page faults and ~5% of a short trial's
         step time). `release_gradients` frees them when training is over.
         """
-        loss, _ = self.loss(waves, lengths, targets)
+        loss, _, _ = self.loss(waves, lengths, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # An infinite max_norm still returns the norm (without scaling), which tells us the gradients are finite.
@@ -109,24 +111,31 @@ class DistillationStep:
     @torch.no_grad()
     def evaluate(
         self, dataset: SegmentDataset, targets: TargetSource, batch_size: int, max_batches: int | None = None
-    ) -> float:
-        """Frame-weighted mean loss over the dataset in a fixed order: the same number for the same weights."""
+    ) -> list[float]:
+        """Each target's frame-weighted mean loss over the dataset (one value per head, in head order).
+
+        Batches hold segments of one length only (as the target cache does): nothing is padded, so a segment's
+        score never depends on its batch-mates (padding would leak into the front end's GroupNorm) and every
+        student is graded on exactly the same frames. Same weights, same numbers.
+        """
         modes = [(m, m.training) for m in (self.student, self.heads)]
         for module, _ in modes:
             module.eval()
         try:
-            sampler = LengthBucketBatchSampler(dataset.lengths, batch_size, seed=0, shuffle=False)
-            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            totals = None
             frames = torch.zeros((), dtype=torch.float64, device=self.device)
-            for count, indices in enumerate(sampler.epoch_batches(0)):
+            for count, indices in enumerate(equal_length_batches(dataset.lengths, batch_size)):
                 if max_batches is not None and count >= max_batches:
                     break
                 waves, lengths = collate([dataset[i] for i in indices])
-                loss, mask = self.loss(waves, lengths, targets.get(indices, waves, lengths))
+                _, terms, mask = self.loss(waves, lengths, targets.get(indices, waves, lengths))
                 n = mask.sum()
-                total += loss.double() * n
+                weighted = torch.stack(terms).double() * n
+                totals = weighted if totals is None else totals + weighted
                 frames += n
-            return float(total / frames.clamp(min=1))
+            if totals is None:
+                raise ValueError("no held-out segments to evaluate")
+            return (totals / frames.clamp(min=1)).tolist()
         finally:
             for module, was_training in modes:
                 module.train(was_training)

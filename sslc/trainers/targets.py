@@ -16,6 +16,10 @@ from sslc.trainers.target_batch import TargetBatch, TargetSource
 
 # Bump when what is stored changes meaning (layout, dtype, how targets are computed): old caches then miss.
 CACHE_FORMAT = 1
+# Training targets are stored in fp16 (half the disk and page cache, noise far below what a short trial learns);
+# held-out targets, which every score is measured against, are stored exactly (float32): a student that
+# reproduces the teacher then scores 0, not fp16's rounding error.
+TRAIN_DTYPE, EXACT_DTYPE = "float16", "float32"
 
 
 class LiveTeacherTargets:
@@ -79,20 +83,24 @@ class TeacherTargets:
             self._fingerprint = teacher_fingerprint(self.teacher)
         return self._fingerprint
 
-    def cache_key(self, dataset: SegmentDataset) -> str:
+    def cache_key(self, dataset: SegmentDataset, dtype: str = TRAIN_DTYPE) -> str:
         """Directory name of `dataset`'s targets under the cache root (layers are subdirectories of it)."""
-        return combine(
-            CACHE_FORMAT, self.fingerprint, segments_fingerprint(dataset.segments), self.crop_seconds
-        )[:32]
+        parts = [CACHE_FORMAT, self.fingerprint, segments_fingerprint(dataset.segments), self.crop_seconds]
+        if dtype != TRAIN_DTYPE:  # fp16 keys are unchanged, so existing caches stay valid
+            parts.append(dtype)
+        return combine(*parts)[:32]
 
-    def source(self, dataset: SegmentDataset, layers: Sequence[int]) -> TargetSource:
+    def source(self, dataset: SegmentDataset, layers: Sequence[int], exact: bool = False) -> TargetSource:
+        """Targets of `dataset` at teacher hidden indices `layers`; `exact` stores them in float32 (held-out
+        sets), else fp16 (training sets). Live targets are always exact."""
         layers = tuple(sorted({int(t) for t in layers}))
         bad = [t for t in layers if not 0 <= t <= self.depth]
         if bad:
             raise ValueError(f"teacher hidden indices {bad} out of range 0..{self.depth}")
         if self.cache_root is None:
             return LiveTeacherTargets(self.teacher, dataset, layers)
-        key = self.cache_key(dataset)
+        dtype = EXACT_DTYPE if exact else TRAIN_DTYPE
+        key = self.cache_key(dataset, dtype)
         found = self._sources.get((key, layers))
         if found is None:
             description = {
@@ -101,9 +109,11 @@ class TeacherTargets:
                 "teacher_family": self.teacher.config.family,
                 "segments": len(dataset),
                 "crop_seconds": self.crop_seconds,
+                "dtype": dtype,
             }
             found = TeacherTargetCache.open_or_build(
-                self.cache_root / key, self.teacher, dataset, layers, self.batch_size, description=description
+                self.cache_root / key, self.teacher, dataset, layers, self.batch_size, description=description,
+                dtype=dtype,
             )
             self._sources[(key, layers)] = found
         return found
