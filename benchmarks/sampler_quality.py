@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,18 +47,19 @@ from sslc.search.runner import SearchSettings  # noqa: E402
 from sslc.search.samplers import make_sampler  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
-from sslc.trainers import DistillationStep, PredictionHeads, resolve_layer_map, teacher_fingerprint  # noqa: E402
-from sslc.trainers.layer_map import teacher_layers  # noqa: E402
+from sslc.trainers import TrainerConfig, score_student, teacher_fingerprint  # noqa: E402
 
 TEACHER = "random HuBERT-Base at half width"
 SPACE = "combined"
 BUDGET = "40%"  # of the teacher's MACs for 10 s of audio
 TRIALS = 32
 SEEDS = 5
-DEFAULT = SearchSettings.__dataclass_fields__["sampler"].default  # the search's default sampler (TPE today)
+DEFAULT = SearchSettings.__dataclass_fields__["sampler"].default  # the search's default sampler
 CROP_SECONDS = 1.0
 EVAL_BATCH = 4
 REFERENCE_MARGIN = 0.1
+# How a zero-step trial is scored: the search's protocol (default targets), batches of EVAL_BATCH, on the CPU.
+SCORING = TrainerConfig(steps=1, batch_size=EVAL_BATCH, crop_seconds=CROP_SECONDS, device="cpu")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -74,17 +76,6 @@ def make_context(run_dir: Path) -> RunContext:
     cache_dir.mkdir(parents=True, exist_ok=True)
     data = load_run_data(DEMO_SPEC, cache_dir, CROP_SECONDS, 0)
     return RunContext(TEACHER, teacher, data, cache_dir, CROP_SECONDS, 0, teacher_fingerprint(teacher))
-
-
-class _Columns:
-    """Teacher targets re-ordered (and repeated) to follow the prediction heads, as the trainer does."""
-
-    def __init__(self, source, columns: list[int]):
-        self.source, self.columns = source, columns
-
-    def get(self, indices, waves=None, lengths=None):
-        batch = self.source.get(indices, waves, lengths)
-        return batch._replace(hidden=[batch.hidden[c] for c in self.columns])
 
 
 class ZeroStepObjective:
@@ -107,23 +98,17 @@ class ZeroStepObjective:
         return self.cache[key]
 
     def evaluate(self, config) -> float:
+        """The search's score (mean over the protocol's default targets) of the untrained student."""
         student = self.context.build_student(config, quantize=False)
-        layer_map = resolve_layer_map(None, config.layers, student.config.num_layers, self.targets.depth)
-        needed = teacher_layers(layer_map)
-        source = self.targets.source(self.context.data.heldout, needed)
-        heads = PredictionHeads(layer_map, student.config.embed_dim, self.targets.dim)
-        step = DistillationStep(student, heads)
-        columns = [needed.index(t) for _, t in layer_map]
-        return step.evaluate(self.context.data.heldout, _Columns(source, columns), EVAL_BATCH)
+        score, _ = score_student(student, self.targets, self.context.data.heldout, SCORING, config.layers)
+        return score
 
 
 def check_against_trainer(context, objective: ZeroStepObjective, config) -> tuple[float, float]:
     """The same loss from the trainer itself: a 1-step trial at a negligible learning rate."""
-    from sslc.trainers import TrainerConfig, run_short_trial
+    from sslc.trainers import run_short_trial
 
-    trainer = TrainerConfig(
-        steps=1, batch_size=EVAL_BATCH, lr=1e-12, crop_seconds=CROP_SECONDS, warmup_fraction=0.0, device="cpu"
-    )
+    trainer = replace(SCORING, lr=1e-12, warmup_fraction=0.0)
     student = context.build_student(config, quantize=False)
     result = run_short_trial(
         student, objective.targets, context.data.train, context.data.heldout, trainer, kept_layers=config.layers

@@ -8,6 +8,9 @@ student and a 12-layer one are graded on the same questions.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -54,6 +57,24 @@ def parse_targets(spec: str | Sequence[int] | None, teacher_depth: int | None = 
     return sorted(layers)
 
 
+def heldout_fingerprint(segments) -> str:
+    """sha256 over each held-out segment's file (relative to the segments' common folder), crop and file size.
+
+    Unlike the target cache's key it ignores where the corpus lies and file times, so a moved or copied run
+    keeps its protocol; a different held-out set (other files, crops or sizes) changes it.
+    """
+    paths = [os.path.abspath(segment.path) for segment in segments]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    rows = []
+    for segment, path in zip(segments, paths):
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = -1
+        rows.append([os.path.relpath(path, root), segment.start, segment.num_samples, size])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
 def target_key(layer: int) -> str:
     """How a target is named in records (`heldout_loss_by_target`): its 1-based teacher layer, as a string."""
     return str(int(layer))
@@ -73,7 +94,7 @@ class EvaluationProtocol:
 
     targets: tuple[int, ...]
     heldout_segments: int
-    heldout_fingerprint: str  # the held-out segments' files, crops and stamps (`segments_fingerprint`)
+    heldout_fingerprint: str  # the held-out segments: files (relative to their common folder), crops, sizes
     crop_seconds: float
     loss: str = LOSS_NAME
     weighting: str = WEIGHTING
@@ -86,10 +107,7 @@ class EvaluationProtocol:
     @classmethod
     def for_heldout(cls, targets: Sequence[int], heldout, crop_seconds: float) -> EvaluationProtocol:
         """The protocol of scoring on `targets` over the segments of `heldout` (a SegmentDataset)."""
-        # Imported here: this module stays free of torch, so the CLI checks --targets before the heavy imports.
-        from sslc.trainers.fingerprint import segments_fingerprint
-
-        fingerprint = segments_fingerprint(heldout.segments)
+        fingerprint = heldout_fingerprint(heldout.segments)
         return cls(tuple(int(t) for t in targets), len(heldout), fingerprint, float(crop_seconds))
 
     @classmethod

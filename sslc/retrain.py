@@ -24,6 +24,7 @@ from sslc.data import LengthBucketBatchSampler
 from sslc.errors import UserError
 from sslc.export import RESULT_FILE, WEIGHTS_FILE, save_student
 from sslc.files import write_json_atomically
+from sslc.protocol import EvaluationProtocol
 from sslc.rundir import Run, open_run, retrain_key
 from sslc.search.budget import Budget
 from sslc.trainers import TrainerConfig, train_full
@@ -114,7 +115,17 @@ def prepare_context(run: Run):
     missing = [k for k in ("teacher", "data", "crop_seconds", "seed") if k not in settings]
     if missing:
         raise UserError(f"run '{run.name}' records no {', '.join(missing)} setting: was it written by sslc-search?")
-    return prepare_run(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
+    context = prepare_run(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
+    protocol = run.protocol
+    if protocol is not None:
+        # The held-out audio must be the one the short trials were scored on, or the scores are not comparable.
+        now = EvaluationProtocol.for_heldout(protocol.targets, context.data.heldout, protocol.crop_seconds)
+        if now.heldout_fingerprint != protocol.heldout_fingerprint:
+            raise UserError(
+                f"the held-out audio of run '{run.name}' changed since its search ({settings['data']}): "
+                "retrained scores would not be comparable with its trials"
+            )
+    return context
 
 
 def retrain_trial(

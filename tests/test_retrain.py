@@ -10,11 +10,13 @@ import sys
 import time
 
 import pytest
+import soundfile as sf
 import torch
 from optuna.trial import TrialState
 
 from sslc.cli.retrain import main as retrain_main
 from sslc.dashboards import build_report
+from sslc.errors import UserError
 from sslc.export import read_student_file
 from sslc.retrain import (
     RetrainStopped,
@@ -64,6 +66,11 @@ def test_retrain_lowers_the_loss_and_records_the_result(run_dir, retrained):
     assert [step for step, _ in on_disk["curve"]][-1] == STEPS
     recorded = open_run(run_dir).study.user_attrs[retrain_key(trial.number)]
     assert recorded["heldout_loss"] == result["heldout_loss"] and recorded["steps"] == STEPS
+    # Scored by the study's protocol, like the short trial: same targets, the loss is their mean.
+    by_target = result["heldout_loss_by_target"]
+    assert sorted(by_target) == sorted(trial.user_attrs["heldout_loss_by_target"])
+    assert [int(t) for t in sorted(by_target, key=int)] == open_run(run_dir).study.user_attrs["protocol"]["targets"]
+    assert result["heldout_loss"] == pytest.approx(sum(by_target.values()) / len(by_target), rel=1e-12)
 
     # The exported weights are the final trained weights (those of the last checkpoint), in the export format.
     weights = read_student_file(out / "student.pt")
@@ -192,6 +199,17 @@ def test_under_budget_drops_pareto_points_over_a_latency_limit(tmp_path):
     assert [t.number for t in select_trials(run, pareto=True)] == [1, 0]  # by MACs
     assert [t.number for t in select_trials(run, pareto=True, under_budget=True)] == [1]
     assert [t.number for t in select_trials(run, numbers=[2, 0, 2])] == [2, 0]
+
+
+def test_changed_heldout_audio_is_refused(copy_run):
+    """A retrain scored on other held-out audio than the search's trials would not be comparable with them."""
+    run_dir = copy_run("changed-audio")
+    assert prepare_context(open_run(run_dir)) is not None  # a copied (moved) run keeps its protocol
+    for wav in (run_dir / "cache").rglob("*.wav"):
+        audio, rate = sf.read(wav)
+        sf.write(wav, audio[: len(audio) // 2], rate)
+    with pytest.raises(UserError, match="held-out audio .* changed"):
+        prepare_context(open_run(run_dir))
 
 
 def test_full_schedule_defaults_and_overrides(run_dir):
