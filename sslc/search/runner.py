@@ -300,9 +300,12 @@ def _one_line(error: BaseException) -> str:
 
 def _failure(error: Exception, run_dir: Path) -> UserError:
     """The one-line error that ends a search stopped by `error`; a fault's traceback goes to the run directory."""
-    cause = error
-    while cause is not None and not isinstance(cause, UserError):  # Ray may wrap what the searcher raised
+    cause, seen = error, set()
+    while cause is not None and not isinstance(cause, UserError) and id(cause) not in seen:
+        seen.add(id(cause))  # Ray may wrap what the searcher raised: look down the chain
         cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, UserError):
+        cause = None
     if cause is not None and not isinstance(cause, SearchFailed):
         return cause  # bad input found during the search (e.g. a budget too tight): already one clear line
     path = run_dir / "search-error.txt"
@@ -351,11 +354,13 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        # Trials still in flight (Ctrl-C, or Ray stopping them) must not stay RUNNING in the study.
-        searcher.abandon_running(INTERRUPTED)
-        torch.set_num_threads(threads)
-        if started_ray:
-            import ray
+        try:
+            # Trials still in flight (Ctrl-C, a fault, or Ray stopping them) must not stay RUNNING in the study.
+            searcher.abandon_running(INTERRUPTED)
+        finally:  # a broken storage must not leave Ray running (the first error stays as the __context__)
+            torch.set_num_threads(threads)
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     return interrupted or count_trained(study) < settings.trials

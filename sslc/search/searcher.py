@@ -183,7 +183,12 @@ class OptunaAskTellSearcher(Searcher):
     def suggest(self, trial_id: str):
         if self.started >= self.target_trials:
             return Searcher.FINISHED
-        candidate = self.next_feasible()
+        try:
+            candidate = self.next_feasible()
+        except UserError:
+            raise
+        except Exception as error:  # e.g. the storage, while recording what was asked
+            raise fault("choosing the next config failed", error) from error
         self.started += 1
         self.running[trial_id] = candidate.trial
         self.on_event("started", None)
