@@ -170,3 +170,21 @@ def test_a_failing_sampler_ends_the_search_cleanly_and_a_rerun_resumes(tmp_path,
     rows = json.loads((settings.run_dir / "pareto.json").read_text())
     assert 3 not in {row["trial"] for row in rows}
     assert len({json.dumps(row["config"], sort_keys=True) for row in rows}) == len(rows)
+
+
+def test_a_stopped_study_keeps_no_running_or_waiting_trial_and_retries_each_config_once():
+    from sslc.search.storage import pending_retries, recover_interrupted
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    running = study.ask()
+    running.suggest_int("layers", 1, 4)
+    study.ask()  # killed before its config was chosen: nothing to run again
+    study.enqueue_trial({"layers": 3}, user_attrs={"retry_of": 7})  # a retry queued, never asked
+    assert recover_interrupted(study) == 3
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert [trial_category(t) for t in trials] == ["interrupted"] * 3
+    assert [t.user_attrs.get("retry_params") for t in trials] == [running.params, None, {"layers": 3}]
+    assert pending_retries(study) == [(0, running.params), (2, {"layers": 3})]
+    study.enqueue_trial(running.params, user_attrs={"retry_of": 0})
+    assert pending_retries(study) == [(2, {"layers": 3})]  # each interrupted config is queued once
