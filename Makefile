@@ -1,17 +1,22 @@
 # The two commands a newcomer runs: `make demo` (set up + a small real search, offline) and `make test`.
 VENV := .venv/bin
+# The tests run in their own venv holding only what pyproject.toml declares (see scripts/setup.sh --isolated).
+TEST_VENV := .venv-test/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup setup-test demo test lint
 
 setup:
 	bash scripts/setup.sh
+
+setup-test:
+	bash scripts/setup.sh --isolated
 
 demo: setup
 	$(VENV)/sslc-search --teacher random:hubert-base --data demo --budget 30GMACs \
 		--trials 8 --steps 10 --crop-seconds 1 --batch-size 2
 
-lint: setup
-	$(VENV)/python -m ruff check sslc tests benchmarks
+lint: setup-test
+	$(TEST_VENV)/python -m ruff check sslc tests benchmarks
 
 test: lint
-	$(VENV)/python -m pytest
+	$(TEST_VENV)/python -m pytest

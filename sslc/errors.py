@@ -8,3 +8,12 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class SearchFailed(UserError):
+    """The search stopped on a fault that is not bad input (the sampler, the study storage, the driver).
+
+    Still one line and no traceback (the run directory keeps it): what completed is saved, and rerunning resumes.
+    """
+
+    exit_code = 1

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from sslc.errors import UserError
 from sslc.protocol import EvaluationProtocol
 from sslc.search.storage import (
+    REPEAT_OF,
     STUDY_DB,
     STUDY_MARKER,
     default_storage_url,
+    front_trials,
     make_storage,
     objective_names,
     trial_category,
@@ -130,10 +132,9 @@ class Run:
         return self.study.get_trials(deepcopy=False, states=states)
 
     def best_trials(self) -> list[FrozenTrial]:
-        """The non-dominated COMPLETE trials, by MACs (empty when none completed)."""
-        if not self.trials(states=(TrialState.COMPLETE,)):
-            return []
-        return sorted(self.study.best_trials, key=lambda t: (t.user_attrs.get("macs", 0), t.number))
+        """The non-dominated COMPLETE trials, by MACs (empty when none completed); a repeat of a config is
+        never one of them (its original is)."""
+        return sorted(front_trials(self.study), key=lambda t: (t.user_attrs.get("macs", 0), t.number))
 
     # ---- one trial ----------------------------------------------------------------------------------------
     def trial(self, number: int) -> FrozenTrial:
@@ -156,6 +157,8 @@ class Run:
             "pruned": f"was stopped early at step {trial.user_attrs.get('stopped_at_step', '?')} (pruned)",
             "failed": f"failed ({reason or 'no reason recorded'})",
             "interrupted": "was interrupted and never finished",
+            "repeat": f"repeats the config of trial {trial.user_attrs.get(REPEAT_OF)} and was not trained again "
+            f"(pick trial {trial.user_attrs.get(REPEAT_OF)})",
             "running": "is still running",
         }[category]
         raise UserError(f"trial {number} of run '{self.name}' {why}: pick a COMPLETE trial")

@@ -292,7 +292,7 @@ def _thop_macs(model: SpeechEncoder, num_samples: int) -> int:
     out elements * in / groups * kernel (biases free): the same as ours. LowRankLinear needs no rule: thop walks
     into its two nn.Linear children.
     """
-    thop = pytest.importorskip("thop")  # thop 0.1.1 imports distutils; setuptools shims it on Python >= 3.12
+    import thop  # in the dev extra, never skipped; thop 0.1.1 imports distutils, setuptools shims it on 3.12+
     from thop.vision.basic_hooks import count_convNd, zero_ops
 
     def attention_matmuls(module, inputs, output):

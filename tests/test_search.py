@@ -231,6 +231,8 @@ def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     retried = {t.user_attrs.get("retry_of") for t in after} - {None}
     assert retried == {t.number for t in interrupted if t.params}  # a trial killed before its config has none
+    # The resumed sampler does not replay the first run's proposals (which would come back as repeats).
+    assert not [t.number for t in after if t.user_attrs.get("repeat_of") is not None]
 
 
 @pytest.mark.parametrize(

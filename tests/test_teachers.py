@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import transformers  # a runtime dependency: never skipped
 from torch import nn
 
 from sslc.errors import UserError
@@ -17,7 +18,6 @@ from sslc.models.hf_import import config_from_hf, convert_state_dict, encoder_fr
 from sslc.models.teachers import describe_teacher, load_teacher
 from sslc.models.torchaudio_import import encoder_from_torchaudio_model, hf_keys_from_torchaudio
 
-transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
 
 ATOL = 1e-4

@@ -11,7 +11,7 @@ from sslc.errors import UserError
 
 
 def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap a command's main: UserError -> 'error: ...' and exit 2; Ctrl-C -> exit 130 (work already saved)."""
+    """Wrap a command's main: UserError -> 'error: ...' and exit 2 (SearchFailed: 1); Ctrl-C -> exit 130 (work already saved)."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
             code = main(argv)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
-            code = UserError.exit_code
+            code = error.exit_code  # 2: bad input; 1: a search that stopped on a fault
         except KeyboardInterrupt:
             print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
             code = 130

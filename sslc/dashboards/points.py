@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sslc.rundir import Run
-from sslc.search.storage import trial_category
+from sslc.search.storage import REPEAT_OF, trial_category
 
 # How each category is named on the plots, in legend order. Only COMPLETE trials have a held-out loss.
 CATEGORY_LABELS = {
@@ -14,8 +14,10 @@ CATEGORY_LABELS = {
     "infeasible": "over budget (never trained)",
     "failed": "failed",
     "interrupted": "interrupted",
+    "repeat": "repeat (answered from an earlier trial)",
     "running": "running",
 }
+# Repeats are in neither group: a repeat is its original's point, already drawn once.
 UNSCORED = ("pruned", "infeasible", "failed", "interrupted", "running")
 # The same categories counted in the report's summary line.
 CATEGORY_COUNTS = {
@@ -24,6 +26,7 @@ CATEGORY_COUNTS = {
     "infeasible": "over budget",
     "failed": "failed",
     "interrupted": "interrupted",
+    "repeat": "repeated (not trained again)",
     "running": "running",
 }
 
@@ -97,7 +100,8 @@ def collect_points(run: Run) -> list[TrialPoint]:
                 latency_ms=attrs.get("latency_ms"),
                 train_loss=curve[-1][1] if curve else None,
                 steps_done=attrs.get("stopped_at_step") or attrs.get("steps_done") or (curve[-1][0] if curve else None),
-                reason=attrs.get("fail_reason"),
+                reason=(f"same config as trial {attrs.get(REPEAT_OF)}: not trained again" if category == "repeat"
+                        else attrs.get("fail_reason")),
                 config=attrs.get("config"),
                 retrain=retrained.get(trial.number),
             )

@@ -10,14 +10,14 @@ import optuna
 
 from sslc.files import write_atomically, write_json_atomically
 
-from .storage import OBJECTIVE_ATTRS, objective_names
+from .storage import OBJECTIVE_ATTRS, front_trials, objective_names
 
 ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 
 
 def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Optuna's own non-dominated set of COMPLETE trials, sorted by MACs."""
-    return sorted(study.best_trials, key=lambda t: t.user_attrs.get("macs", 0))
+    """The non-dominated COMPLETE trials (repeats of a config left out), sorted by MACs."""
+    return sorted(front_trials(study), key=lambda t: t.user_attrs.get("macs", 0))
 
 
 def trial_row(

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .storage import counts_toward_budget, trial_category
+from .storage import counts_toward_budget, front_trials, trial_category
 
 
 class SearchProgress:
@@ -39,15 +39,14 @@ class SearchProgress:
 
     def counts(self) -> dict[str, int]:
         trials = self.study.get_trials(deepcopy=False)
-        count = {s: 0 for s in ("done", "running", "failed", "pruned", "infeasible")}
+        count = {s: 0 for s in ("done", "running", "failed", "pruned", "infeasible", "repeat")}
         for t in trials:
             category = trial_category(t)
             if category == "interrupted" or (category == "running" and t.state != TrialState.RUNNING):
                 continue  # interrupted ones run again; queued ones have not started
             count["done" if category == "complete" else category] += 1
         count["counted"] = sum(counts_toward_budget(t) for t in trials)
-        has_complete = count["done"] > 0
-        count["pareto"] = len(self.study.best_trials) if has_complete else 0
+        count["pareto"] = len(front_trials(self.study))
         return count
 
     def refresh(self, kind: str | None = None, trial=None) -> None:

@@ -11,13 +11,14 @@ import logging
 import os
 import socket
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
 import torch
 
-from sslc.errors import UserError
+from sslc.errors import SearchFailed, UserError
 from sslc.metrics import count_macs, count_params, count_params_from_config, format_macs
 from sslc.models.teachers import describe_teacher
 from sslc.spaces import SearchSpace
@@ -39,6 +40,7 @@ from .storage import (
     default_storage_url,
     make_storage,
     open_study,
+    pending_retries,
     recover_interrupted,
 )
 from .trial import TrialSetup, evaluate_candidate, train_candidate
@@ -204,7 +206,8 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
     study.set_user_attr("baselines", rows)
 
 
-def run_search(settings: SearchSettings) -> SearchResult:
+def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | None = None) -> SearchResult:
+    """`sampler`: an Optuna sampler to use instead of the one `settings.sampler` names (a seam for tests)."""
     _check(settings)
     if settings.ray_address:
         _check_reachable(settings.ray_address)
@@ -238,10 +241,14 @@ def run_search(settings: SearchSettings) -> SearchResult:
         "budget_macs": budget.max_macs, "budget_seconds": budget.seconds, "data": settings.data,
         "trainer": trainer.to_dict(), "protocol": protocol.to_dict(),
     }
-    sampler = make_sampler(settings.sampler, settings.seed, settings.trials, settings.concurrency or 1)
     study = open_study(
         make_storage(storage_url), study_name, ["minimize"] * len(settings.objectives), sampler, identity
     )
+    if sampler is None:
+        # Seeded with the seed plus the trials already in the study: a fresh run is reproducible, and a resumed
+        # one does not replay the first run's proposals (the same configs again, in the same order).
+        seed = settings.seed + len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(settings.sampler, seed, settings.trials, settings.concurrency or 1)
     study.set_user_attr("settings", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()})
     study.set_user_attr("objective_names", settings.objectives)
     study.set_user_attr("budget", budget.to_dict())
@@ -256,22 +263,37 @@ def run_search(settings: SearchSettings) -> SearchResult:
         },
     )
     (run_dir / STUDY_MARKER).write_text(f"{storage_url}\n{study_name}\n")
-    recovered = recover_interrupted(study)
-    if recovered:
-        say(f"resuming run '{name}': {recovered} interrupted trial(s) will run again")
+    recover_interrupted(study)
+    retries = len(pending_retries(study))
+    if retries:
+        say(f"resuming run '{name}': {retries} interrupted trial(s) will run again")
 
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats)
-    interrupted = False
-    if count_trained(study) < settings.trials:
-        interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console)
-    if settings.baselines and not interrupted:
-        try:
-            _run_baselines(study, setup, teacher_config, say)
-        except KeyboardInterrupt:
-            interrupted = True
+    interrupted, failure = False, None
+    try:
+        if count_trained(study) < settings.trials:
+            interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console)
+        if settings.baselines and not interrupted:
+            try:
+                _run_baselines(study, setup, teacher_config, say)
+            except KeyboardInterrupt:
+                interrupted = True
+    except Exception as error:  # the sampler, the storage or the driver: end the search cleanly, say why
+        failure = _failure(error, run_dir)
 
-    recover_interrupted(study)  # belt and braces: nothing may stay RUNNING
-    pareto = write_pareto(study, run_dir, teacher_macs.total, count_params(context.teacher))
+    try:
+        recover_interrupted(study)  # nothing may stay RUNNING or WAITING
+        pareto = write_pareto(study, run_dir, teacher_macs.total, count_params(context.teacher))
+    except Exception as error:
+        if failure is None:
+            raise
+        # The storage itself may be what failed: the first cause is the one to report.
+        raise type(failure)(f"{failure}; the study could not be updated either ({_one_line(error)})") from None
+    if failure is not None:
+        raise type(failure)(
+            f"{failure}; {len(pareto)} Pareto point(s) written to {run_dir / 'pareto.json'}; rerun with "
+            f"--name {name} to resume"
+        ) from None
     counts = SearchProgress(study, settings.trials, console).counts()
     if pareto:
         say(pareto_table(pareto, title=f"Pareto front of '{name}' ({counts['done']} complete trials)"))
@@ -279,6 +301,27 @@ def run_search(settings: SearchSettings) -> SearchResult:
         say("no trial completed yet: no Pareto front")
     say(f"study: {storage_url} (watch it with: sslc-dashboard {run_dir})")
     return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _failure(error: Exception, run_dir: Path) -> UserError:
+    """The one-line error that ends a search stopped by `error`; a fault's traceback goes to the run directory."""
+    cause, seen = error, set()
+    while cause is not None and not isinstance(cause, UserError) and id(cause) not in seen:
+        seen.add(id(cause))  # Ray may wrap what the searcher raised: look down the chain
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, UserError):
+        cause = None
+    if cause is not None and not isinstance(cause, SearchFailed):
+        return cause  # bad input found during the search (e.g. a budget too tight): already one clear line
+    path = run_dir / "search-error.txt"
+    path.write_text("".join(traceback.format_exception(error)))
+    what = str(cause) if cause is not None else f"the search driver failed: {_one_line(error)}"
+    return SearchFailed(f"the search stopped: {what} (traceback in {path})")
 
 
 def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console) -> bool:
@@ -321,11 +364,13 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        # Trials still in flight (Ctrl-C, or Ray stopping them) must not stay RUNNING in the study.
-        searcher.abandon_running(INTERRUPTED)
-        torch.set_num_threads(threads)
-        if started_ray:
-            import ray
+        try:
+            # Trials still in flight (Ctrl-C, a fault, or Ray stopping them) must not stay RUNNING in the study.
+            searcher.abandon_running(INTERRUPTED)
+        finally:  # a broken storage must not leave Ray running (the first error stays as the __context__)
+            torch.set_num_threads(threads)
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     return interrupted or count_trained(study) < settings.trials

@@ -15,16 +15,38 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sslc.errors import UserError
+from sslc.errors import SearchFailed, UserError
 from sslc.metrics import count_macs, count_params_from_config
 from sslc.models import EncoderConfig
 from sslc.spaces import SearchSpace
 
 from .budget import Budget
-from .storage import INTERRUPTED, OBJECTIVE_ATTRS, count_trained
+from .storage import (
+    INTERRUPTED,
+    LINEAGE_ATTRS,
+    OBJECTIVE_ATTRS,
+    REPEAT_OF,
+    RETRY_PARAMS,
+    config_key,
+    count_trained,
+    pending_retries,
+    trial_category,
+)
 
 # How many over-budget configs in a row before the space is judged hopeless for this budget.
 MAX_INFEASIBLE_IN_A_ROW = 2000
+# How many already-tried configs in a row before the space is judged exhausted (a small discrete space).
+MAX_REPEATS_IN_A_ROW = 200
+
+
+def fault(what: str, error: Exception) -> SearchFailed:
+    """One line naming the part that failed and the error; a storage error is named as such."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(error, SQLAlchemyError):
+        what = f"{what}: the study storage failed"
+    lines = str(error).strip().splitlines()
+    return SearchFailed(f"{what}: {type(error).__name__}{': ' + lines[0] if lines else ''}")
 
 
 @dataclass
@@ -59,14 +81,21 @@ class OptunaAskTellSearcher(Searcher):
         self.running: dict[str, optuna.Trial] = {}
         self.early_stopped = early_stopped
         self.started = count_trained(study)
+        # Interrupted trials of an earlier run, queued again one at a time just before asking, so a study
+        # stopped at any moment holds no WAITING trial.
+        self.retries = pending_retries(study)
+        # config key -> the earlier trial that answers a repeat of it (trained, or recognised as over budget).
+        self.answers: dict[str, optuna.trial.FrozenTrial] = {}
+        for frozen in study.get_trials(deepcopy=False):
+            self._remember(frozen)
 
     # Tune pickles its searcher to save experiment state; the study (its connection) stays out: resuming goes
     # through Optuna's storage, never through Tune's experiment restore.
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("study", "on_event", "running")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("study", "on_event", "running", "answers")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, study=None, on_event=lambda kind, trial: None, running={})
+        self.__dict__.update(state, study=None, on_event=lambda kind, trial: None, running={}, answers={})
 
     # ---- asking ------------------------------------------------------------------------------------------
     def measure(self, config) -> tuple[int, dict, int]:
@@ -74,33 +103,92 @@ class OptunaAskTellSearcher(Searcher):
         breakdown = count_macs(arch, seconds=self.budget.seconds)
         return breakdown.total, breakdown.as_dict(), count_params_from_config(arch)
 
+    def _ask(self) -> optuna.Trial:
+        if self.retries:
+            number, params = self.retries.pop(0)
+            self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
+        return self.study.ask()
+
     def next_feasible(self) -> Candidate:
-        """Ask until a config fits the budget; the ones that do not are recorded as infeasible, never trained."""
-        for _ in range(MAX_INFEASIBLE_IN_A_ROW):
-            trial = self.study.ask()
-            config = self.space.suggest(trial, self.teacher_config)
+        """Ask until a config fits the budget and was not tried before. Over-budget ones are recorded as
+        infeasible, repeats are answered from the earlier trial; neither is trained."""
+        infeasible = repeats = 0
+        while True:
+            try:
+                trial = self._ask()
+                config = self.space.suggest(trial, self.teacher_config)
+            except UserError:
+                raise
+            except Exception as error:
+                raise fault(f"the {type(self.study.sampler).__name__} sampler failed", error) from error
             macs, breakdown, params = self.measure(config)
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("macs", macs)
             trial.set_user_attr("macs_breakdown", breakdown)
             trial.set_user_attr("params", params)
             trial.set_user_attr("budget_slack_macs", self.budget.max_macs - macs)
+            earlier = self.answers.get(config_key(config.to_dict()))
+            if earlier is not None:
+                self._answer_repeat(trial, earlier)
+                repeats += 1
+                if repeats >= MAX_REPEATS_IN_A_ROW:
+                    raise UserError(
+                        f"the sampler proposed {repeats} configs in a row that were already tried: space "
+                        f"'{self.space.name}' looks exhausted ({len(self.answers)} distinct configs tried)"
+                    )
+                continue
+            repeats = 0
             violations = self.budget.violations(macs, params)
             if not violations:
                 return Candidate(trial, config, macs, breakdown, params)
             trial.set_user_attr("infeasible", True)
             trial.set_user_attr("fail_reason", "infeasible (not trained): " + "; ".join(violations))
             self.study.tell(trial, state=TrialState.FAIL)
+            self._remember(self.study._storage.get_trial(trial._trial_id))
             self.on_event("infeasible", None)
-        raise UserError(
-            f"{MAX_INFEASIBLE_IN_A_ROW} configs in a row were over budget: the budget is too tight for space "
-            f"'{self.space.name}' (raise --budget or use a space with smaller configs)"
-        )
+            infeasible += 1
+            if infeasible >= MAX_INFEASIBLE_IN_A_ROW:
+                raise UserError(
+                    f"{MAX_INFEASIBLE_IN_A_ROW} configs in a row were over budget: the budget is too tight for "
+                    f"space '{self.space.name}' (raise --budget or use a space with smaller configs)"
+                )
+
+    def _remember(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Keep a finished trial that can answer later repeats of its config: trained ones (complete, pruned,
+        failed) and over-budget ones. Interrupted trials never finished, so their config is run again."""
+        config = trial.user_attrs.get("config")
+        if config is None or trial.user_attrs.get(REPEAT_OF) is not None:
+            return
+        if trial_category(trial) in ("complete", "pruned", "failed", "infeasible"):
+            self.answers.setdefault(config_key(config), trial)
+
+    def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+        """The config of `earlier` again: answer from its result instead of training it twice.
+
+        The repeat is told to Optuna in the earlier trial's state and, when COMPLETE, with its values: the
+        sampler then sees the point as already measured and moves on (a FAIL would be invisible to the GP and
+        TPE models, which could propose the same point again and again). `repeat_of` keeps it off the front and
+        out of the trained count (`trial_category` says "repeat"). Every result attr of the earlier trial is
+        copied, whatever the trainer records, so the repeat reads like its original."""
+        for key, value in earlier.user_attrs.items():
+            if key not in LINEAGE_ATTRS:
+                trial.set_user_attr(key, value)
+        trial.set_user_attr(REPEAT_OF, earlier.number)
+        if earlier.state == TrialState.COMPLETE:
+            self.study.tell(trial, list(earlier.values))
+        else:
+            self.study.tell(trial, state=earlier.state)
+        self.on_event("repeat", None)
 
     def suggest(self, trial_id: str):
         if self.started >= self.target_trials:
             return Searcher.FINISHED
-        candidate = self.next_feasible()
+        try:
+            candidate = self.next_feasible()
+        except UserError:
+            raise
+        except Exception as error:  # e.g. the storage, while recording what was asked
+            raise fault("choosing the next config failed", error) from error
         self.started += 1
         self.running[trial_id] = candidate.trial
         self.on_event("started", None)
@@ -120,12 +208,18 @@ class OptunaAskTellSearcher(Searcher):
             self._interrupted(trial, INTERRUPTED)
             self.on_event("interrupted", None)
             return
-        state, values = self._outcome(trial, result, error)
-        if state == TrialState.COMPLETE:
-            self.study.tell(trial, values)
-        else:
-            self.study.tell(trial, state=state)
-        self.on_event(state.name.lower(), self.study._storage.get_trial(trial._trial_id))
+        try:
+            state, values = self._outcome(trial, result, error)
+            if state == TrialState.COMPLETE:
+                self.study.tell(trial, values)
+            else:
+                self.study.tell(trial, state=state)
+            frozen = self.study._storage.get_trial(trial._trial_id)
+        except Exception as failure:
+            self.running[trial_id] = trial  # still unrecorded: the search's clean-up marks it interrupted
+            raise fault(f"recording trial {trial.number} failed", failure) from failure
+        self._remember(frozen)
+        self.on_event(state.name.lower(), frozen)
 
     def _outcome(self, trial: optuna.Trial, result: dict | None, error: bool):
         if error or result is None:
@@ -164,9 +258,10 @@ class OptunaAskTellSearcher(Searcher):
             self._interrupted(self.running.pop(trial_id), reason)
 
     def _interrupted(self, trial: optuna.Trial, reason: str) -> None:
-        """FAIL with the reason, and the same config queued again: an interrupted trial is run again on resume."""
+        """FAIL with the reason and the config to run again on resume (queued then, by `_ask`, not now: a
+        stopped study holds no WAITING trial)."""
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("interrupted", True)
-        self.study.tell(trial, state=TrialState.FAIL)
         if trial.params:  # stopped before its config was chosen: nothing to run again
-            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            trial.set_user_attr(RETRY_PARAMS, trial.params)
+        self.study.tell(trial, state=TrialState.FAIL)

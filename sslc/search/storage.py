@@ -23,6 +23,10 @@ STUDY_MARKER = "study.txt"  # "<storage url>\n<study name>\n": how later command
 OBJECTIVES = ("loss", "macs", "latency")
 # Each objective's value, as recorded on a trial and in the Pareto files: the name says the unit.
 OBJECTIVE_ATTRS = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
+RETRY_PARAMS = "retry_params"  # user attr of an interrupted trial: the params to run again on resume
+REPEAT_OF = "repeat_of"  # user attr of a trial answered from an earlier one with the same config (never trained)
+# User attrs that say where a trial came from, not what it measured: never copied onto a repeat.
+LINEAGE_ATTRS = ("retry_of", REPEAT_OF, RETRY_PARAMS, "interrupted")
 
 
 def default_storage_url(run_dir: Path) -> str:
@@ -99,22 +103,35 @@ def open_study(storage, name: str, directions: list[str], sampler, identity: dic
 
 
 def recover_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed search become FAIL (reason recorded); their configs are queued again."""
+    """Trials left RUNNING (a killed or failed search) or WAITING (a retry queued but never asked) become FAIL,
+    marked interrupted with the config to run again (`RETRY_PARAMS`). Nothing is queued here: a stopped study
+    must hold no WAITING trial, so the searcher queues each retry just before it asks (see `pending_retries`)."""
     storage, recovered = study._storage, 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        if trial.state == TrialState.WAITING:
-            continue  # queued configs are asked again as they are
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}
         storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
         storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        if params and not trial.user_attrs.get("infeasible"):
+            storage.set_trial_user_attr(trial._trial_id, RETRY_PARAMS, params)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params and not trial.user_attrs.get("infeasible"):
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         recovered += 1
     return recovered
 
 
+def pending_retries(study: optuna.Study) -> list[tuple[int, dict]]:
+    """(trial number, params) of each interrupted trial whose config has not been queued again yet, in order.
+    A retry carries `retry_of: <number>`; a retry that is itself interrupted gets its own retry."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return [
+        (t.number, t.user_attrs[RETRY_PARAMS])
+        for t in trials
+        if trial_category(t) == "interrupted" and t.user_attrs.get(RETRY_PARAMS) and t.number not in retried
+    ]
+
+
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Trained trials count against --trials; over-budget configs and interrupted runs do not."""
+    """Trained trials count against --trials; over-budget configs, repeats and interrupted runs do not."""
     return trial_category(trial) in ("complete", "pruned", "failed")
 
 
@@ -124,9 +141,12 @@ def count_trained(study: optuna.Study) -> int:
 
 
 def trial_category(trial: optuna.trial.FrozenTrial) -> str:
-    """complete | pruned | infeasible (over budget, never trained) | failed | interrupted | running (or queued)."""
+    """complete | pruned | infeasible (over budget, never trained) | failed | interrupted | repeat (a config
+    already tried, answered from that earlier trial, never trained) | running (or queued)."""
     if trial.user_attrs.get("infeasible"):
-        return "infeasible"
+        return "infeasible"  # an over-budget repeat too: it was never trained either way
+    if trial.user_attrs.get(REPEAT_OF) is not None:
+        return "repeat"
     if trial.state == TrialState.COMPLETE:
         return "complete"
     if trial.state == TrialState.PRUNED:
@@ -134,6 +154,27 @@ def trial_category(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == TrialState.FAIL:
         return "interrupted" if trial.user_attrs.get("interrupted") else "failed"
     return "running"  # RUNNING or WAITING
+
+
+def config_key(config: dict) -> str:
+    """The identity of a config for spotting repeats: its dict, order-independent."""
+    return json.dumps(config, sort_keys=True)
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The non-dominated COMPLETE trials, repeats left out (a repeat has its original's values, so Optuna's own
+    `study.best_trials` would list the same point twice). In trial order."""
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    points = [
+        (t, [s * v for s, v in zip(signs, t.values)])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trial_category(t) == "complete" and t.values
+    ]
+
+    def dominates(a, b) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [t for t, p in points if not any(dominates(q, p) for _, q in points)]
 
 
 def objective_names(study: optuna.Study) -> list[str]:
