@@ -58,7 +58,10 @@ def _searcher(study, events=None, early_stopped=()):
 
 
 def _completed(macs: int, loss: float) -> dict:
-    return {"final": True, "status": "completed", "heldout_loss": loss, "macs": macs, "latency_ms": 2.0}
+    return {
+        "final": True, "status": "completed", "heldout_loss": loss, "macs": macs, "latency_ms": 2.0,
+        "heldout_loss_by_target_pairs": [["2", loss]],
+    }
 
 
 def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twice(tmp_path):
@@ -68,7 +71,7 @@ def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twic
     # Trial 0 completes (with a result attr of a kind the searcher does not know), 1 is stopped early (pruned),
     # 2 is over the latency budget (measured by the trial), 3 is cut short by the end of the search.
     params = first.suggest("a")
-    first.running["a"].set_user_attr("heldout_loss_by_target", {"layer_2": 0.5})
+    first.running["a"].set_user_attr("some_future_result", {"layer_2": 0.5})
     first.on_trial_complete("a", _completed(params["macs"], 1.25))
     params = first.suggest("b")
     stopped.add("b")
@@ -98,7 +101,8 @@ def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twic
         assert "retry_of" not in trials[repeat].user_attrs
     assert trials[5].values == trials[0].values
     assert trials[5].user_attrs["heldout_loss"] == 1.25
-    assert trials[5].user_attrs["heldout_loss_by_target"] == {"layer_2": 0.5}  # copied generically
+    assert trials[5].user_attrs["heldout_loss_by_target"] == {"2": 1.25}
+    assert trials[5].user_attrs["some_future_result"] == {"layer_2": 0.5}  # copied generically
     assert trials[6].user_attrs["stopped_at_step"] == 2
     assert trials[7].user_attrs["infeasible"] and "latency" in trials[7].user_attrs["fail_reason"]
     assert [trial_category(trials[n]) for n in (5, 6, 7)] == ["repeat", "repeat", "infeasible"]
@@ -108,7 +112,7 @@ def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twic
     assert {t.number for t in study.best_trials} == {0, 5}
     assert [t.number for t in front_trials(study)] == [0]
     assert [row["trial"] for row in write_pareto(study, tmp_path)] == [0]
-    assert [row["trial"] for row in json.loads((tmp_path / "pareto.json").read_text())] == [0]
+    assert [row["trial"] for row in json.loads((tmp_path / "pareto.json").read_text())["points"]] == [0]
 
     resumed.abandon_running("interrupted: the search stopped")
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
@@ -154,7 +158,7 @@ def test_a_failing_sampler_ends_the_search_cleanly_and_a_rerun_resumes(tmp_path,
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
     assert trial_category(trials[2]) == "interrupted"  # asked, but the sampler failed on it: not counted
-    rows = json.loads((settings.run_dir / "pareto.json").read_text())
+    rows = json.loads((settings.run_dir / "pareto.json").read_text())["points"]
     assert {row["trial"] for row in rows} == {t.number for t in front_trials(study)} and rows
 
     # The rerun resumes: its sampler first proposes trial 0's config again (answered, not trained), then a new one.
@@ -167,7 +171,7 @@ def test_a_failing_sampler_ends_the_search_cleanly_and_a_rerun_resumes(tmp_path,
     assert not (settings.run_dir / "trials" / "3").exists()
     assert trials[4].state == TrialState.COMPLETE and (settings.run_dir / "trials" / "4" / "student.pt").exists()
     assert count_trained(study) == 3 and len(trials) == 5
-    rows = json.loads((settings.run_dir / "pareto.json").read_text())
+    rows = json.loads((settings.run_dir / "pareto.json").read_text())["points"]
     assert 3 not in {row["trial"] for row in rows}
     assert len({json.dumps(row["config"], sort_keys=True) for row in rows}) == len(rows)
 
