@@ -142,7 +142,7 @@ def test_a_log_gets_plain_progress_lines_and_whole_tables(logged_search):
     assert progress, log
     assert "trials 3/3: 3 done" in progress[-1]
     assert not re.search(r"trials\s+━", log) and "…" not in log  # no frame of a live bar, nothing cut
-    header = next(line for line in log.splitlines() if "held-out loss" in line)
+    header = next(line for line in log.splitlines() if "┃ trial" in line)
     assert "MACs vs teacher" in header  # the last column, whole
 
 
@@ -178,6 +178,24 @@ def test_progress_lines_are_rate_limited_and_the_final_state_always_printed():
     lines = console.file.getvalue().splitlines()
     # The start, then the two completions are held back by the interval, and the end state is printed.
     assert len(lines) == 2 and "trials 0/3: 0 done" in lines[0] and "trials 2/3: 2 done" in lines[1], lines
+
+
+def test_a_wide_table_printed_to_a_file_is_not_cut():
+    import io
+
+    from rich.table import Table
+
+    from sslc.console import make_console
+
+    table = Table(title="retrained")
+    for name in ("trial", "status", "steps", "short-trial loss", "loss", "params", "MACs", "latency ms", "note"):
+        table.add_column(name, justify="right")
+    table.add_row("12", "completed earlier", "1000", "1.2345", "1.1111", "12.22 M", "18.71 G", "2997.3", "-")
+    console = make_console(file=io.StringIO(), highlight=False)
+    console.print(table)
+    text = console.file.getvalue()
+    assert "…" not in text and "short-trial loss" in text and "completed earlier" in text
+    assert max(len(line) for line in text.splitlines()) > 80  # rich's width for a file would have cut it
 
 
 # ---- the report's loss-vs-latency chart ------------------------------------------------------------------------

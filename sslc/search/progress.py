@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sslc.console import make_console
+
 from .storage import counts_toward_budget, trial_category
 
-# Width of output that is not a terminal: wide enough that no table or line is cut (rich's default is 80).
-LOG_WIDTH = 240
 # Plain progress lines in a log: at most one per this many seconds (the final state is always printed).
 LOG_INTERVAL = 10.0
 
@@ -47,10 +47,7 @@ class SearchProgress:
     @staticmethod
     def make_console(quiet: bool = False, file=None) -> Console:
         """stderr (or `file`); full width when it is not a terminal, so a log keeps whole tables and lines."""
-        console = Console(stderr=file is None, file=file, quiet=quiet)
-        if not console.is_terminal:
-            console = Console(stderr=file is None, file=file, quiet=quiet, width=LOG_WIDTH)
-        return console
+        return make_console(stderr=file is None, quiet=quiet, file=file)
 
     def __enter__(self):
         self.started = time.monotonic()
