@@ -19,7 +19,7 @@ from sslc.console import make_console
 from .storage import counts_toward_budget, trial_category
 
 # Plain progress lines in a log: at most one per this many seconds (the final state is always printed).
-LOG_INTERVAL = 10.0
+LOG_INTERVAL = 5.0
 
 
 class SearchProgress:

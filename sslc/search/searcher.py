@@ -23,9 +23,9 @@ from sslc.spaces import SearchSpace
 from .budget import Budget
 from .storage import INTERRUPTED, count_trained
 
-# How many over-budget configs in a row before the space is judged hopeless for this budget. The runner refuses
-# budgets that fewer than 2% of random configs meet (0.98^300 < 0.3%), so reaching this means the sampler has
-# drifted away from the feasible region; a lower cap would stop searches a sampler is still exploring.
+# How many over-budget configs in a row before the space is judged hopeless for this budget (each is a FAIL trial
+# in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
+# accepts 300 misses in a row are unlikely while the sampler still draws at random (0.98^300 < 0.3%).
 MAX_INFEASIBLE_IN_A_ROW = 300
 OBJECTIVE_ATTRS = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
 
