@@ -19,8 +19,8 @@ adds other samplers to the table (not to the headline).
 
 Run time: seeds run one after another (every sampler on a seed), and no new seed starts once `--time-limit`
 seconds have passed since launch (at least MIN_SEEDS run), so a slower machine compares fewer seeds rather
-than taking longer; it prints how many it did. `--quick` (4 trials, 1 seed) checks that the benchmark still
-works (CI runs it); its figure means nothing.
+than taking longer; it prints how many it did. `--quick` (4 trials, 1 seed, a 4-layer teacher) checks that the
+benchmark still works (CI runs it); its figure means nothing.
 
     python benchmarks/sampler_quality.py [--trials 32] [--seeds 5] [--also gp,nsga2] [--time-limit 420] [--quick]
 """
@@ -69,11 +69,12 @@ TIME_LIMIT = 420.0
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_context(run_dir: Path) -> RunContext:
-    """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it)."""
+def make_context(run_dir: Path, layers: int = 12) -> RunContext:
+    """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it);
+    `--quick` gives it 4 layers, a third of the low-rank factorisations to compute."""
     config = base_config("hubert")
     config.embed_dim = 384
-    config.layers = [LayerSpec(heads=6, ffn_dim=1536) for _ in range(12)]
+    config.layers = [LayerSpec(heads=6, ffn_dim=1536) for _ in range(layers)]
     config.conv_layers = [ConvLayerSpec(256, c.kernel, c.stride) for c in config.conv_layers]
     teacher = build_encoder(config.validate(), seed=0).eval().requires_grad_(False)
     teacher.teacher_spec, teacher.is_random = TEACHER, True
@@ -190,7 +191,7 @@ def main() -> None:
     torch.set_num_threads(1)
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sslc-sampler-") as tmp:
-        context = make_context(Path(tmp))
+        context = make_context(Path(tmp), layers=4 if args.quick else 12)
         teacher_config = context.teacher.config
         teacher_macs = count_macs(teacher_config, seconds=10.0).total
         budget = Budget(parse_budget(BUDGET).resolve(teacher_macs), 10.0, None, None)
