@@ -23,7 +23,12 @@ worse, so quotients there tend to be a little higher).
 The last line is `realized_speedup: <the largest quotient over the six students>`. Latency depends on the
 machine and on its load: numbers from a shared machine are indicative only.
 
-    python benchmarks/realized_speedup.py [--rounds 11] [--time-limit 360] [--seconds 10] [--threads 1]
+Run time: no new round starts once `--time-limit` seconds have passed since launch (at least 3 rounds run), so
+a slower machine does fewer rounds; a default run takes the limit plus the last round and the per-part passes
+(a minute or two). It prints how many rounds it did. `--quick` (the random:tiny teacher, 1 s of audio, 3
+rounds, 1 per-part pass) checks that the benchmark still works (CI runs it); its figures mean little.
+
+    python benchmarks/realized_speedup.py [--rounds 11] [--time-limit 360] [--seconds 10] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -49,35 +54,38 @@ PARTS = ("cnn", "pos conv", "attn proj", "attn core", "ffn", "other")
 
 
 def configs(base: EncoderConfig) -> dict[str, CompressionConfig]:
-    """Five float configs mixing the structured operators, plus the combined one in int8."""
-    layers = base.num_layers
-    convs = len(base.conv_layers)
-    depth = CompressionConfig.evenly_spaced(base, 8)
+    """Five float configs mixing the structured operators, plus the combined one in int8. Sizes are shares of
+    the teacher's (HuBERT Base's numbers in the comments), so `--quick` can use the tiny teacher."""
+    layers, dim = base.num_layers, base.embed_dim
+    heads, ffn = base.layers[0].heads, base.layers[0].ffn_dim
+    channels = [c.channels // 2 for c in base.conv_layers]  # 256 of 512
+    two_thirds, half = max(1, layers * 2 // 3), max(1, layers // 2)  # 8 and 6 of 12
+    depth = CompressionConfig.evenly_spaced(base, two_thirds)
 
     heads_ffn = CompressionConfig.identity(base)
-    heads_ffn.heads = [6] * layers
-    heads_ffn.ffn = [1536] * layers
+    heads_ffn.heads = [heads // 2] * layers  # 6
+    heads_ffn.ffn = [ffn // 2] * layers  # 1536
 
     low_rank = CompressionConfig.identity(base)
-    low_rank.attn_rank = [96] * layers  # break-even rank of a 768 x 768 linear is 384
-    low_rank.ffn_rank = [192] * layers  # ... and of a 768 x 3072 one 614
+    low_rank.attn_rank = [dim // 8] * layers  # 96: break-even rank of a 768 x 768 linear is 384
+    low_rank.ffn_rank = [dim // 4] * layers  # 192: ... and of a 768 x 3072 one 614
 
-    conv = CompressionConfig.evenly_spaced(base, 8)
-    conv.conv_channels = [256] * convs
-    conv.ffn = [1536] * 8
+    conv = CompressionConfig.evenly_spaced(base, two_thirds)
+    conv.conv_channels = list(channels)
+    conv.ffn = [ffn // 2] * two_thirds
 
-    combined = CompressionConfig.evenly_spaced(base, 6)
-    combined.heads = [6] * 6
-    combined.ffn = [1024] * 6
-    combined.attn_rank = [128] * 6
-    combined.conv_channels = [256] * convs
+    combined = CompressionConfig.evenly_spaced(base, half)
+    combined.heads = [heads // 2] * half
+    combined.ffn = [ffn // 3] * half  # 1024
+    combined.attn_rank = [dim // 6] * half  # 128
+    combined.conv_channels = list(channels)
 
     combined_int8 = CompressionConfig.from_dict({**combined.to_dict(), "quantize": "int8"})
     return {
-        "depth 8 of 12": depth,
-        "heads 6, ffn 1536": heads_ffn,
-        "low-rank attn 96, ffn 192": low_rank,
-        "cnn 256 ch, 8 layers, ffn 1536": conv,
+        f"depth {two_thirds} of {layers}": depth,
+        f"heads {heads // 2}, ffn {ffn // 2}": heads_ffn,
+        f"low-rank attn {dim // 8}, ffn {dim // 4}": low_rank,
+        f"cnn {channels[0]} ch, {two_thirds} layers, ffn {ffn // 2}": conv,
         "combined": combined,
         "combined + int8": combined_int8,
     }
@@ -217,11 +225,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="start no new round after this many seconds since launch (at least 3 rounds run)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for everything (default 1: see the module docstring)")
+    parser.add_argument("--quick", action="store_true", help="random:tiny, 1 s of audio, 3 rounds, 1 per-part pass (a smoke test)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.warmup, args.part_passes, args.time_limit = 1.0, 3, 0, 1, 0.0
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)  # also for building: LAPACK's SVD suffers from a busy core too
-    teacher = sslc.load_teacher("random:hubert-base").eval()
+    teacher_spec = "random:tiny" if args.quick else "random:hubert-base"
+    teacher = sslc.load_teacher(teacher_spec).eval()
     base = teacher.config
     candidates = configs(base)
     students, architectures = {}, {"teacher": base}
@@ -243,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
 
     print(
-        f"random:hubert-base, {args.seconds:g} s audio, batch 1, CPU, {threads} torch threads, torch "
+        f"{teacher_spec}, {args.seconds:g} s audio, batch 1, CPU, {threads} torch threads, torch "
         f"{torch.__version__}; {rounds_done} rounds, each student timed between two teacher runs; load average "
         f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (students built in {built:.0f} s)"
     )

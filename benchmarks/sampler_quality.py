@@ -17,7 +17,12 @@ the hypervolume (2-D, exact) of each run's Pareto front is computed against it. 
 seeds of the per-seed ratio hypervolume(default sampler) / hypervolume(random), goal >= 1.1; `--also gp,nsga2`
 adds other samplers to the table (not to the headline).
 
-    python benchmarks/sampler_quality.py [--trials 32] [--seeds 5] [--also gp,nsga2]
+Run time: seeds run one after another (every sampler on a seed), and no new seed starts once `--time-limit`
+seconds have passed since launch (at least MIN_SEEDS run), so a slower machine compares fewer seeds rather
+than taking longer; it prints how many it did. `--quick` (4 trials, 1 seed, a 4-layer teacher) checks that the
+benchmark still works (CI runs it); its figure means nothing.
+
+    python benchmarks/sampler_quality.py [--trials 32] [--seeds 5] [--also gp,nsga2] [--time-limit 420] [--quick]
 """
 
 from __future__ import annotations
@@ -60,15 +65,18 @@ EVAL_BATCH = 4
 REFERENCE_MARGIN = 0.1
 # How a zero-step trial is scored: the search's protocol (default targets), batches of EVAL_BATCH, on the CPU.
 SCORING = TrainerConfig(steps=1, batch_size=EVAL_BATCH, crop_seconds=CROP_SECONDS, device="cpu")
+MIN_SEEDS = 2
+TIME_LIMIT = 420.0
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_context(run_dir: Path) -> RunContext:
-    """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it)."""
+def make_context(run_dir: Path, layers: int = 12) -> RunContext:
+    """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it);
+    `--quick` gives it 4 layers, a third of the low-rank factorisations to compute."""
     config = base_config("hubert")
     config.embed_dim = 384
-    config.layers = [LayerSpec(heads=6, ffn_dim=1536) for _ in range(12)]
+    config.layers = [LayerSpec(heads=6, ffn_dim=1536) for _ in range(layers)]
     config.conv_layers = [ConvLayerSpec(256, c.kernel, c.stride) for c in config.conv_layers]
     teacher = build_encoder(config.validate(), seed=0).eval().requires_grad_(False)
     teacher.teacher_spec, teacher.is_random = TEACHER, True
@@ -156,8 +164,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--also", default="", help="other samplers to compare, e.g. gp,nsga2 (not in the headline)")
+    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT,
+                        help=f"start no new seed after this many seconds since launch (at least {MIN_SEEDS} run)")
+    parser.add_argument("--quick", action="store_true", help="4 trials, 1 seed: does the benchmark still run?")
     args = parser.parse_args()
-    TRIALS, SEEDS = args.trials, args.seeds
+    TRIALS, SEEDS = (4, 1) if args.quick else (args.trials, args.seeds)
     samplers = [DEFAULT, "random"] + [n for n in args.also.split(",") if n and n not in (DEFAULT, "random")]
     torch.manual_seed(0)
     # One thread, as a search trial with --cpus-per-trial 1: with two, LAPACK's SVD (low-rank configs) slows down
@@ -165,7 +176,7 @@ def main() -> None:
     torch.set_num_threads(1)
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sslc-sampler-") as tmp:
-        context = make_context(Path(tmp))
+        context = make_context(Path(tmp), layers=4 if args.quick else 12)
         teacher_config = context.teacher.config
         teacher_macs = count_macs(teacher_config, seconds=10.0).total
         budget = Budget(parse_budget(BUDGET).resolve(teacher_macs), 10.0, None, None)
@@ -183,6 +194,10 @@ def main() -> None:
 
         runs: dict[str, list[dict]] = {name: [] for name in samplers}
         for seed in range(SEEDS):
+            if seed >= MIN_SEEDS and time.perf_counter() - wall > args.time_limit:
+                print(f"time limit: stopped after {seed} of {SEEDS} seeds")
+                SEEDS = seed
+                break
             for name in samplers if seed % 2 == 0 else reversed(samplers):
                 run = run_search(name, seed, space, teacher_config, budget, objective)
                 runs[name].append(run)

@@ -17,9 +17,16 @@ in this process on the same configs without Ray, how much of a trial is building
 the held-out evaluation and saving the checkpoint. Two more views: the share without the one-off start-up (what
 a long search converges to) and the share if trial lengths were perfectly balanced across slots.
 
+The trial length is chosen for a time target: before the search, one trial of the largest uniformly pruned config
+within the budget is timed in this process, and the steps are set so that the trials fill about
+`--time-target` seconds of every slot (at least MIN_STEPS); it prints what it chose. So the whole run takes about
+the target plus a minute or two on any machine (the fixed start-up weighs more on a short run: at ~12 s trials
+the share was ~2x that at ~30 s). `--quick` runs 2 trials of 5 steps: it checks that the benchmark still works
+(CI runs it), its figure means nothing.
+
 The last line is the headline: `search_overhead: <share>` (goal <= 0.05).
 
-    python benchmarks/search_overhead.py [--steps 600]
+    python benchmarks/search_overhead.py [--time-target 240] [--steps N] [--trials 16] [--quick]
 """
 
 from __future__ import annotations
@@ -41,23 +48,59 @@ from sslc.rundir import load_study  # noqa: E402
 
 TEACHER = "random:tiny"
 TRIALS = 16
-# ~40 s of training a trial on one idle core (the run takes ~6 min): still short next to a real trial (a
-# HuBERT-Base student trains about 1 s a step on this machine, so 100 steps take minutes). The fixed start-up
-# (Ray, worker imports) is ~20 slot-seconds whatever the trial length: at 1600 steps (~30 s trials) the share was
-# 0.060, at 600 steps (~12 s) 0.111; the per-trial part alone stays near 0.02.
-STEPS = 2400
+# Seconds of training per slot the steps are sized for: with Ray's start-up and the in-process replay the run
+# takes ~5 min here and stays under 10 min on a machine 2.4x slower.
+TIME_TARGET = 240.0
+MIN_STEPS = 100
+CALIBRATION_STEPS = 30
 BATCH_SIZE = 4
 CROP_SECONDS = 2.0
 LATENCY_REPEATS = 1
 
 
-def settings_for(run_dir: Path, steps: int | None = None) -> runner.SearchSettings:
-    steps = STEPS if steps is None else steps
+def settings_for(run_dir: Path, steps: int, trials: int = TRIALS) -> runner.SearchSettings:
     return runner.SearchSettings(
-        teacher=TEACHER, data="demo", budget="70%", trials=TRIALS, steps=steps, batch_size=BATCH_SIZE,
+        teacher=TEACHER, data="demo", budget="70%", trials=trials, steps=steps, batch_size=BATCH_SIZE,
         crop_seconds=CROP_SECONDS, name="overhead", run_dir=run_dir, latency_repeats=LATENCY_REPEATS,
         baselines=False, quiet=True, early_stopping=False, sampler=runner.SearchSettings.sampler, seed=0,
     )
+
+
+def trial_setup(run_dir: Path, steps: int):
+    """What a trial of the benchmark's search gets, built in this process with the search's public functions."""
+    from sslc.metrics import count_macs
+    from sslc.search.context import prepare_run
+    from sslc.search.trial import TrialSetup
+
+    settings = settings_for(run_dir, steps)
+    context = prepare_run(TEACHER, "demo", run_dir, CROP_SECONDS, 0)
+    budget = runner.search_budget(settings, count_macs(context.teacher.config).total)
+    return TrialSetup(context, run_dir, runner.trainer_config(settings), budget, LATENCY_REPEATS)
+
+
+def seconds_per_step(run_dir: Path) -> float:
+    """Training seconds a step takes here (one thread, as a trial) for the largest uniformly pruned config
+    within the budget (trials are mostly smaller), from one short trial."""
+    import torch
+
+    from sslc.metrics import count_macs
+    from sslc.search.baselines import uniform_to_budget
+    from sslc.search.trial import evaluate_candidate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        setup = trial_setup(run_dir, CALIBRATION_STEPS)
+        teacher = setup.run.teacher.config
+        config = uniform_to_budget(teacher, setup.budget.max_macs, setup.budget.seconds)
+        macs = count_macs(config.student_architecture(teacher), seconds=setup.budget.seconds).total
+        evaluate_candidate(setup, config.to_dict(), None, None, macs)  # first-call costs, the targets cache
+        result = evaluate_candidate(setup, config.to_dict(), None, None, macs)
+    finally:
+        torch.set_num_threads(threads)
+    if result["status"] != "completed":
+        raise RuntimeError(f"calibration trial ended {result['status']}: {result.get('reason')}")
+    return result["seconds_training"] / result["steps_done"]
 
 
 class Phases:
@@ -87,19 +130,18 @@ class Phases:
             setattr(owner, attr, original)
 
 
-def run_timed_search(run_dir: Path) -> tuple[float, float, Phases]:
+def run_timed_search(run_dir: Path, steps: int, trials: int) -> tuple[float, float, Phases]:
     import ray
     from ray.tune import Tuner
 
-    phases = Phases()
+    phases = Phases()  # public entry points only: the runner's own helpers may change shape
     phases.wrap(runner, "prepare_run", "prepare_run")
-    phases.wrap(runner, "_start_ray", "ray_start")
-    phases.wrap(runner, "_tune", "tune")
+    phases.wrap(ray, "init", "ray_start")
     phases.wrap(Tuner, "fit", "tuner_fit")
     phases.wrap(ray, "shutdown", "ray_shutdown")
     started = time.time()
     try:
-        runner.run_search(settings_for(run_dir))
+        runner.run_search(settings_for(run_dir, steps, trials))
     finally:
         phases.restore()
     return started, time.time() - started, phases
@@ -119,18 +161,13 @@ def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
     """A trial's work other than training, timed in this process on the same configs (no Ray, 1 step)."""
     import torch
 
-    import sslc.search.context as context_module
     import sslc.search.trial as trial_module
-    from sslc.metrics import count_macs
-    from sslc.search.context import prepare_run
-    from sslc.search.trial import TrialSetup, evaluate_candidate
-    from sslc.trainers import distill
+    from sslc.search.context import RunContext
+    from sslc.search.trial import evaluate_candidate
+    from sslc.trainers import DistillationStep
 
     torch.set_num_threads(1)  # as in a trial (cpus_per_trial=1)
-    settings = settings_for(run_dir, steps=1)
-    context = prepare_run(TEACHER, "demo", run_dir, CROP_SECONDS, 0)
-    budget = runner._budget(settings, count_macs(context.teacher.config).total)
-    setup = TrialSetup(context, run_dir, runner._trainer_config(settings), budget, LATENCY_REPEATS)
+    setup = trial_setup(run_dir, steps=1)
     parts: dict[str, list[float]] = {}
     current: dict[str, float] = {}
     saved = []
@@ -148,9 +185,9 @@ def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
 
         setattr(owner, attr, timed)
 
-    wrap(context_module, "compress", "build student")
+    wrap(RunContext, "build_student", "build student")
     wrap(trial_module, "measure_latency", "measure latency")
-    wrap(distill._Run, "evaluate", "held-out eval")
+    wrap(DistillationStep, "evaluate", "held-out eval")
     wrap(trial_module.torch, "save", "save checkpoint")
     try:
         first = trials[0]  # builds the teacher-targets cache and pays first-call costs: not counted
@@ -173,13 +210,25 @@ def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    global STEPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per trial")
-    STEPS = parser.parse_args().steps
+    parser.add_argument("--steps", type=int, help="training steps per trial (default: sized for --time-target)")
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--time-target", type=float, default=TIME_TARGET,
+                        help="seconds of training per slot the steps are sized for")
+    parser.add_argument("--quick", action="store_true", help="2 trials of 5 steps: does the benchmark still run?")
+    args = parser.parse_args()
+    n_trials, steps = (2, 5) if args.quick else (args.trials, args.steps)
     with tempfile.TemporaryDirectory(prefix="sslc-overhead-") as tmp:
+        slots_planned = max(1, min(os.cpu_count() or 1, n_trials))
+        if steps is None:
+            per_step = seconds_per_step(Path(tmp) / "calibrate")
+            steps = max(MIN_STEPS, int(args.time_target * slots_planned / (n_trials * per_step)))
+            print(f"calibration: {per_step:.4f} s a step for the largest uniform config within the budget (one "
+                  f"thread); {steps} steps a trial fill ~{args.time_target:g} s on each of {slots_planned} slot(s)")
+        else:
+            print(f"{'quick mode: ' if args.quick else ''}{n_trials} trials x {steps} steps, as asked")
         run_dir = Path(tmp) / "run"
-        search_start, wall, phases = run_timed_search(run_dir)
+        search_start, wall, phases = run_timed_search(run_dir, steps, n_trials)
         search_end = search_start + wall
         study = load_study(run_dir)
         trials = study.get_trials(deepcopy=False)
@@ -187,7 +236,7 @@ def main() -> None:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
         others = [t for t in trials if t.state != TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
-        slots = max(1, min(settings.get("concurrency") or int(os.cpu_count() // settings["cpus_per_trial"]), TRIALS))
+        slots = max(1, min(settings.get("concurrency") or int(os.cpu_count() // settings["cpus_per_trial"]), n_trials))
 
         def seconds(t) -> float:
             return (t.datetime_complete - t.datetime_start).total_seconds()
@@ -224,7 +273,7 @@ def main() -> None:
             "before prepare_run (space, settings)": phases.first_start.get("prepare_run", search_start) - search_start,
         }
         in_window = slots * (last_tell - first_ask)
-        print(f"search: {TRIALS} trials x {STEPS} steps (batch {BATCH_SIZE} x {CROP_SECONDS:g} s) on {TEACHER}, "
+        print(f"search: {n_trials} trials x {steps} steps (batch {BATCH_SIZE} x {CROP_SECONDS:g} s) on {TEACHER}, "
               f"demo audio, {slots} concurrent slot(s), sampler {runner.SearchSettings.sampler}, {os.cpu_count()} CPU cores")
         print(f"trials: {len(complete)} complete, {len(infeasible)} over budget (not trained), {len(others)} other")
         print(f"W   run_search wall time              {wall:8.2f} s   K x W = {slots * wall:.2f} slot-s")

@@ -15,7 +15,12 @@ median per-step time of each variant over all rounds. The last line is the headl
 Threads: one by default, so that a busy second core (other jobs on a 2-core machine) does not make two intra-op
 threads wait for each other; --threads 2 on an idle machine.
 
-    python benchmarks/teacher_cache.py [--rounds 7] [--steps 4] [--batch-size 1] [--threads 1]
+Run time: no new round starts once `--time-limit` seconds have passed since launch (at least two rounds run),
+so a slow machine does fewer rounds rather than taking longer; it prints how many it did. `--quick` runs one
+round of 2 steps on 1 s crops with the random:tiny teacher: it checks that the benchmark still works (CI runs
+it), its figure means little.
+
+    python benchmarks/teacher_cache.py [--rounds 7] [--steps 4] [--batch-size 1] [--threads 1] [--time-limit 240]
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ from sslc.trainers import TeacherTargets, TrainerConfig, default_layer_map, run_
 
 CROP_SECONDS = 10.0
 GOAL = 0.6
+MIN_ROUNDS = 2
 
 
 def student_compression(teacher_config) -> CompressionConfig:
     """4 evenly spaced layers (2, 5, 8, 11) at full size and 352 CNN channels: ~40% of the teacher's MACs."""
-    config = CompressionConfig.evenly_spaced(teacher_config, 4)
-    config.conv_channels = [352] * len(teacher_config.conv_layers)
+    config = CompressionConfig.evenly_spaced(teacher_config, min(4, teacher_config.num_layers))
+    config.conv_channels = [c.channels * 11 // 16 for c in teacher_config.conv_layers]  # 352 of Base's 512
     return config
 
 
@@ -70,27 +76,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per trial (the first one is not timed)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: see the docstring)")
+    parser.add_argument("--time-limit", type=float, default=240.0,
+                        help=f"start no new round after this many seconds since launch (at least {MIN_ROUNDS} run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="random:tiny, one round of 2 steps on 1 s crops (a smoke test)")
     args = parser.parse_args(argv)
+    launched = time.perf_counter()
+    crop = 1.0 if args.quick else CROP_SECONDS
+    if args.quick:
+        args.rounds, args.steps = 1, 2
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="sslc-bench-cache-") as tmp:
         work = Path(tmp)
-        # 10.5-12 s files: every crop is a full 10 s, so no batch is padded.
-        corpus = make_demo_corpus(work / "corpus", num_files=5, seconds=(10.5, 12.0), seed=0)
+        # Files 0.5-2 s longer than a crop: every crop is full length, so no batch is padded.
+        corpus = make_demo_corpus(work / "corpus", num_files=5, seconds=(crop + 0.5, crop + 2.0), seed=0)
         files = discover_audio(corpus)
-        train = SegmentDataset(make_segments(files[:-1], CROP_SECONDS, seed=0))
-        heldout = SegmentDataset(make_segments(files[-1:], CROP_SECONDS, seed=0))
+        train = SegmentDataset(make_segments(files[:-1], crop, seed=0))
+        heldout = SegmentDataset(make_segments(files[-1:], crop, seed=0))
 
-        teacher = sslc.load_teacher("random:hubert-base")
+        teacher = sslc.load_teacher("random:tiny" if args.quick else "random:hubert-base")
         compression = student_compression(teacher.config)
         architecture = compression.student_architecture(teacher.config)
         initial = compress(teacher, compression).state_dict()  # the same start (teacher's weights) for every trial
         kept = compression.layers
-        share = count_macs(architecture, seconds=CROP_SECONDS).total / count_macs(teacher.config,
-                                                                                 seconds=CROP_SECONDS).total
+        share = count_macs(architecture, seconds=crop).total / count_macs(teacher.config, seconds=crop).total
         layer_map = default_layer_map(kept, teacher.config.num_layers)
 
-        cached = TeacherTargets(teacher, work / "targets", crop_seconds=CROP_SECONDS)
+        cached = TeacherTargets(teacher, work / "targets", crop_seconds=crop)
         live = TeacherTargets(teacher)
         started = time.perf_counter()
         cached.source(train, sorted({t for _, t in layer_map}))
@@ -99,15 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"random:hubert-base teacher; student {len(kept)} layers {kept}, "
             f"{compression.conv_channels[0]} CNN channels: {share:.1%} of the teacher's MACs on "
-            f"{CROP_SECONDS:g} s; layer map {layer_map}"
+            f"{crop:g} s; layer map {layer_map}"
         )
         print(
-            f"{len(train)} train crops of {CROP_SECONDS:g} s, batch {args.batch_size}, {torch.get_num_threads()} "
+            f"{len(train)} train crops of {crop:g} s, batch {args.batch_size}, {torch.get_num_threads()} "
             f"torch threads, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
             f"CPUs; cache build (once per search, not per trial): {build_seconds:.1f} s"
         )
         trial = TrainerConfig(
-            steps=args.steps, batch_size=args.batch_size, log_every=1, crop_seconds=CROP_SECONDS, device="cpu",
+            steps=args.steps, batch_size=args.batch_size, log_every=1, crop_seconds=crop, device="cpu",
             num_threads=args.threads,
         )
         variants = {"cached": cached, "recompute": live}
@@ -115,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'round':>5} {'cached s/step':>14} {'recompute s/step':>17} {'ratio':>7}")
         round_ratios = []
         for round_index in range(args.rounds):
+            if round_index >= MIN_ROUNDS and time.perf_counter() - launched > args.time_limit:
+                print(f"time limit: stopped after {round_index} of {args.rounds} rounds")
+                break
             order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
             this_round = {}
             for name in order:

@@ -26,6 +26,8 @@ FORMAT = "sslc-student"
 VERSION = 1
 RESULT_FILE = "result.json"  # what sslc-retrain writes next to the retrained weights
 WEIGHTS_FILE = "student.pt"
+# = sslc.data.SAMPLE_RATE, not imported: loading a student must not pull in the data pipeline.
+SAMPLE_RATE = 16000
 
 
 # ---- the file ---------------------------------------------------------------------------------------------------
@@ -95,11 +97,17 @@ def build_from_payload(payload: dict, quantize: bool = True) -> nn.Module:
 class ExportedStudent(nn.Module):
     """A compressed encoder as a feature extractor.
 
-    `student(waveforms)` -> list of hidden states [B, T, D] (index 0 = input of the first layer, i = output of
-    layer i), the same tensors the encoder computes. `waveforms` is a list of 1-D 16 kHz tensors / arrays
-    (padded here, as s3prl does) or a [B, S] tensor with optional `lengths` in samples.
-    `extract_features` returns s3prl's dict: {"hidden_states", "last_hidden_state", "frame_lengths"}.
+    Input: 16 kHz mono float waveforms (about -1..1, as `sslc.data.load_audio` returns them): a [B, samples]
+    tensor with optional `lengths` (samples per row, for padded batches), a 1-D tensor, or a list of 1-D
+    tensors / arrays of any lengths (padded here, as s3prl does). Audio at another rate must be resampled first:
+    pass `sample_rate=` and a rate other than `sample_rate` (16000) raises a ValueError instead of silently
+    giving wrong features.
+    Output: `student(waveforms)` -> list of `num_layers + 1` hidden states [B, T, D] (index 0 = input of the
+    first layer, i = output of layer i; T = samples // ~320, D = `hidden_size`), the tensors the encoder
+    computes. `extract_features` returns s3prl's dict: {"hidden_states", "last_hidden_state", "frame_lengths"}.
     """
+
+    sample_rate = SAMPLE_RATE  # the only rate the student was trained on
 
     def __init__(self, encoder: nn.Module, config: EncoderConfig, metadata: dict | None = None):
         super().__init__()
@@ -146,7 +154,15 @@ class ExportedStudent(nn.Module):
         batch = nn.utils.rnn.pad_sequence(waves, batch_first=True).to(device)
         return batch, lengths
 
-    def extract_features(self, waveforms, lengths=None) -> dict:
+    def _check_rate(self, sample_rate: int | None) -> None:
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise ValueError(
+                f"this student takes {self.sample_rate} Hz mono audio, got sample_rate={sample_rate}: resample it "
+                f"first (e.g. sslc.data.load_audio(path) reads any file at {self.sample_rate} Hz)"
+            )
+
+    def extract_features(self, waveforms, lengths=None, sample_rate: int | None = None) -> dict:
+        self._check_rate(sample_rate)
         batch, lengths = self._batch(waveforms, lengths)
         output = self.encoder(batch, lengths)
         return {
@@ -155,13 +171,13 @@ class ExportedStudent(nn.Module):
             "frame_lengths": output.frame_lengths,
         }
 
-    def forward(self, waveforms, lengths=None) -> list[torch.Tensor]:
-        return self.extract_features(waveforms, lengths)["hidden_states"]
+    def forward(self, waveforms, lengths=None, sample_rate: int | None = None) -> list[torch.Tensor]:
+        return self.extract_features(waveforms, lengths, sample_rate)["hidden_states"]
 
 
 def load_student(path: str | os.PathLike, map_location="cpu", quantize: bool = True) -> ExportedStudent:
     """An exported student in eval mode on `map_location`; int8 students are re-quantized (on CPU) unless
-    `quantize=False`."""
+    `quantize=False`. It takes 16 kHz mono waveforms and returns hidden states: see `ExportedStudent`."""
     payload = read_student_file(path, map_location=map_location)
     encoder = build_from_payload(payload, quantize=quantize)
     quantized = quantize and (payload.get("compression") or {}).get("quantize") == "int8"

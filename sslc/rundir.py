@@ -50,7 +50,10 @@ def resolve_storage(run_dir_or_url: str | Path) -> tuple[str, str | None]:
             return url, name or None
     if (run_dir / STUDY_DB).is_file():
         return default_storage_url(run_dir), None
-    raise UserError(f"{run_dir} holds no study (no {STUDY_MARKER} or {STUDY_DB}): is it a sslc-search run directory?")
+    raise UserError(
+        f"{run_dir} holds no study yet (no {STUDY_MARKER} or {STUDY_DB}): either the search that made it failed "
+        "before creating its study (rerun it), or it is not a sslc-search run directory"
+    )
 
 
 def _check_sqlite_exists(url: str) -> None:

@@ -168,7 +168,7 @@ def _search_env() -> dict:
 def _tiny_search_command(run_dir, trials: int, steps: int) -> list[str]:
     """`sslc-search` on the tiny teacher, one trial at a time, every trial trained to the end."""
     return [
-        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--budget", "100%", "--trials",
+        sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--data", "demo", "--budget", "100%", "--trials",
         str(trials), "--steps", str(steps), "--batch-size", "2", "--crop-seconds", "1", "--name", run_dir.name,
         "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
     ]
@@ -275,7 +275,7 @@ def _cli(*args):
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    result = _cli("--teacher", "random:tiny", "--run-dir", str(tmp_path / "bad"), *args)
+    result = _cli("--teacher", "random:tiny", "--data", "demo", "--run-dir", str(tmp_path / "bad"), *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]

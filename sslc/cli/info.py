@@ -59,10 +59,11 @@ def _check_args(args) -> None:
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    from sslc.console import make_console
+
+    console = make_console(highlight=False)
     console.print(f"teacher: {report['description']}", markup=False, soft_wrap=True)
     macs = report["macs"]
     total = macs["total"]

@@ -56,9 +56,9 @@ def _stop_on_first_ctrl_c():
 
 
 def _print_results(results: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from sslc.console import make_console
     from sslc.metrics import format_macs, format_params
 
     table = Table(title="retrained")
@@ -74,7 +74,7 @@ def _print_results(results: list[dict]) -> None:
             number(r.get("short_trial_heldout_loss"), ".4f"), number(r.get("heldout_loss"), ".4f"),
             format_params(r["params"]), format_macs(r["macs"]), number(r.get("latency_ms"), ".1f"),
         )
-    Console(highlight=False).print(table)
+    make_console(highlight=False).print(table)
 
 
 @cli_entry

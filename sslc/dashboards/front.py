@@ -53,8 +53,12 @@ def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.
     """Loss vs `axis` ("macs" or "latency") for every trial of the run that has a value on that axis."""
     title, x_of = AXES[axis]
     seconds = run.budget_seconds
+    strip = [c for c in UNSCORED if any(p.category == c and x_of(p) is not None for p in points)]
+    # The strip only when something sits on it: an empty one still took the shared x-axis (its ticks and title)
+    # away from the panel above, which left the latency chart with no visible x-axis at all.
+    rows = 2 if strip else 1
     figure = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.04,
+        rows=rows, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22] if strip else None, vertical_spacing=0.04,
     )
     traces = []
     dominated = [p for p in points if p.category == "complete" and not p.pareto]
@@ -100,7 +104,6 @@ def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.
             1,
         ))
 
-    strip = [c for c in UNSCORED if any(p.category == c and x_of(p) is not None for p in points)]
     for category in strip:
         members = [p for p in points if p.category == category]
         traces.append(
@@ -111,20 +114,21 @@ def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.
         if len(trace.x or ()):  # an empty category would only clutter the legend
             figure.add_trace(trace, row=row, col=1)
 
-    _cost_lines(figure, run, axis)
+    _cost_lines(figure, run, axis, rows)
     missing = sum(1 for p in points if x_of(p) is None)
     subtitle = f" ({missing} trial(s) without a {axis} value not shown)" if missing else ""
     figure.update_layout(
         title=f"held-out distillation loss vs {'MACs' if axis == 'macs' else 'latency'}{subtitle}",
-        height=620, legend={"orientation": "v"}, margin={"t": 60},
+        height=620 if strip else 520, legend={"orientation": "v"}, margin={"t": 90},
     )
     figure.update_yaxes(title_text="held-out loss (lower is better)", row=1, col=1)
-    figure.update_yaxes(title_text="no loss", type="category", row=2, col=1)
-    figure.update_xaxes(title_text=title.format(seconds=seconds), row=2, col=1)
+    if strip:
+        figure.update_yaxes(title_text="no loss", type="category", row=2, col=1)
+    figure.update_xaxes(title_text=title.format(seconds=seconds), showticklabels=True, row=rows, col=1)
     return figure
 
 
-def _cost_lines(figure: go.Figure, run: Run, axis: str) -> None:
+def _cost_lines(figure: go.Figure, run: Run, axis: str, rows: int) -> None:
     budget, teacher = run.budget, run.teacher
     lines = []  # (x, colour, dash, label)
     if axis == "macs":
@@ -135,11 +139,16 @@ def _cost_lines(figure: go.Figure, run: Run, axis: str) -> None:
     elif budget.get("max_latency_ms"):
         limit = budget["max_latency_ms"]
         lines.append((limit, COLORS["pareto"], "dash", f"latency limit {limit:g} ms"))
-    for x, color, dash, label in lines:
-        # Through both panels, labelled once at the top.
-        figure.add_vline(x=x, line={"color": color, "dash": dash}, annotation_text=label,
-                         annotation_position="top left", row=1, col=1)
-        figure.add_vline(x=x, line={"color": color, "dash": dash}, row=2, col=1)
+    for index, (x, color, dash, label) in enumerate(lines):
+        # Through every panel, labelled once above the plot area, where no point or baseline label can sit
+        # under it (inside, the budget label covered the uniform baseline's, which sits just below the budget).
+        # The budget's label reads leftwards from its line, the teacher's rightwards, so the two never meet.
+        for row in range(1, rows + 1):
+            figure.add_vline(x=x, line={"color": color, "dash": dash}, row=row, col=1)
+        figure.add_annotation(
+            x=x, xref="x", y=1.0, yref="paper", yanchor="bottom", xanchor="right" if index == 0 else "left",
+            text=label, showarrow=False, font={"color": color},
+        )
 
 
 def has_latency(points: list[TrialPoint]) -> bool:

@@ -16,8 +16,18 @@ from sslc.errors import UserError
 
 log = logging.getLogger("sslc.data")
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-_EXPECTED = "a directory of .wav/.flac/.ogg files or a fairseq .tsv manifest"
+# MP3 is read when this machine's libsndfile decodes it (1.1 and later); otherwise such files are counted and
+# named in a warning rather than passed over in silence.
+_MP3 = "MP3" in sf.available_formats()
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg") + ((".mp3",) if _MP3 else ())
+# Audio a user may mix in that libsndfile cannot decode here: skipped, with a warning saying how many.
+UNREADABLE_SUFFIXES = tuple(s for s in (".mp3", ".m4a", ".aac", ".wma") if s not in AUDIO_SUFFIXES)
+_LISTED = "/".join(AUDIO_SUFFIXES)
+_EXPECTED = f"a directory of {_LISTED} files or a fairseq .tsv manifest"
+
+
+def _files(count: int) -> str:
+    return f"{count} file{'' if count == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,9 @@ def discover_audio(spec: str | os.PathLike) -> list[AudioFile]:
     root = Path(spec).expanduser()
     if not root.exists():
         raise UserError(f"data path does not exist: {root} (expected {_EXPECTED})")
+    skipped: dict[str, int] = {}
     if root.is_dir():
-        candidates = _scan_directory(root)
+        candidates, skipped = _scan_directory(root)
         where = f"under {root}"
     elif root.suffix.lower() in AUDIO_SUFFIXES:
         raise UserError(f"data path {root} is a single audio file (expected {_EXPECTED})")
@@ -61,25 +72,31 @@ def discover_audio(spec: str | os.PathLike) -> list[AudioFile]:
         else:
             bad.append(rel)
 
+    ignored = ", ".join(f"{_files(n)} {suffix}" for suffix, n in sorted(skipped.items()))
     if not files:
+        also = f"; ignored {ignored} (this soundfile cannot decode them)" if skipped else ""
         if not candidates:
-            raise UserError(f"no audio files (.wav/.flac/.ogg) {where}")
-        raise UserError(f"no usable audio (.wav/.flac/.ogg) {where}: {len(bad)} files unreadable or empty")
+            raise UserError(f"no audio files ({_LISTED}) {where}{also}")
+        raise UserError(f"no usable audio ({_LISTED}) {where}: {_files(len(bad))} unreadable or empty{also}")
     if bad:
-        log.warning(
-            "skipped %d unreadable or empty audio file(s) %s (first: %s)", len(bad), where, ", ".join(bad[:3])
-        )
+        log.warning("skipped %s unreadable or empty %s (first: %s)", _files(len(bad)), where, ", ".join(bad[:3]))
+    if skipped:
+        log.warning("ignored %s %s: this soundfile cannot decode them (convert them to .flac or .wav)", ignored, where)
     return files
 
 
-def _scan_directory(root: Path) -> list[str]:
+
+def _scan_directory(root: Path) -> tuple[list[str], dict[str, int]]:
+    """The audio files under `root`, and how many files of each format this soundfile cannot decode."""
+    rels, skipped = [], {}
+    for path in root.rglob("*"):
+        suffix = path.suffix.lower()
+        if suffix in AUDIO_SUFFIXES and path.is_file():
+            rels.append(path.relative_to(root).as_posix())
+        elif suffix in UNREADABLE_SUFFIXES and path.is_file():
+            skipped[suffix] = skipped.get(suffix, 0) + 1
     # Sorted '/'-joined relative paths, so the listing is identical on every machine and filesystem.
-    rels = [
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-    ]
-    return sorted(rels)
+    return sorted(rels), skipped
 
 
 def _read_manifest(manifest: Path) -> tuple[Path, list[str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 from pathlib import Path
 
 import torch
@@ -229,6 +230,21 @@ def _offline() -> bool:
     )
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (None when it can, or when a proxy decides): without network, the hub
+    client retries for ~30 s before failing; one TCP connection attempt answers in a few seconds."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let the hub client try
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = re.sub(r"^[a-z]+://", "", endpoint).split("/")[0]
+    host, _, port = host.partition(":")
+    try:
+        socket.create_connection((host, int(port or 443)), timeout=timeout).close()
+    except (OSError, ValueError) as error:
+        return f"{host} cannot be reached ({getattr(error, 'strerror', None) or error})"
+    return None
+
+
 def _load_hub(repo_id: str) -> SpeechEncoder:
     """From the hub cache if it is there (no network call), else from the network unless HF_HUB_OFFLINE is set."""
     offline = _offline()
@@ -236,13 +252,22 @@ def _load_hub(repo_id: str) -> SpeechEncoder:
         return _load_pretrained(repo_id, repo_id, hub=True, local_files_only=True)
     except _Unavailable as error:
         reason = str(error)
-    if not offline:
+    unreachable = None if offline else _hub_unreachable()
+    if not offline and unreachable is None:
         try:
             return _load_pretrained(repo_id, repo_id, hub=True)
         except _Unavailable as error:
             reason = str(error)
-    where = "the hub cache (HF_HUB_OFFLINE is set)" if offline else "the hub cache or network"
-    raise UserError(f"could not load {repo_id!r} from {where}: {reason} (nor is it a local directory)")
+    if offline:
+        where = "the hub cache (HF_HUB_OFFLINE is set)"
+    elif unreachable:
+        where, reason = "the hub cache, and the hub is out of reach", unreachable
+    else:
+        where = "the hub cache or network"
+    raise UserError(
+        f"could not load {repo_id!r} from {where}: {reason}; download it where there is network, or give a local "
+        "checkpoint directory (what save_pretrained writes)"
+    )
 
 
 # ---- dispatch ------------------------------------------------------------------------------------------------

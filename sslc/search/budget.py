@@ -11,6 +11,8 @@ from sslc.errors import UserError
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _MACS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*(macs?)?\s*$", re.IGNORECASE)
 _SHARE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
+# A bare number (no unit) below this is surely not meant as MACs: even the tiny test teacher needs millions.
+MIN_BARE_MACS = 1e6
 
 
 class BudgetError(UserError):
@@ -44,6 +46,13 @@ def parse_budget(text: str) -> BudgetSpec:
     value = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget {text!r} must be a positive number of MACs")
+    if not match.group(2) and not match.group(3) and value < MIN_BARE_MACS:
+        hints = [f"{value * 100:g}%" if value <= 1 else f"{value:g}%"] if value <= 100 else []
+        hints.append(f"{value:g}GMACs")
+        raise BudgetError(
+            f"budget {text!r} would be {value:g} MACs, surely too few: did you mean {' or '.join(hints)}? "
+            "(a bare number is MACs; a share of the teacher needs %)"
+        )
     return BudgetSpec(macs=value)
 
 

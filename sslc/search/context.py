@@ -114,7 +114,9 @@ def load_run_data(data_spec: str, cache_dir: Path, crop_seconds: float, seed: in
 
 def prepare_run(teacher_spec: str, data_spec: str, run_dir: Path, crop_seconds: float, seed: int) -> RunContext:
     cache_dir = Path(run_dir) / "cache"
-    cache_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(teacher_spec, seed=seed).eval().requires_grad_(False)
     data = load_run_data(data_spec, cache_dir, crop_seconds, seed)
+    # Only now: a teacher or data that fails to load leaves no run directory behind (a half-made one would
+    # later read as a run without a study).
+    cache_dir.mkdir(parents=True, exist_ok=True)
     return RunContext(teacher_spec, teacher, data, cache_dir, crop_seconds, seed, teacher_fingerprint(teacher))

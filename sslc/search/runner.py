@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 import traceback
@@ -113,31 +114,58 @@ def _check(settings: SearchSettings) -> None:
 def _run_dir(settings: SearchSettings) -> tuple[str, Path]:
     name = settings.name or time.strftime("search-%Y%m%d-%H%M%S")
     run_dir = Path(settings.run_dir) if settings.run_dir else Path("runs") / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return name, run_dir.resolve()
+    return name, run_dir.resolve()  # created by prepare_run once teacher and data load: bad input leaves none
 
 
-def _budget(settings: SearchSettings, spec: BudgetSpec, teacher_macs: int) -> Budget:
+def search_budget(settings: SearchSettings, teacher_macs: int, spec: BudgetSpec | None = None) -> Budget:
+    """The limits a search with `settings` enforces, for a teacher of `teacher_macs` MACs (per budget_seconds);
+    `spec` is `settings.budget` parsed, when the caller has parsed it already."""
+    spec = parse_budget(settings.budget) if spec is None else spec
     max_params = parse_count(settings.max_params) if settings.max_params else None
     if settings.max_latency_ms is not None and not settings.max_latency_ms > 0:
         raise UserError("--max-latency-ms must be > 0")
     return Budget(spec.resolve(teacher_macs), settings.budget_seconds, max_params, settings.max_latency_ms)
 
 
-def _check_feasible(space: SearchSpace, teacher_config, budget: Budget) -> None:
-    """A budget below the smallest config of the space cannot be met: say so before anything is trained."""
-    smallest = space.smallest(teacher_config).student_architecture(teacher_config)
-    macs, params = count_macs(smallest, seconds=budget.seconds).total, count_params_from_config(smallest)
-    problems = budget.violations(macs, params)
+# Before a search, this many configs are drawn at random from the space; when fewer than MIN_FEASIBLE_SHARE of
+# them fit the budget, the sampler would mostly propose over-budget configs (recorded, never trained) and could
+# run into MAX_INFEASIBLE_IN_A_ROW, so the budget is refused at once with the range the space can reach.
+FEASIBILITY_DRAWS = 400
+MIN_FEASIBLE_SHARE = 0.02
+
+
+def _check_feasible(space: SearchSpace, teacher_config, budget: Budget, seed: int = 0) -> None:
+    """A budget below the smallest config of the space cannot be met, and one that only a sliver of the space
+    meets would mostly be missed: say so before anything is trained."""
+
+    def cost(config) -> tuple[int, int]:
+        arch = config.student_architecture(teacher_config)
+        return count_macs(arch, seconds=budget.seconds).total, count_params_from_config(arch)
+
+    low, high = cost(space.smallest(teacher_config)), cost(space.largest(teacher_config))
+    reach = f"its configs need {format_macs(low[0])} to {format_macs(high[0])} MACs"
+    problems = budget.violations(*low)
     if problems:
         raise UserError(
             f"budget cannot be met: the smallest config of space '{space.name}' needs {problems[0].split(' > ')[0]} "
-            f"({'; '.join(problems)}); raise the budget or use a space with smaller configs"
+            f"({'; '.join(problems)}); {reach}; raise the budget or use a space with smaller configs"
+        )
+    rng = random.Random(seed)
+    draws = [cost(space.sample(teacher_config, rng)) for _ in range(FEASIBILITY_DRAWS)]
+    fit = sum(not budget.violations(*draw) for draw in draws)
+    if fit < MIN_FEASIBLE_SHARE * FEASIBILITY_DRAWS:
+        tenth = sorted(macs for macs, _ in draws)[FEASIBILITY_DRAWS // 10]
+        raise UserError(
+            f"budget {format_macs(budget.max_macs)}MACs is barely reachable in space '{space.name}': {reach}, "
+            f"and only {fit} of {FEASIBILITY_DRAWS} random configs fit, so the search would propose almost only "
+            f"over-budget configs; raise --budget to {format_macs(tenth)}MACs or more (a tenth of the configs fit "
+            "that) or use a space whose ranges start lower"
         )
 
 
-def trainer_config(settings: SearchSettings, targets: list[int]) -> TrainerConfig:
-    """How every short trial of a search with `settings` is trained and scored (on `targets`)."""
+def trainer_config(settings: SearchSettings, targets: list[int] | None = None) -> TrainerConfig:
+    """How every short trial of a search with `settings` is trained and scored: on `targets` (resolved teacher
+    layers; None: the protocol's default targets of whatever teacher it trains from)."""
     return TrainerConfig(
         steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, crop_seconds=settings.crop_seconds,
         seed=settings.seed, log_every=max(1, settings.steps // 10), device="auto",
@@ -184,26 +212,43 @@ def _concurrency(settings: SearchSettings) -> int:
 
 
 def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
-    """Short trials of the simple baselines, once per study (kept in its user attrs for the report)."""
+    """Short trials of the simple baselines, once per study (kept in its user attrs for the report).
+
+    An over-budget baseline is recorded as such and not trained (nor built); each result is printed as it comes.
+    """
     if "baselines" in study.user_attrs:
         return
     rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
-    for name, config in baseline_configs(teacher_config, setup.budget.max_macs, setup.budget.seconds).items():
+    configs = baseline_configs(teacher_config, setup.budget.max_macs, setup.budget.seconds)
+    say(f"baselines, for comparison: {', '.join(configs)} ({setup.trainer.steps} steps each, like a trial)")
+    for name, config in configs.items():
         arch = config.student_architecture(teacher_config)
-        macs = count_macs(arch, seconds=setup.budget.seconds).total
-        say(f"baseline {name}: {format_macs(macs)} MACs, training {setup.trainer.steps} steps")
-        result = evaluate_candidate(setup, config.to_dict(), None, macs=macs)
+        macs, params = count_macs(arch, seconds=setup.budget.seconds).total, count_params_from_config(arch)
+        over = setup.budget.violations(macs, params)
+        result = {"status": "infeasible", "reason": "; ".join(over)} if over else evaluate_candidate(
+            setup, config.to_dict(), None, macs=macs
+        )
         rows.append(
             {
-                "name": name, "config": config.to_dict(), "macs": macs, "params": count_params_from_config(arch),
+                "name": name, "config": config.to_dict(), "macs": macs, "params": params,
                 "heldout_loss": result.get("heldout_loss"),
                 "heldout_loss_by_target": result.get("heldout_loss_by_target"),
                 "latency_ms": result.get("latency_ms"),
-                "status": result["status"], "within_budget": macs <= setup.budget.max_macs,
+                "status": result["status"], "within_budget": not over,
             }
         )
+        say(f"baseline {name}: {_baseline_outcome(result, macs)}")
     torch.set_num_threads(threads)
     study.set_user_attr("baselines", rows)
+
+
+def _baseline_outcome(result: dict, macs: int) -> str:
+    if result["status"] == "infeasible":
+        return f"{format_macs(macs)} MACs, over budget ({result.get('reason')}): not trained"
+    if result.get("heldout_loss") is None:
+        return f"{format_macs(macs)} MACs, {result['status']}: {result.get('reason') or 'no held-out loss'}"
+    latency = f", latency {result['latency_ms']:.1f} ms" if result.get("latency_ms") is not None else ""
+    return f"held-out loss {result['heldout_loss']:.4f}, {format_macs(macs)} MACs{latency}"
 
 
 def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | None = None) -> SearchResult:
@@ -221,8 +266,8 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
     context = prepare_run(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
-    budget = _budget(settings, budget_spec, teacher_macs.total)
-    _check_feasible(space, teacher_config, budget)
+    budget = search_budget(settings, teacher_macs.total, budget_spec)
+    _check_feasible(space, teacher_config, budget, settings.seed)
     targets = parse_targets(settings.targets, teacher_config.num_layers)
     trainer = trainer_config(settings, targets)
     protocol = EvaluationProtocol.for_heldout(targets, context.data.heldout, settings.crop_seconds)

@@ -33,8 +33,10 @@ from .storage import (
     trial_category,
 )
 
-# How many over-budget configs in a row before the space is judged hopeless for this budget.
-MAX_INFEASIBLE_IN_A_ROW = 2000
+# How many over-budget configs in a row before the space is judged hopeless for this budget (each is a FAIL trial
+# in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
+# accepts 300 misses in a row are unlikely while the sampler still draws at random (0.98^300 < 0.3%).
+MAX_INFEASIBLE_IN_A_ROW = 300
 # How many already-tried configs in a row before the space is judged exhausted (a small discrete space).
 MAX_REPEATS_IN_A_ROW = 200
 

@@ -8,6 +8,7 @@ A space file (YAML or JSON) maps each knob to a fixed value, a list of choices, 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -160,6 +161,11 @@ class SearchSpace:
     def largest(self, teacher: EncoderConfig) -> CompressionConfig:
         return self._build(_ExtremePicker(lowest=False), teacher)
 
+    def sample(self, teacher: EncoderConfig, rng: random.Random) -> CompressionConfig:
+        """A config drawn as Optuna's RandomSampler would draw it (each knob uniformly), without a study: cheap
+        enough to estimate, before a search, how much of the space fits a budget."""
+        return self._build(_TrialPicker(_RandomTrial(rng)), teacher)
+
     def _build(self, pick, teacher: EncoderConfig) -> CompressionConfig:
         depth = pick.int(self.knobs["depth"], "depth", teacher.num_layers)
         selection = pick.choice(self.knobs["layer_selection"], "layer_selection")
@@ -232,6 +238,24 @@ class _TrialPicker:
         if not knob.searched:
             return knob.fixed
         return self.trial.suggest_categorical(name, list(knob.choices))
+
+
+class _RandomTrial:
+    """The three `suggest_*` calls of an Optuna trial, answered uniformly at random by `rng`."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: list):
+        return self.rng.choice(choices)
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
+        return self.rng.randrange(low, high + 1, step)
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None) -> float:
+        if step:
+            return low + step * self.rng.randint(0, int(round((high - low) / step, 9)))
+        return self.rng.uniform(low, high)
 
 
 class _ExtremePicker:
