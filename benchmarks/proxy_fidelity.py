@@ -129,6 +129,12 @@ def _score(job: tuple[str, dict, dict]) -> tuple[str, float, float]:
     return name, result.heldout_loss, time.perf_counter() - started
 
 
+def _report(index: int, total: int, result: tuple[str, float, float]) -> tuple[str, float, float]:
+    name, score, seconds = result
+    print(f"  [{index}/{total}] {name}: score {score:.4f} ({seconds:.0f} s)", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", type=int, default=12)
@@ -142,7 +148,7 @@ def main() -> None:
     short = replace(trainer_config(defaults, targets), device="cpu", num_threads=1)
     count = args.configs
     if args.quick:
-        count, short = 4, replace(short, steps=3, log_every=1)
+        count, short, args.workers = 4, replace(short, steps=2, log_every=1), 1
     long = replace(short, steps=short.steps * LONG_FACTOR, log_every=max(1, short.steps * LONG_FACTOR // 10))
     configs = choose_configs(teacher, count)
     print(f"teacher: {TEACHER} (random weights); data: demo corpus, {short.crop_seconds:g} s crops")
@@ -154,9 +160,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_context(Path(tmp), short.crop_seconds)  # the demo corpus is written once, before the workers
         jobs = [(name, c.to_dict(), t.to_dict()) for t in (long, short) for name, c in configs]  # long ones first
-        spawn = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-        with spawn.Pool(args.workers, _init_worker, (tmp, short.crop_seconds)) as pool:
-            results = pool.map(_score, jobs, chunksize=1)
+        if args.workers == 1:
+            _init_worker(tmp, short.crop_seconds)
+            results = [_report(i, len(jobs), _score(job)) for i, job in enumerate(jobs, 1)]
+        else:
+            spawn = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+            with spawn.Pool(args.workers, _init_worker, (tmp, short.crop_seconds)) as pool:
+                results = [_report(i, len(jobs), r) for i, r in enumerate(pool.imap(_score, jobs), 1)]
     half = len(configs)
     long_scores = {name: score for name, score, _ in results[:half]}
     short_scores = {name: score for name, score, _ in results[half:]}
