@@ -92,6 +92,15 @@ def test_budget_teacher_and_baselines_are_marked(run, report):
     assert list(pareto.x) == pytest.approx([measured[n] for n in pareto.customdata])
 
 
+def test_summary_states_the_evaluation_protocol(run, report):
+    """Every loss in the report was measured one way: the report says which (targets, held-out set, averaging)."""
+    protocol = run.study.user_attrs["protocol"]
+    rows = dict(report.summary)
+    layers = ", ".join(str(t) for t in protocol["targets"])
+    assert f"mean over teacher layers {layers} " in rows["score"]
+    assert f"on {protocol['heldout_segments']} held-out segments" in rows["score"]
+
+
 def test_per_layer_view_matches_the_configs(run, report):
     figure = report.section("architecture").figure
     teacher = tiny_config()
