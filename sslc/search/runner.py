@@ -36,12 +36,14 @@ from .storage import (
     INTERRUPTED,
     OBJECTIVES,
     STUDY_MARKER,
+    check_driver,
     count_trained,
     default_storage_url,
     make_storage,
     open_study,
     pending_retries,
     recover_interrupted,
+    shown_url,
 )
 from .trial import TrialSetup, evaluate_candidate, train_candidate
 
@@ -213,6 +215,8 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
         _check_reachable(settings.ray_address)
     budget_spec = parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
     parse_targets(settings.targets)  # so does a malformed --targets (its range needs the teacher)
+    if settings.storage:
+        check_driver(settings.storage)  # and a database driver that is not installed
     space = SearchSpace.load(settings.space)
     name, run_dir = _run_dir(settings)
     console = SearchProgress.make_console(settings.quiet)
@@ -299,7 +303,7 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
         say(pareto_table(pareto, title=f"Pareto front of '{name}' ({counts['done']} complete trials)"))
     else:
         say("no trial completed yet: no Pareto front")
-    say(f"study: {storage_url} (watch it with: sslc-dashboard {run_dir})")
+    say(f"study: {shown_url(storage_url)} (watch it with: sslc-dashboard {run_dir})")
     return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts)
 
 
