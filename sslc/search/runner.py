@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -24,6 +24,7 @@ from sslc.models.teachers import describe_teacher
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 
+from .artifacts import start_sink
 from .baselines import baseline_configs
 from .budget import Budget, BudgetSpec, parse_budget, parse_count
 from .context import prepare_run
@@ -75,6 +76,10 @@ class SearchSettings:
     objectives: list[str] = field(default_factory=lambda: ["loss", "macs"])
     sampler: str = "gp"
     ray_address: str | None = None
+    # Where Ray Tune keeps its experiment state and trial logs (default <run_dir>/ray): on a multi-node cluster,
+    # a shared path or a URI such as s3://bucket/dir keeps the logs of trials that ran on other nodes. Trial
+    # files (students, configs, errors) come back through Ray either way.
+    storage_path: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrency: int | None = None
@@ -223,6 +228,7 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
     say = console.print
 
     context = prepare_run(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
+    context.ship_audio()  # a small corpus travels decoded with the context: no node needs a copy of the files
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
     budget = _budget(settings, budget_spec, teacher_macs.total)
@@ -343,6 +349,8 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
         study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress,
         early_stopped=scheduler.stopped if scheduler else (),
     )
+    # Trial files come back through Ray (a sink actor on this node), so workers on other nodes need no shared disk.
+    setup = replace(setup, sink=start_sink(run_dir))
     trainable = tune.with_resources(
         tune.with_parameters(train_candidate, setup=setup),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
@@ -354,7 +362,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
             max_concurrent_trials=_concurrency(settings),
         ),
         run_config=RunConfig(
-            name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(run_dir / "ray"), verbose=0,
+            name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=settings.storage_path or str(run_dir / "ray"), verbose=0,
             failure_config=FailureConfig(max_failures=0), log_to_file=True,
         ),
     )
