@@ -171,10 +171,19 @@ def _start_ray(settings: SearchSettings) -> bool:
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if settings.ray_address:
+        from ray.exceptions import AuthenticationError
+
         try:
             ray.init(address=settings.ray_address, **kwargs)
+        except AuthenticationError:
+            # Ray's own text is several sentences; this is what a user sets (docs.ray.io ray-security/token-auth).
+            raise UserError(
+                f"the Ray cluster at {settings.ray_address} requires token authentication: set RAY_AUTH_MODE=token "
+                "and the cluster's token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH, default "
+                "~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
+            ) from None
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {error}") from None
+            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {_one_line(error)}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True

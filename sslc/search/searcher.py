@@ -226,7 +226,7 @@ class OptunaAskTellSearcher(Searcher):
             trial.set_user_attr("fail_reason", "the trial's process crashed (see the Ray logs in the run directory)")
             return TrialState.FAIL, None
         for key in ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done",
-                    "artifact_bytes", "artifact_seconds"):  # the last two: what bringing its files back cost
+                    "artifact_bytes", "artifact_seconds", "node"):  # the last two: what bringing its files back cost
             if key in result:
                 trial.set_user_attr(key, result[key])
         if not result.get("final"):

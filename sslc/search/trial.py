@@ -155,6 +155,7 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
         except Exception as error:  # the driver's node unreachable: the trial's files are lost, so it failed
             result = {"final": True, "status": "error", "reason": f"node {node_name()} could not send trial "
                       f"{number}'s files to the driver: {type(error).__name__}: {_first_line(error)}"}
+    result["node"] = node_name()  # which machine ran it: on a cluster, where to look when it is slow or odd
     by_target = result.pop("heldout_loss_by_target", None)
     if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
         result["heldout_loss_by_target_pairs"] = [[key, value] for key, value in by_target.items()]
