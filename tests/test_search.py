@@ -80,6 +80,9 @@ def test_end_to_end_trials_budget_and_pareto(finished_search):
         assert (settings.run_dir / "trials" / str(t.number) / "student.pt").exists()
         saved = json.loads((settings.run_dir / "trials" / str(t.number) / "config.json").read_text())
         assert saved == t.user_attrs["config"]
+        # The files came back through Ray: the sink counted what it wrote.
+        files = (settings.run_dir / "trials" / str(t.number)).iterdir()
+        assert t.user_attrs["artifact_bytes"] == sum(f.stat().st_size for f in files)
 
     front = _non_dominated({t.number: tuple(t.values) for t in complete})
     assert {t.number for t in study.best_trials} == front
@@ -132,6 +135,9 @@ def test_a_raising_and_a_nan_trial_fail_and_the_search_goes_on(tmp_path, monkeyp
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[0].state == TrialState.FAIL
     assert "injected fault" in by_number[0].user_attrs["fail_reason"]
+    # One line that names the node the trial ran on (on a cluster, where to look).
+    assert f"on node {by_number[0].user_attrs['node']}: " in by_number[0].user_attrs["fail_reason"]
+    assert "\n" not in by_number[0].user_attrs["fail_reason"]
     assert (settings.run_dir / "trials" / "0" / "error.txt").exists()
     assert by_number[1].state == TrialState.FAIL
     assert "non-finite" in by_number[1].user_attrs["fail_reason"]
