@@ -18,5 +18,6 @@ demo: setup
 lint: setup-test
 	$(TEST_VENV)/python -m ruff check sslc tests benchmarks
 
+# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS=--postgres-url=postgresql://... (what .ci/run passes).
 test: lint
-	$(TEST_VENV)/python -m pytest
+	$(TEST_VENV)/python -m pytest $(PYTEST_ARGS)

@@ -40,3 +40,18 @@ def copy_run(tiny_run, tmp_path_factory):
         return target
 
     return make
+
+
+def pytest_addoption(parser):
+    # .ci/run starts a throwaway server (scripts/pg-test-server.sh) and passes its URL here.
+    parser.addoption("--postgres-url", default=None,
+                     help="URL of a PostgreSQL database the tests may fill (runs the PostgreSQL tests)")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request) -> str:
+    """A real PostgreSQL database (--postgres-url); the tests that need one skip without it."""
+    url = request.config.getoption("--postgres-url")
+    if not url:
+        pytest.skip("no PostgreSQL server: pass --postgres-url=postgresql://... (.ci/run starts one)")
+    return url

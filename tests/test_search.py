@@ -80,6 +80,9 @@ def test_end_to_end_trials_budget_and_pareto(finished_search):
         assert (settings.run_dir / "trials" / str(t.number) / "student.pt").exists()
         saved = json.loads((settings.run_dir / "trials" / str(t.number) / "config.json").read_text())
         assert saved == t.user_attrs["config"]
+        # The files came back through Ray: the sink counted what it wrote.
+        files = (settings.run_dir / "trials" / str(t.number)).iterdir()
+        assert t.user_attrs["artifact_bytes"] == sum(f.stat().st_size for f in files)
 
     front = _non_dominated({t.number: tuple(t.values) for t in complete})
     assert {t.number for t in study.best_trials} == front
@@ -132,6 +135,9 @@ def test_a_raising_and_a_nan_trial_fail_and_the_search_goes_on(tmp_path, monkeyp
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[0].state == TrialState.FAIL
     assert "injected fault" in by_number[0].user_attrs["fail_reason"]
+    # One line that names the node the trial ran on (on a cluster, where to look).
+    assert f"on node {by_number[0].user_attrs['node']}: " in by_number[0].user_attrs["fail_reason"]
+    assert "\n" not in by_number[0].user_attrs["fail_reason"]
     assert (settings.run_dir / "trials" / "0" / "error.txt").exists()
     assert by_number[1].state == TrialState.FAIL
     assert "non-finite" in by_number[1].user_attrs["fail_reason"]
@@ -151,11 +157,18 @@ def test_early_stopped_trials_are_pruned_never_on_the_front(tmp_path):
     assert study.best_trials == [] and result.pareto == []
 
 
-def _counts(run_dir):
-    # Read like a dashboard does; creating the schema is the search's job.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}", skip_table_creation=True)
-    (summary,) = optuna.get_all_study_summaries(storage)
-    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+def _counts(run_dir, storage_url: str | None = None):
+    # Read like a dashboard does; creating the schema is the search's job. Another storage (a PostgreSQL
+    # server shared by several tests) holds the study under the run's name (the commands pass --name).
+    url = storage_url or f"sqlite:///{run_dir / 'study.db'}"
+    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    if storage_url is None:
+        (summary,) = optuna.get_all_study_summaries(storage)
+        name = summary.study_name
+    else:
+        name = run_dir.name
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    storage.engine.dispose()  # a server counts connections: polling must not leave one open per read
     return trials
 
 
@@ -165,13 +178,13 @@ def _search_env() -> dict:
     return env
 
 
-def _tiny_search_command(run_dir, trials: int, steps: int) -> list[str]:
+def _tiny_search_command(run_dir, trials: int, steps: int, storage_url: str | None = None) -> list[str]:
     """`sslc-search` on the tiny teacher, one trial at a time, every trial trained to the end."""
     return [
         sys.executable, "-m", "sslc.cli.search", "--teacher", "random:tiny", "--data", "demo", "--budget", "100%", "--trials",
         str(trials), "--steps", str(steps), "--batch-size", "2", "--crop-seconds", "1", "--name", run_dir.name,
         "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--concurrency", "1", "--no-early-stopping",
-    ]
+    ] + (["--storage", storage_url] if storage_url else [])
 
 
 @contextlib.contextmanager
@@ -186,7 +199,7 @@ def _search_process(command, env, stderr_path):
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def _wait_for_trials(process, run_dir, stderr_path, ready, what: str, timeout: float):
+def _wait_for_trials(process, run_dir, stderr_path, ready, what: str, timeout: float, storage_url=None):
     """Poll the study until `ready(trials)`; fail at once if the search exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -194,7 +207,7 @@ def _wait_for_trials(process, run_dir, stderr_path, ready, what: str, timeout: f
         if process.poll() is not None:
             pytest.fail(f"the search exited ({process.returncode}) before {what}: {stderr_path.read_text()[-2000:]}")
         try:
-            trials = _counts(run_dir)
+            trials = _counts(run_dir, storage_url)
         except Exception:  # no study yet
             continue
         if ready(trials):
@@ -209,19 +222,25 @@ def _two_done_one_training(trials) -> bool:
 
 
 def test_resume_after_sigkill_keeps_completed_trials(tmp_path):
-    run_dir = tmp_path / "resume"
-    command, env, stderr_path = _tiny_search_command(run_dir, trials=6, steps=40), _search_env(), tmp_path / "stderr"
+    check_resume_after_sigkill(tmp_path / "resume", tmp_path / "stderr")
+
+
+def check_resume_after_sigkill(run_dir, stderr_path, storage_url: str | None = None):
+    """SIGKILL a search mid-trial, rerun it: no COMPLETE trial lost or re-run, none left RUNNING or WAITING, the
+    interrupted config queued again once. `storage_url`: the study's storage (default: the run's study.db)."""
+    command, env = _tiny_search_command(run_dir, trials=6, steps=40, storage_url=storage_url), _search_env()
     # Trial 3 trains until the kill: tiny trials take a second, too short to catch one running by polling.
     with _search_process(command, {**env, FAULTS_ENV: "hang:3"}, stderr_path) as process:
-        _wait_for_trials(process, run_dir, stderr_path, _two_done_one_training, "two trials done", timeout=240)
+        _wait_for_trials(process, run_dir, stderr_path, _two_done_one_training, "two trials done", timeout=240,
+                         storage_url=storage_url)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        before = {t.number: t.values for t in _counts(run_dir) if t.state == TrialState.COMPLETE}
+        before = {t.number: t.values for t in _counts(run_dir, storage_url) if t.state == TrialState.COMPLETE}
         assert len(before) >= 2
 
         finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    after = _counts(run_dir)
+    after = _counts(run_dir, storage_url)
     assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     kept = {t.number: t.values for t in after if t.state == TrialState.COMPLETE}
     assert all(kept[n] == values for n, values in before.items())  # nothing lost, nothing re-run

@@ -79,6 +79,8 @@ def build_parser():
                         metavar="{" + " | ".join(OBJECTIVE_SETS) + "}", help="what the search minimises")
     parser.add_argument("--sampler", default="gp", choices=SAMPLERS, help="Optuna sampler")
     parser.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or host:6379)")
+    parser.add_argument("--storage-path", help="Ray Tune's experiment state and trial logs (default: <run_dir>/ray; "
+                        "on a multi-node cluster a shared path or s3://...; trial files come back through Ray anyway)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves in Ray")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs (or shares of one) each trial reserves")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as the resources allow)")
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
         targets=args.targets, name=args.name,
         run_dir=args.run_dir, storage=args.storage, objectives=args.objectives.split(","), sampler=args.sampler,
-        ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        ray_address=args.ray_address, storage_path=args.storage_path,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,
         baselines=not args.no_baselines, latency_repeats=args.latency_repeats,
         seed=args.seed,

@@ -1,12 +1,16 @@
 """What every trial of a run shares: the teacher, the audio split into segments, teacher targets, importance data.
 
 Built once by the search driver (and again, identically, by `sslc-retrain`), so a student rebuilt later from a
-trial's config is the same student the trial trained. Everything cached lives under `<run_dir>/cache/`.
+trial's config is the same student the trial trained. Everything cached lives under `<run_dir>/cache/` on the
+driver's machine; a trial worker on another node (no shared disk) builds its caches in a node-local directory
+instead (`use_node_cache`), and small corpora travel with the context, decoded (`ship_audio`).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,12 @@ log = logging.getLogger("sslc.search")
 
 # Importance scores ("data", "diagonal") are averaged over this many training batches.
 IMPORTANCE_BATCHES = 4
+# Crops up to this size in all are decoded by the driver and shipped with the context (Ray's object store), so
+# workers on other nodes need no copy of the audio; larger corpora must be at the same path on every node.
+SHIPPED_AUDIO_BYTES = 128 * 1024**2
+# "<random id>": written once into a run's cache directory. A worker that reads the same id there shares the
+# driver's disk; one that does not (another node, or a different disk at the same path) caches node-locally.
+CACHE_ID_FILE = "run-id"
 # Frozen teachers rebuilt in this process from a pickled RunContext, by fingerprint (architecture + weights).
 _TEACHERS: dict[str, SpeechEncoder] = {}
 
@@ -52,6 +62,7 @@ class RunContext:
     crop_seconds: float
     seed: int
     teacher_fingerprint: str | None = None  # hashed once here, not again in every worker
+    cache_id: str | None = None  # the id in `cache_dir / CACHE_ID_FILE` (see `use_node_cache`)
 
     # Weight-normed convolutions cannot be pickled as modules, so the teacher travels as config + weights.
     def __getstate__(self) -> dict:
@@ -76,6 +87,31 @@ class RunContext:
                 _TEACHERS[key] = teacher
         teacher.teacher_spec, teacher.is_random = state["teacher_spec"], is_random
         self.__dict__.update(state, teacher=teacher)
+
+    def ship_audio(self, limit_bytes: int = SHIPPED_AUDIO_BYTES) -> bool:
+        """Decode every crop now when they total at most `limit_bytes` (float32), so they travel with the
+        pickled context (the datasets keep decoded crops) and no worker reads the audio files. True if shipped."""
+        datasets = (self.data.train, self.data.heldout)
+        total = sum(4 * n for d in datasets for n in d.lengths)
+        if total > limit_bytes or any(4 * sum(d.lengths) > d.cache_bytes for d in datasets):
+            return False
+        for dataset in datasets:
+            for index in range(len(dataset)):
+                dataset[index]
+        return True
+
+    def use_node_cache(self) -> Path:
+        """In a trial worker: keep using the run's cache directory when this node sees it (same id file),
+        else switch to a node-local one for this run (teacher targets and importance scores are rebuilt there
+        once per node; their fingerprints are checked as for the shared cache). Returns the directory used."""
+        try:
+            shared = (self.cache_dir / CACHE_ID_FILE).read_text().strip() == self.cache_id
+        except OSError:
+            shared = False
+        if not shared and self.cache_id:
+            self.cache_dir = Path(tempfile.gettempdir()) / "sslc-cache" / self.cache_id
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return self.cache_dir
 
     def targets(self) -> TeacherTargets:
         """Teacher targets cached on disk, shared by every trial and process of this run."""
@@ -119,4 +155,10 @@ def prepare_run(teacher_spec: str, data_spec: str, run_dir: Path, crop_seconds: 
     # Only now: a teacher or data that fails to load leaves no run directory behind (a half-made one would
     # later read as a run without a study).
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(teacher_spec, teacher, data, cache_dir, crop_seconds, seed, teacher_fingerprint(teacher))
+    id_file = cache_dir / CACHE_ID_FILE
+    if not id_file.is_file():
+        id_file.write_text(uuid.uuid4().hex)
+    return RunContext(
+        teacher_spec, teacher, data, cache_dir, crop_seconds, seed, teacher_fingerprint(teacher),
+        id_file.read_text().strip(),
+    )

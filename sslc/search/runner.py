@@ -13,7 +13,7 @@ import random
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -25,6 +25,7 @@ from sslc.models.teachers import describe_teacher
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 
+from .artifacts import start_sink
 from .baselines import baseline_configs
 from .budget import Budget, BudgetSpec, parse_budget, parse_count
 from .context import prepare_run
@@ -37,12 +38,14 @@ from .storage import (
     INTERRUPTED,
     OBJECTIVES,
     STUDY_MARKER,
+    check_driver,
     count_trained,
     default_storage_url,
     make_storage,
     open_study,
     pending_retries,
     recover_interrupted,
+    shown_url,
 )
 from .trial import TrialSetup, evaluate_candidate, train_candidate
 
@@ -74,6 +77,10 @@ class SearchSettings:
     objectives: list[str] = field(default_factory=lambda: ["loss", "macs"])
     sampler: str = "gp"
     ray_address: str | None = None
+    # Where Ray Tune keeps its experiment state and trial logs (default <run_dir>/ray): on a multi-node cluster,
+    # a shared path or a URI such as s3://bucket/dir keeps the logs of trials that ran on other nodes. Trial
+    # files (students, configs, errors) come back through Ray either way.
+    storage_path: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrency: int | None = None
@@ -192,10 +199,19 @@ def _start_ray(settings: SearchSettings) -> bool:
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if settings.ray_address:
+        from ray.exceptions import AuthenticationError
+
         try:
             ray.init(address=settings.ray_address, **kwargs)
+        except AuthenticationError:
+            # Ray's own text is several sentences; this is what a user sets (docs.ray.io ray-security/token-auth).
+            raise UserError(
+                f"the Ray cluster at {settings.ray_address} requires token authentication: set RAY_AUTH_MODE=token "
+                "and the cluster's token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH, default "
+                "~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
+            ) from None
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {error}") from None
+            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {_one_line(error)}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
@@ -258,12 +274,15 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
         _check_reachable(settings.ray_address)
     budget_spec = parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
     parse_targets(settings.targets)  # so does a malformed --targets (its range needs the teacher)
+    if settings.storage:
+        check_driver(settings.storage)  # and a database driver that is not installed
     space = SearchSpace.load(settings.space)
     name, run_dir = _run_dir(settings)
     console = SearchProgress.make_console(settings.quiet)
     say = console.print
 
     context = prepare_run(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
+    context.ship_audio()  # a small corpus travels decoded with the context: no node needs a copy of the files
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
     budget = search_budget(settings, teacher_macs.total, budget_spec)
@@ -344,7 +363,7 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
         say(pareto_table(pareto, title=f"Pareto front of '{name}' ({counts['done']} complete trials)"))
     else:
         say("no trial completed yet: no Pareto front")
-    say(f"study: {storage_url} (watch it with: sslc-dashboard {run_dir})")
+    say(f"study: {shown_url(storage_url)} (watch it with: sslc-dashboard {run_dir})")
     return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts)
 
 
@@ -384,6 +403,8 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
         study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress,
         early_stopped=scheduler.stopped if scheduler else (),
     )
+    # Trial files come back through Ray (a sink actor on this node), so workers on other nodes need no shared disk.
+    setup = replace(setup, sink=start_sink(run_dir))
     trainable = tune.with_resources(
         tune.with_parameters(train_candidate, setup=setup),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
@@ -395,7 +416,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
             max_concurrent_trials=_concurrency(settings),
         ),
         run_config=RunConfig(
-            name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(run_dir / "ray"), verbose=0,
+            name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=settings.storage_path or str(run_dir / "ray"), verbose=0,
             failure_config=FailureConfig(max_failures=0), log_to_file=True,
         ),
     )

@@ -227,7 +227,8 @@ class OptunaAskTellSearcher(Searcher):
         if error or result is None:
             trial.set_user_attr("fail_reason", "the trial's process crashed (see the Ray logs in the run directory)")
             return TrialState.FAIL, None
-        for key in ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done"):
+        for key in ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done",
+                    "artifact_bytes", "artifact_seconds", "node"):  # the last two: what bringing its files back cost
             if key in result:
                 trial.set_user_attr(key, result[key])
         if not result.get("final"):

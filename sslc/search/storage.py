@@ -49,20 +49,77 @@ def _fast_sqlite(dbapi_connection, _record) -> None:
         cursor.close()
 
 
+# The PostgreSQL driver is an extra: SQLAlchemy 2.1 maps a plain postgresql:// URL to psycopg 3 (2.0 to psycopg2).
+POSTGRES_EXTRA = "pip install 'sslc[postgres]'"
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0].lower() == "sqlite"
+
+
+def _driver_missing(url: str, error: ImportError) -> UserError:
+    scheme = url.split(":", 1)[0]
+    cause = error.__cause__ or error
+    if scheme.lower() in ("postgresql", "postgresql+psycopg"):
+        hint = POSTGRES_EXTRA
+    else:
+        hint = f"install the Python driver SQLAlchemy needs for {scheme}://"
+        if scheme.lower().startswith("postgresql+"):
+            hint += f", or use postgresql:// with {POSTGRES_EXTRA}"
+    return UserError(f"no database driver for {scheme}:// storage ({_first_line(cause)}): {hint}")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def shown_url(url: str) -> str:
+    """The URL for messages, its password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: SQLAlchemy will say so when it is opened
+        return url
+
+
+def check_driver(url: str) -> None:
+    """Fail at once, before a teacher is loaded, when the database driver `url` needs is not installed."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as error:
+        raise _driver_missing(url, error) from None
+    except Exception as error:  # a malformed URL or an unknown dialect
+        raise UserError(f"cannot open study storage {shown_url(url)}: {_first_line(error)}") from None
+
+
+def _schema_race(error: Exception) -> bool:
+    """Optuna creates the schema unguarded: when another process (optuna-dashboard, sslc-report, a second
+    search) opens a brand-new database at the same moment, one of them loses the race with "table ... already
+    exists" or a duplicate alembic_version row; once the winner has committed, opening again succeeds."""
+    text = str(error).lower()
+    return "already exists" in text or "duplicate" in text or "unique" in text
+
+
 def make_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+    sqlite = _is_sqlite(url)
     # A generous SQLite timeout: the dashboard may read while the search writes.
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    kwargs = {"connect_args": {"timeout": 30}} if sqlite else {}
     for attempt in range(1, attempts + 1):
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
             break
+        except ImportError as error:  # Optuna's "Failed to import DB access module": say which extra
+            raise _driver_missing(url, error) from None
         except Exception as error:  # SQLAlchemy raises many types; all mean the same to a user
-            # Optuna creates the schema unguarded: when another process (optuna-dashboard, sslc-report, a
-            # second search) opens a brand-new database at the same moment, one of them loses the race with
-            # "table ... already exists" or a duplicate alembic_version row. Once the winner has committed,
-            # opening again succeeds; a database that is really unreachable fails every attempt.
-            if not isinstance(error, DBAPIError) or attempt == attempts:
-                raise UserError(f"cannot open study storage {url}: {str(error).splitlines()[0]}") from None
+            # SQLite (a file, no server) retries any database error: its locking errors look alike. A server
+            # that is unreachable or refuses the login fails at once; only a lost schema race is retried there.
+            retry = isinstance(error, DBAPIError) and (sqlite or _schema_race(error))
+            if not retry or attempt == attempts:
+                raise UserError(f"cannot open study storage {shown_url(url)}: {_first_line(error)}") from None
             time.sleep(0.2 * attempt)
     if storage.engine.name == "sqlite" and ":memory:" not in url and url.rstrip("/") != "sqlite:":
         event.listen(storage.engine, "connect", _fast_sqlite)

@@ -8,6 +8,8 @@ and the reason, so the searcher records the trial as FAIL with that reason (Ray'
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from sslc.files import write_json_atomically
 from sslc.metrics import count_nonzero_params, measure_latency
 from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 
+from .artifacts import node_name, send_trial_files
 from .budget import Budget
 from .context import RunContext
 
@@ -41,6 +44,9 @@ class TrialSetup:
     trainer: TrainerConfig
     budget: Budget
     latency_repeats: int = 3
+    # The ArtifactSink actor on the driver's node (set by the search once Ray runs): a trial's files reach
+    # `run_dir` through it. None: the files are copied into `run_dir` directly (same machine, no Ray).
+    sink: object | None = None
 
 
 def _targets(setup: TrialSetup) -> TeacherTargets:
@@ -124,20 +130,46 @@ def evaluate_candidate(
 
 
 def train_candidate(params: dict, setup: TrialSetup) -> None:
-    """Ray Tune function trainable: `params` is what `OptunaAskTellSearcher.suggest` returned."""
+    """Ray Tune function trainable: `params` is what `OptunaAskTellSearcher.suggest` returned.
+
+    The worker may be on another node than the driver: it works in its own temp directory and caches, and its
+    files reach `<run_dir>/trials/<n>/` through the sink (Ray), never through the run directory's path."""
     from ray import tune
 
-    trial_dir = Path(setup.run_dir) / "trials" / str(params["trial_number"])
-    try:
-        if setup.trainer.num_threads:
-            torch.set_num_threads(setup.trainer.num_threads)
-        fault = injected_fault(params["trial_number"])
-        result = evaluate_candidate(setup, params["config"], trial_dir, tune.report, params["macs"], fault)
-    except Exception as error:  # recorded as the trial's fail reason; the traceback goes to its directory
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / "error.txt").write_text(traceback.format_exc())
-        result = {"final": True, "status": "error", "reason": f"{type(error).__name__}: {error}"}
+    number = params["trial_number"]
+    with tempfile.TemporaryDirectory(prefix=f"sslc-trial-{number}-") as tmp:
+        trial_dir = Path(tmp)
+        try:
+            if setup.trainer.num_threads:
+                torch.set_num_threads(setup.trainer.num_threads)
+            setup.run.use_node_cache()
+            fault = injected_fault(number)
+            result = evaluate_candidate(setup, params["config"], trial_dir, tune.report, params["macs"], fault)
+        except Exception as error:  # recorded as the trial's fail reason; the traceback goes to its directory
+            (trial_dir / "error.txt").write_text(traceback.format_exc())
+            # One line that says where: on a cluster, a file missing on one node is that node's problem.
+            result = {"final": True, "status": "error", "reason": f"{type(error).__name__} on node {node_name()}: "
+                      f"{_first_line(error)}"}
+        try:
+            result.update(_deliver(setup, number, trial_dir))
+        except Exception as error:  # the driver's node unreachable: the trial's files are lost, so it failed
+            result = {"final": True, "status": "error", "reason": f"node {node_name()} could not send trial "
+                      f"{number}'s files to the driver: {type(error).__name__}: {_first_line(error)}"}
+    result["node"] = node_name()  # which machine ran it: on a cluster, where to look when it is slow or odd
     by_target = result.pop("heldout_loss_by_target", None)
     if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
         result["heldout_loss_by_target_pairs"] = [[key, value] for key, value in by_target.items()]
     tune.report({**result, "macs": params["macs"]})
+
+
+def _deliver(setup: TrialSetup, number: int, local_dir: Path) -> dict:
+    if setup.sink is not None:
+        return send_trial_files(setup.sink, number, local_dir)
+    target = Path(setup.run_dir) / "trials" / str(number)
+    shutil.copytree(local_dir, target, dirs_exist_ok=True)
+    return {}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
