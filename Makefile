@@ -18,6 +18,6 @@ demo: setup
 lint: setup-test
 	$(TEST_VENV)/python -m ruff check sslc tests benchmarks
 
-# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS=--postgres-url=postgresql://... (what .ci/run passes).
+# With PostgreSQL's server binaries installed, scripts/test.sh also runs the tests against a real server.
 test: lint
-	$(TEST_VENV)/python -m pytest $(PYTEST_ARGS)
+	bash scripts/test.sh $(PYTEST_ARGS)
