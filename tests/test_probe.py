@@ -174,9 +174,10 @@ def _one_line_error(result, *words):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    make_classes(tmp_path / "one" / "only", 1, seed=6)  # audio in one class folder, no sidecars
-    (tmp_path / "flat").mkdir()
-    _write(tmp_path / "flat" / "x.wav", np.zeros(SR // 4, np.float32), np.random.default_rng(0))
+    rng = np.random.default_rng(6)
+    for i in range(3):  # audio in one class folder, no label sidecars
+        _write(tmp_path / "one" / "only" / f"x{i}.wav", _tone(500, 0.3, rng), rng)
+    _write(tmp_path / "flat" / "x.wav", _tone(500, 0.3, rng), rng)
     base = ["random:tiny", "--epochs", "1"]
     _one_line_error(_cli(*base, "--task", "asr", "--data", tmp_path / "one"), "unknown task")
     _one_line_error(_cli(*base, "--task", "ctc", "--data", tmp_path / "missing"), "not a directory")

@@ -18,7 +18,8 @@ import torch
 
 from sslc.errors import UserError
 from sslc.export import WEIGHTS_FILE, ExportedStudent, build_from_payload, read_student_file, retrained_result
-from sslc.metrics import count_macs, count_params
+from sslc.metrics import count_macs, count_params_from_config
+from sslc.search.storage import STUDY_DB, STUDY_MARKER
 
 PROBE_PREFIX = "probe:"
 MACS_SECONDS = 10.0  # MACs are quoted for 10 s of 16 kHz audio, as everywhere in sslc
@@ -53,8 +54,8 @@ class ProbeTarget:
 
     @property
     def params(self) -> int:
-        return count_params(self.extractor.encoder) if any(True for _ in self.extractor.encoder.parameters()) \
-            else int((self.extractor.metadata.get("metrics") or {}).get("params") or 0)
+        # From the architecture: an int8 student's packed weights are not parameters torch would count.
+        return count_params_from_config(self.extractor.config)
 
     @property
     def macs(self) -> int:
@@ -124,6 +125,8 @@ def resolve_targets(specs: list[str], pareto: bool, device: str, say: Callable[[
             for trial in front:
                 targets.append(ProbeTarget(f"{spec}:{trial.number}", "trial", _run_trial(run, trial.number, device),
                                            run, trial.number))
+        elif path.is_dir() and any((path / name).is_file() for name in (STUDY_DB, STUDY_MARKER)):
+            raise UserError(f"{spec} is a search run: probe one trial as {spec}:TRIAL, or its front with --pareto")
         elif path.is_file():
             targets.append(ProbeTarget(spec, "student", _frozen(load_student(path), device)))
         else:
