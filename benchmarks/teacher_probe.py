@@ -6,7 +6,9 @@ held-out voices. The trained teacher is only worth using in benchmarks if its er
 
     python benchmarks/teacher_probe.py [--quick] [--epochs 20] [--max-train N]
 
-Last line: `teacher_probe: <PER trained> vs <PER random> (ratio R)`.
+Last line: `teacher_probe: <PER trained> vs <PER random> (ratio R)`. Measured on the 250-step fixture (--max-train 240,
+20 epochs): 0.7099 vs 0.8623 (ratio 0.82), the trained teacher's probe putting 0.96 of its weight on hidden state 0
+(CNN + projection): better, not yet clearly; the Transformer layers need more pretraining steps.
 """
 
 from __future__ import annotations
