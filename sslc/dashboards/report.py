@@ -22,6 +22,7 @@ from .architecture import architecture_figure, teacher_architecture
 from .front import has_latency, pareto_figure
 from .history import hypervolume_figure, importance_figure, parallel_figure
 from .points import CATEGORY_COUNTS, collect_points, count_by_category
+from .probes import probe_figure
 from .table import pareto_rows, reference_rows, table_html
 
 REPORT_FILE = "report.html"
@@ -100,6 +101,9 @@ def build_report(run: Run) -> Report:
             note="Latency is the median CPU forward time of the deployed model, measured during the search "
             "(machine-dependent). Pareto points are those of the study's objectives.",
         ))
+    figure, note = probe_figure(run)
+    if figure is not None:  # only once sslc-probe recorded something on the run
+        report.sections.append(Section("probes", "Downstream probes vs MACs", note, figure))
     rows = pareto_rows(run, points) + reference_rows(run)
     report.sections.append(Section(
         "table", "Pareto points", html=table_html(rows) if rows else "<p>No complete trial yet.</p>",

@@ -1,0 +1,103 @@
+"""Does the search's score rank students the way a downstream probe does? Kendall tau on the fixture teacher.
+
+On the trained fixture teacher (`benchmarks/fixtures`), configs are drawn at random from the `combined` space until
+N of them fall between 20% and 80% of the teacher's MACs. Each student is built by `compress` from the teacher
+(`RunContext.build_student`, as a search trial builds it) and short-trialled by `run_short_trial` (the search's
+trainer) on the fixture's training voices; its score is the held-out distillation loss the search would record.
+Then each trained student is probed frozen (sslc-probe's ctc task, phonemes) and scored on the held-out voices.
+int8 configs are probed in float (the probe trains on their float weights, as the search distils them).
+
+    python benchmarks/probe_fidelity.py [--quick] [--configs 10] [--steps 200] [--probe-epochs 15]
+
+The score is read through public functions only, so a change of the search's score (what the trainer returns as
+`heldout_loss`) is measured by simply running this again. Last line: `probe_fidelity: TAU` (goal >= 0.6).
+Only smoke-tested so far: `--quick` ran end to end in 401 s (4 configs on the quick fixture; its tau, -0.33,
+means nothing at that size). The full run (10 configs, 200 steps) has not been run yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+from benchmarks.fixtures import trained_teacher  # noqa: E402
+from sslc.export import ExportedStudent  # noqa: E402
+from sslc.metrics import count_macs  # noqa: E402
+from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
+from sslc.probes.results import encode_fn  # noqa: E402
+from sslc.search.context import prepare_run  # noqa: E402
+from sslc.spaces import SearchSpace  # noqa: E402
+from sslc.trainers import TrainerConfig, run_short_trial  # noqa: E402
+
+
+def draw_configs(space, teacher_config, count: int, low: float, high: float, seed: int):
+    """`count` configs from `space` whose students cost between `low` and `high` of the teacher's MACs."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    teacher_macs = count_macs(teacher_config).total
+    chosen = []
+    for _ in range(2000):
+        config = space.suggest(study.ask(), teacher_config)
+        share = count_macs(config.student_architecture(teacher_config)).total / teacher_macs
+        if low <= share <= high:
+            chosen.append((config, share))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="quick fixture, 4 configs, few steps (smoke test)")
+    parser.add_argument("--configs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=200, help="short-trial steps (the search's default)")
+    parser.add_argument("--probe-epochs", type=int, default=15)
+    parser.add_argument("--max-probe-train", type=int, default=240, help="probe training files (every voice kept)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.configs, args.steps, args.probe_epochs, args.max_probe_train = 4, 10, 3, 40
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    fixture = trained_teacher(quick=args.quick)
+    probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
+    probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        context = prepare_run(str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), 2.0, args.seed)
+        teacher_config = context.teacher.config
+        configs = draw_configs(SearchSpace.load("combined"), teacher_config, args.configs, 0.2, 0.8, args.seed)
+        trainer = TrainerConfig(steps=args.steps, crop_seconds=2.0, seed=args.seed, device="cpu",
+                                log_every=max(1, args.steps // 10)).validate()
+        scores, errors = [], []
+        for index, (config, share) in enumerate(configs, 1):
+            t0 = time.perf_counter()
+            student = context.build_student(config, quantize=False)
+            result = run_short_trial(student, context.targets(), context.data.train, context.data.heldout, trainer,
+                                     kept_layers=config.layers)
+            student = student.eval().requires_grad_(False)
+            extractor = ExportedStudent(student, student.config)
+            outcome = run_probe(encode_fn(extractor), student.config.num_layers + 1, student.config.embed_dim,
+                                probe_train, probe_heldout, ProbeSettings("ctc", epochs=args.probe_epochs))
+            scores.append(result.heldout_loss)
+            errors.append(outcome.metric)
+            print(f"[{index}/{len(configs)}] {share:.0%} of the teacher's MACs: score {result.heldout_loss:.4f}, "
+                  f"probe PER {outcome.metric:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    tau = kendalltau(scores, errors).statistic
+    print(f"{len(configs)} configs in {time.perf_counter() - started:.0f}s")
+    print(f"probe_fidelity: {tau:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The fixture teacher's phoneme probe error rate, trained vs random (the same model at its initial weights).
+
+Builds (or reuses) `benchmarks/fixtures` (eSpeak NG corpus + HuBERT-style pretraining), then probes both teachers
+with sslc-probe's ctc task on phonemes (`.phn`, `--units tokens`): trained on the training voices, scored on the
+held-out voices. The trained teacher is only worth using in benchmarks if its error rate is clearly lower.
+
+    python benchmarks/teacher_probe.py [--quick] [--epochs 20] [--max-train N]
+
+Last line: `teacher_probe: <PER trained> vs <PER random> (ratio R)`. Measured on the 250-step fixture (--max-train 240,
+20 epochs): 0.7099 vs 0.8623 (ratio 0.82), the trained teacher's probe putting 0.96 of its weight on hidden state 0
+(CNN + projection): better, not yet clearly; the Transformer layers need more pretraining steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from benchmarks.fixtures import trained_teacher  # noqa: E402
+from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
+from sslc.probes.results import encode_fn, resolve_targets  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the quick fixture (smoke test)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--max-train", type=int, default=None, help="probe on at most this many training files")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    fixture = trained_teacher(quick=args.quick)
+    print(f"fixture: {fixture.teacher_dir.parent} (built in {fixture.info['build_seconds']:.0f}s; "
+          f"ready after {time.perf_counter() - started:.0f}s here)")
+    train, heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
+    if args.max_train:
+        train = train[:: max(1, len(train) // args.max_train)][: args.max_train]  # every voice kept
+    print(f"probe: {len(train)} training / {len(heldout)} held-out files, {args.epochs} epochs")
+    results = {}
+    for label, path in (("trained", fixture.teacher_dir), ("random", fixture.random_dir)):
+        [target] = resolve_targets([str(path)], pareto=False, device="cpu", say=lambda line: None)
+        config = target.extractor.config
+        t0 = time.perf_counter()
+        outcome = run_probe(encode_fn(target.extractor), config.num_layers + 1, config.embed_dim, train, heldout,
+                            ProbeSettings("ctc", epochs=args.epochs))
+        results[label] = outcome.metric
+        print(f"{label}: PER {outcome.metric:.4f}, last train loss {outcome.train_loss:.3f}, layer weights "
+              f"{outcome.layer_weights} ({time.perf_counter() - t0:.0f}s)")
+    ratio = results["trained"] / results["random"] if results["random"] else float("nan")
+    print(f"teacher_probe: {results['trained']:.4f} vs {results['random']:.4f} (ratio {ratio:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
