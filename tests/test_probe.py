@@ -24,12 +24,7 @@ SR = 16000
 TONES = {"a": 300.0, "b": 1100.0, "c": 3200.0}  # units (ctc) or classes (classify): far apart in frequency
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tone(freq: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
