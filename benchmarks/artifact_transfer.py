@@ -6,7 +6,7 @@ trial records `artifact_bytes` and `artifact_seconds` (read the files, send them
 until the sink wrote them). This runs a real search (local Ray, demo audio) and prints, per teacher, the median
 cost per trial, in seconds and as a share of the trial's training time.
 
-    python benchmarks/artifact_transfer.py [--teacher random:tiny] [--trials 4] [--steps 10]
+    python benchmarks/artifact_transfer.py [--teacher random:tiny] [--trials 4] [--steps 10] [--quick]
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--teacher", default="random:tiny")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="2 trials of 2 steps: checks the script runs")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.steps = 2, 2
     with tempfile.TemporaryDirectory() as tmp:
         settings = SearchSettings(
             teacher=args.teacher, data="demo", budget="100%", trials=args.trials, steps=args.steps, batch_size=2,
