@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.quick:
-        args.configs, args.steps, args.probe_epochs, args.max_probe_train = 4, 10, 3, 40
+        args.configs, args.steps, args.probe_epochs, args.max_probe_train = 3, 2, 1, 12
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     fixture = trained_teacher(quick=args.quick)
