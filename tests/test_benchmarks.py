@@ -26,4 +26,4 @@ def test_quick_mode_runs_and_prints_its_headline_last(script, tmp_path):
     assert done.returncode == 0, f"{script.name} --quick failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert lines, f"{script.name} printed nothing"
-    assert re.match(rf"^{script.stem}: [0-9.]+", lines[-1]), f"last line is not the headline: {lines[-1]!r}"
+    assert re.match(rf"^{script.stem}: -?[0-9.]+", lines[-1]), f"last line is not the headline: {lines[-1]!r}"

@@ -89,7 +89,7 @@ def test_two_node_search_brings_every_student_back(cluster, tmp_path):
     address, env, runs = cluster
     run_dir = runs / "run"
     command = [
-        sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny", "--budget",
+        sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny", "--data", "demo", "--budget",
         "100%", "--trials", "3", "--steps", "4", "--batch-size", "2", "--crop-seconds", "1", "--name", "two-node",
         "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--no-early-stopping",
     ]

@@ -79,7 +79,7 @@ def test_resume_after_sigkill_on_postgres(postgres_url, tmp_path):
 def test_missing_driver_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
     # psycopg absent from this process (None in sys.modules makes `import psycopg` raise ImportError).
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    argv = ["--budget", "100%", "--teacher", "random:tiny", "--run-dir", str(tmp_path / "run"), "--storage",
+    argv = ["--budget", "100%", "--teacher", "random:tiny", "--data", "demo", "--run-dir", str(tmp_path / "run"), "--storage",
             "postgresql://sslc:secret@127.0.0.1:9/sslc"]
     assert search_main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
