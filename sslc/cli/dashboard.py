@@ -6,6 +6,7 @@ sslc-dashboard sqlite:////abs/path/study.db --port 8081
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from sslc.cli.common import ArgumentParser, cli_entry
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"optuna-dashboard for {name or url}: open http://{shown}:{args.port}/dashboard/ (Ctrl-C to stop)",
           flush=True)
+    # A process started in the background by a non-interactive shell (`sslc-dashboard RUN &` in a script) inherits
+    # SIGINT as ignored, and Ctrl-C / `kill -INT` would then never stop it: take the default handler back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:  # the normal way to stop a server
