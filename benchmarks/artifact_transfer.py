@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optuna.trial import TrialState  # noqa: E402
 
-from sslc.rundir import load_study  # noqa: E402
+from sslc.runs.storage import load_study  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 On the trained fixture teacher (`benchmarks/fixtures`), configs are drawn at random from the `combined` space until
 N of them fall between 20% and 80% of the teacher's MACs. Each student is built by `compress` from the teacher
-(`RunContext.build_student`, as a search trial builds it) and short-trialled by `run_short_trial` (the search's
+(`RunInputs.build_student`, as a search trial builds it) and short-trialled by `run_short_trial` (the search's
 trainer) on the fixture's training voices; its score is the held-out distillation loss the search would record.
 Then each trained student is probed frozen (sslc-probe's ctc task, phonemes) and scored on the held-out voices.
 int8 configs are probed in float (the probe trains on their float weights, as the search distils them).
@@ -31,11 +31,11 @@ import torch  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from benchmarks.fixtures import trained_teacher  # noqa: E402
-from sslc.export import ExportedStudent  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
 from sslc.probes.results import encode_fn  # noqa: E402
-from sslc.search.context import prepare_run  # noqa: E402
+from sslc.runs.inputs import prepare_inputs  # noqa: E402
+from sslc.runs.student_file import ExportedStudent  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import run_short_trial  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
 
     with tempfile.TemporaryDirectory() as tmp:
-        context = prepare_run(
+        context = prepare_inputs(
             str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), SearchSettings.crop_seconds, args.seed
         )
         teacher_config = context.teacher.config

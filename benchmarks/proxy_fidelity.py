@@ -39,11 +39,12 @@ from sslc.data.demo import DEMO_SPEC  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import tiny_config  # noqa: E402
+from sslc.models.fingerprint import model_fingerprint  # noqa: E402
+from sslc.runs.inputs import RunInputs, load_audio_split  # noqa: E402
 from sslc.search.baselines import baseline_configs, uniform_config  # noqa: E402
-from sslc.search.context import RunContext, load_run_data  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
-from sslc.trainers import default_targets, run_short_trial, teacher_fingerprint  # noqa: E402
+from sslc.trainers import default_targets, run_short_trial  # noqa: E402
 
 TEACHER = "random 8-layer HuBERT-style encoder, 128 wide"
 LONG_FACTOR = 10
@@ -62,14 +63,14 @@ def teacher_architecture():
     return config.validate()
 
 
-def make_context(run_dir: Path, crop_seconds: float) -> RunContext:
+def make_context(run_dir: Path, crop_seconds: float) -> RunInputs:
     """What `prepare_run` builds for a search, for this benchmark's teacher (no preset names it)."""
     teacher = build_encoder(teacher_architecture(), seed=SEED).eval().requires_grad_(False)
     teacher.teacher_spec, teacher.is_random = TEACHER, True
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    data = load_run_data(DEMO_SPEC, cache_dir, crop_seconds, SEED)
-    return RunContext(TEACHER, teacher, data, cache_dir, crop_seconds, SEED, teacher_fingerprint(teacher))
+    data = load_audio_split(DEMO_SPEC, cache_dir, crop_seconds, SEED)
+    return RunInputs(TEACHER, teacher, data, cache_dir, crop_seconds, SEED, model_fingerprint(teacher))
 
 
 def mac_share(config: CompressionConfig, teacher) -> float:

@@ -42,17 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from sslc.budget import Budget, parse_budget  # noqa: E402
 from sslc.data.demo import DEMO_SPEC  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import base_config  # noqa: E402
-from sslc.search.budget import Budget, parse_budget  # noqa: E402
-from sslc.search.context import RunContext, load_run_data  # noqa: E402
+from sslc.models.fingerprint import model_fingerprint  # noqa: E402
+from sslc.runs.inputs import RunInputs, load_audio_split  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
 from sslc.search.samplers import make_sampler  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
-from sslc.trainers import TrainerConfig, score_student, teacher_fingerprint  # noqa: E402
+from sslc.trainers import TrainerConfig, score_student  # noqa: E402
 
 TEACHER = "random HuBERT-Base at half width"
 SPACE = "combined"
@@ -71,7 +72,7 @@ TIME_LIMIT = 420.0
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_context(run_dir: Path, layers: int = 12) -> RunContext:
+def make_context(run_dir: Path, layers: int = 12) -> RunInputs:
     """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it);
     `--quick` gives it 4 layers, a third of the low-rank factorisations to compute."""
     config = base_config("hubert")
@@ -82,8 +83,8 @@ def make_context(run_dir: Path, layers: int = 12) -> RunContext:
     teacher.teacher_spec, teacher.is_random = TEACHER, True
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    data = load_run_data(DEMO_SPEC, cache_dir, CROP_SECONDS, 0)
-    return RunContext(TEACHER, teacher, data, cache_dir, CROP_SECONDS, 0, teacher_fingerprint(teacher))
+    data = load_audio_split(DEMO_SPEC, cache_dir, CROP_SECONDS, 0)
+    return RunInputs(TEACHER, teacher, data, cache_dir, CROP_SECONDS, 0, model_fingerprint(teacher))
 
 
 class ZeroStepObjective:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optuna.trial import TrialState  # noqa: E402
 
 import sslc.search.runner as runner  # noqa: E402
-from sslc.rundir import load_study  # noqa: E402
+from sslc.runs.storage import load_study  # noqa: E402
 
 TEACHER = "random:tiny"
 TRIALS = 16
@@ -69,11 +69,11 @@ def settings_for(run_dir: Path, steps: int, trials: int = TRIALS) -> runner.Sear
 def trial_setup(run_dir: Path, steps: int):
     """What a trial of the benchmark's search gets, built in this process with the search's public functions."""
     from sslc.metrics import count_macs
-    from sslc.search.context import prepare_run
+    from sslc.runs.inputs import prepare_inputs
     from sslc.search.trial import TrialSetup
 
     settings = settings_for(run_dir, steps)
-    context = prepare_run(TEACHER, "demo", run_dir, CROP_SECONDS, 0)
+    context = prepare_inputs(TEACHER, "demo", run_dir, CROP_SECONDS, 0)
     budget = runner.search_budget(settings, count_macs(context.teacher.config).total)
     return TrialSetup(context, run_dir, runner.trainer_config(settings), budget, LATENCY_REPEATS)
 
@@ -85,7 +85,7 @@ def seconds_per_step(run_dir: Path) -> float:
 
     from sslc.metrics import count_macs
     from sslc.search.baselines import uniform_to_budget
-    from sslc.search.trial import evaluate_candidate
+    from sslc.search.trial import train_and_measure
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -94,8 +94,8 @@ def seconds_per_step(run_dir: Path) -> float:
         teacher = setup.run.teacher.config
         config = uniform_to_budget(teacher, setup.budget.max_macs, setup.budget.seconds)
         macs = count_macs(config.student_architecture(teacher), seconds=setup.budget.seconds).total
-        evaluate_candidate(setup, config.to_dict(), None, None, macs)  # first-call costs, the targets cache
-        result = evaluate_candidate(setup, config.to_dict(), None, None, macs)
+        train_and_measure(setup, config.to_dict(), None, None, macs)  # first-call costs, the targets cache
+        result = train_and_measure(setup, config.to_dict(), None, None, macs)
     finally:
         torch.set_num_threads(threads)
     if result["status"] != "completed":
@@ -162,8 +162,8 @@ def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
     import torch
 
     import sslc.search.trial as trial_module
-    from sslc.search.context import RunContext
-    from sslc.search.trial import evaluate_candidate
+    from sslc.runs.inputs import RunInputs
+    from sslc.search.trial import train_and_measure
     from sslc.trainers import DistillationStep
 
     torch.set_num_threads(1)  # as in a trial (cpus_per_trial=1)
@@ -185,17 +185,17 @@ def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
 
         setattr(owner, attr, timed)
 
-    wrap(RunContext, "build_student", "build student")
+    wrap(RunInputs, "build_student", "build student")
     wrap(trial_module, "measure_latency", "measure latency")
     wrap(DistillationStep, "evaluate", "held-out eval")
     wrap(trial_module.torch, "save", "save checkpoint")
     try:
         first = trials[0]  # builds the teacher-targets cache and pays first-call costs: not counted
-        evaluate_candidate(setup, first.user_attrs["config"], run_dir / "warm", None, first.user_attrs["macs"])
+        train_and_measure(setup, first.user_attrs["config"], run_dir / "warm", None, first.user_attrs["macs"])
         for trial in trials:
             current.clear()
             started = time.perf_counter()
-            result = evaluate_candidate(
+            result = train_and_measure(
                 setup, trial.user_attrs["config"], run_dir / str(trial.number), None, trial.user_attrs["macs"]
             )
             total = time.perf_counter() - started - result["seconds_training"]

@@ -23,8 +23,8 @@ def load_student(path, map_location="cpu"):
 
     `student(waveforms)` takes 16 kHz mono float waveforms ([B, samples], or a list of 1-D ones) and returns the
     list of hidden states [B, T, D]; `student.sample_rate` is 16000, and `student(w, sample_rate=sr)` refuses
-    any other rate. See `sslc.export.ExportedStudent`.
+    any other rate. See `sslc.runs.student_file.ExportedStudent`.
     """
-    from sslc.export import load_student as _load
+    from sslc.runs.student_file import load_student as _load
 
     return _load(path, map_location=map_location)

@@ -17,3 +17,15 @@ class SearchFailed(UserError):
     """
 
     exit_code = 1
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (messages of libraries can run for pages), or its type's name."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: first line of the message`, for faults whose type says something (a user error's message is enough)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__

@@ -67,3 +67,21 @@ def postgres_url(request) -> str:
     if not url:
         pytest.skip("no PostgreSQL server: pass --postgres-url=postgresql://... (.ci/run starts one)")
     return url
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(module, "function") -> a list that gets one entry per call of `module.function` (which still runs):
+    how tests see that a cache was hit, without counters in the code under test."""
+
+    def install(module, name: str) -> list:
+        calls, original = [], getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+        return calls
+
+    return install

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 import sslc
-from sslc.rundir import load_study
+from sslc.runs.storage import load_study
 from tests.test_dashboard_cli import free_port
 from tests.test_search import _non_dominated
 

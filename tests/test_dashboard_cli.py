@@ -93,3 +93,31 @@ def test_bad_targets_are_one_line_errors(study_dir, tmp_path, capsys):
     finally:
         busy.close()
     assert not (tmp_path / "nothing.db").exists()  # a mistyped URL must not create an empty database
+
+
+def test_the_dashboard_names_a_searchs_objectives(tiny_run):
+    """A real search's study, served: optuna-dashboard titles the objectives with the study's metric names (the
+    unit-named objectives of pareto.json), not "Objective 0 / Objective 1"."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "sslc.cli.dashboard", str(tiny_run), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        studies, deadline = None, time.monotonic() + 60
+        while studies is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                studies = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
+            except OSError:
+                time.sleep(0.2)
+        assert studies is not None, "the dashboard never answered"
+        (summary,) = studies
+        detail = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")[1])
+        pareto = json.loads((tiny_run / "pareto.json").read_text())
+        assert detail["objective_names"] == pareto["objectives"] == ["heldout_loss", "gmacs"]
+        header = fetch(f"http://127.0.0.1:{port}/csv/{summary['study_id']}")[1].decode().splitlines()[0]
+        assert header.startswith("Number,State,heldout_loss,gmacs,")
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

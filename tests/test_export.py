@@ -12,10 +12,12 @@ import torch
 import sslc
 from sslc.cli.export import main as export_main
 from sslc.errors import UserError
-from sslc.export import export_student, load_student, save_student
 from sslc.models import EncoderConfig, build_encoder, tiny_config
-from sslc.retrain import retrain
-from sslc.rundir import open_run
+from sslc.runs.export import export_student
+from sslc.runs.record import open_run
+from sslc.runs.retrain import retrain
+from sslc.runs.student_file import load_student, save_student
+from sslc.runs.trials import front_trials
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def batch():
 
 
 def test_short_trial_export_round_trip(tiny_run, run, tmp_path):
-    trial = run.best_trials()[0]
+    trial = front_trials(run.study)[0]
     info = export_student(tiny_run, trial.number, tmp_path / "student.pt")
     assert info["provenance"]["weights"] == "short-trial"
     student = sslc.load_student(tmp_path / "student.pt")
@@ -58,7 +60,7 @@ def test_short_trial_export_round_trip(tiny_run, run, tmp_path):
     assert student.get_downsample_rates("hidden_states") == 320
 
     meta = student.metadata
-    assert meta["teacher"] == run.teacher["spec"] == "random:tiny"
+    assert meta["teacher"] == run.study.user_attrs["teacher"]["spec"] == "random:tiny"
     assert meta["compression"] == trial.user_attrs["config"]
     assert meta["provenance"]["trial"] == trial.number and meta["provenance"]["run"] == run.name
     metrics = meta["metrics"]
@@ -75,13 +77,14 @@ student = sslc.load_student(sys.argv[1])
 with torch.no_grad():
     hidden = student(torch.load(sys.argv[2]), torch.load(sys.argv[3]))
 torch.save(hidden, sys.argv[4])
-heavy = ["optuna", "ray", "plotly", "sslc.search", "sslc.rundir", "sslc.trainers", "sslc.data", "sslc.dashboards"]
+heavy = ["optuna", "ray", "plotly", "sslc.search", "sslc.runs.record", "sslc.runs.storage", "sslc.trainers", "sslc.data",
+         "sslc.dashboards"]
 print(json.dumps([name for name in heavy if name in sys.modules]))
 """
 
 
 def test_load_student_needs_only_torch_and_sslc_models(tiny_run, run, tmp_path):
-    trial = run.best_trials()[-1]
+    trial = front_trials(run.study)[-1]
     export_student(tiny_run, trial.number, tmp_path / "student.pt")
     waves, lengths = batch()
     torch.save(waves, tmp_path / "waves.pt")
@@ -100,7 +103,7 @@ def test_load_student_needs_only_torch_and_sslc_models(tiny_run, run, tmp_path):
 
 def test_retrained_weights_are_exported_when_present(copy_run, tmp_path):
     run_dir = copy_run("export")
-    trial = open_run(run_dir).best_trials()[0]
+    trial = front_trials(open_run(run_dir).study)[0]
     [result] = retrain(run_dir, numbers=[trial.number], steps=6, progress=False, say=lambda line: None)
 
     info = export_student(run_dir, trial.number, tmp_path / "retrained.pt")
@@ -165,13 +168,13 @@ def test_bad_files_are_user_errors(tmp_path):
 
 
 def test_cli_exports_and_rejects_bad_trials(tiny_run, run, tmp_path, capsys):
-    trial = run.best_trials()[0].number
+    trial = front_trials(run.study)[0].number
     out = tmp_path / "cli.pt"
     assert export_main([str(tiny_run), "--trial", str(trial), "-o", str(out)]) == 0
     assert f"wrote {out}: trial {trial}, short-trial weights" in capsys.readouterr().out
     assert load_student(out).metadata["provenance"]["trial"] == trial
 
-    infeasible = next(t.number for t in run.trials() if t.user_attrs.get("infeasible"))
+    infeasible = next(t.number for t in run.study.get_trials() if t.user_attrs.get("infeasible"))
     cases = [
         ([str(tiny_run), "--trial", "999", "-o", str(out)], "has no trial 999"),
         ([str(tiny_run), "--trial", str(infeasible), "-o", str(out)], "was never trained"),

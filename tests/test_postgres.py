@@ -13,8 +13,8 @@ import uuid
 from optuna.trial import TrialState
 
 from sslc.cli.search import main as search_main
-from sslc.export import load_student
-from sslc.rundir import load_study
+from sslc.runs.storage import load_study
+from sslc.runs.student_file import load_student
 from tests.test_dashboard_cli import fetch, free_port
 from tests.test_search import (
     _counts,

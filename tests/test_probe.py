@@ -14,11 +14,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from sslc.export import ExportedStudent
 from sslc.models import build_encoder
 from sslc.models.builders import tiny_config
 from sslc.probes import ProbeSettings, WeightedSum, edit_distance, run_probe, train_and_heldout
 from sslc.probes.results import encode_fn
+from sslc.runs.student_file import ExportedStudent
+from sslc.runs.trials import front_trials
 
 SR = 16000
 TONES = {"a": 300.0, "b": 1100.0, "c": 3200.0}  # units (ctc) or classes (classify): far apart in frequency
@@ -184,14 +185,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 def test_cli_skips_unlabelled_files_and_records_on_the_run(tmp_path, copy_run):
     from sslc.dashboards import build_report
-    from sslc.rundir import open_run
+    from sslc.runs.record import open_run
 
     make_sequences(tmp_path / "data", 10, seed=7)
     make_sequences(tmp_path / "heldout", 4, seed=8)
     for extra in ("u1", "u2"):  # audio without labels: skipped with one warning
         _write(tmp_path / "data" / f"{extra}.wav", np.zeros(SR // 4, np.float32), np.random.default_rng(1))
     run_dir = copy_run("probe")
-    trial = open_run(run_dir).best_trials()[0].number
+    trial = front_trials(open_run(run_dir).study)[0].number
     out = tmp_path / "probe.json"
     result = _cli(f"{run_dir}:{trial}", "random:tiny", "--task", "ctc", "--units", "tokens", "--data",
                   tmp_path / "data", "--heldout", tmp_path / "heldout", "--epochs", "2", "-o", out)

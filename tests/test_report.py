@@ -12,7 +12,7 @@ from sslc.dashboards import build_report, write_report
 from sslc.dashboards.architecture import PANELS, teacher_architecture
 from sslc.dashboards.history import reference_point
 from sslc.models import tiny_config
-from sslc.rundir import open_run
+from sslc.runs.record import open_run
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def points_of(figure, kind) -> list:
 
 
 def by_category(run):
-    trials = run.trials()
+    trials = run.study.get_trials()
     return {
         "complete": [t for t in trials if t.state == TrialState.COMPLETE],
         "pruned": [t for t in trials if t.state == TrialState.PRUNED],
@@ -78,10 +78,10 @@ def test_point_counts_equal_the_studys_trials_by_state(run, report):
 def test_budget_teacher_and_baselines_are_marked(run, report):
     figure = report.section("front").figure
     lines = sorted({shape.x0 for shape in figure.layout.shapes})  # one line per panel
-    assert lines == pytest.approx(sorted([run.budget["max_macs"] / 1e9, run.teacher["macs"] / 1e9]))
+    assert lines == pytest.approx(sorted([run.study.user_attrs["budget"]["max_macs"] / 1e9, run.study.user_attrs["teacher"]["macs"] / 1e9]))
     labels = [a.text for a in figure.layout.annotations]
     assert any(text.startswith("budget") for text in labels) and any(text.startswith("teacher") for text in labels)
-    scored = [b for b in run.baselines if b.get("heldout_loss") is not None]
+    scored = [b for b in run.study.user_attrs["baselines"] if b.get("heldout_loss") is not None]
     assert scored, "the uniform baseline fits a 40% budget and is trained"
     baseline = traces(figure, "baseline")[0]
     assert list(baseline.customdata) == [b["name"] for b in scored]
@@ -143,9 +143,9 @@ def _hypervolume_2d(points, reference) -> float:
 
 def test_hypervolume_history_matches_an_independent_computation(run, report):
     figure = report.section("hypervolume").figure
-    complete = run.trials(states=(TrialState.COMPLETE,))
+    complete = run.study.get_trials(states=(TrialState.COMPLETE,))
     reference = reference_point(run)
-    assert reference[1] == pytest.approx(run.budget["max_macs"] / 1e9)  # the budget bounds the MACs axis
+    assert reference[1] == pytest.approx(run.study.user_attrs["budget"]["max_macs"] / 1e9)  # the budget bounds the MACs axis
     trace = figure.data[0]
     assert list(trace.x) == [t.number for t in complete]
     for i in range(len(complete)):
@@ -162,18 +162,47 @@ def test_table_lists_the_pareto_points_with_ratios(run, report):
         cells = re.findall(r"<td>(.*?)</td>", row)
         assert cells[0] == str(trial.number)
         assert cells[1] == f"{trial.values[0]:.4f}"
-        assert cells[5] == f"{trial.user_attrs['macs'] / run.teacher['macs']:.1%}"
+        assert cells[5] == f"{trial.user_attrs['macs'] / run.study.user_attrs['teacher']['macs']:.1%}"
     assert '<tr class="teacher">' in table and "baseline: uniform" in table
 
 
-def test_importances_and_parallel_coordinates_when_possible(run, report):
-    complete = run.trials(states=(TrialState.COMPLETE,))
-    for key in ("importance", "parallel"):
-        section = report.section(key)
-        if len(complete) < 2:
-            assert section.figure is None and "at least 2" in section.note
-        else:
-            assert section.figure is not None or section.note
+def _hand_made_run(tmp_path, losses: list[float]):
+    """A run whose complete trials are made by hand: `depth` and `ffn` vary, `quantize` never does."""
+    tmp_path.mkdir(parents=True)
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="hand",
+                                directions=["minimize", "minimize"])
+    distributions = {"depth": IntDistribution(1, 8), "ffn": IntDistribution(16, 64),
+                     "quantize": CategoricalDistribution(["none", "int8"])}
+    for i, loss in enumerate(losses):
+        params = {"depth": 1 + i, "ffn": 64 - 8 * i, "quantize": "none"}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, values=[loss, 1.0 + i]))
+    return open_run(tmp_path)
+
+
+def test_importances_and_parallel_coordinates_need_two_complete_trials(tmp_path):
+    from sslc.dashboards.history import importance_figure, parallel_figure
+
+    one = _hand_made_run(tmp_path / "one", [0.5])
+    for draw in (importance_figure, parallel_figure):
+        figure, note = draw(one)
+        assert figure is None and "at least 2" in note
+
+    five = _hand_made_run(tmp_path / "five", [0.9, 0.7, 0.6, 0.4, 0.3])
+    figure, note = importance_figure(five)
+    assert figure is not None and note == ""
+    importances = dict(zip(figure.data[0].y, figure.data[0].x))
+    assert set(importances) == {"depth", "ffn", "quantize"}  # every searched knob, as a bar
+    assert importances["quantize"] == min(importances.values()) < 0.05  # a knob that never varied explains little
+    figure, note = parallel_figure(five)
+    assert figure is not None and note == ""
+    axes = list(figure.layout.xaxis.ticktext)
+    assert axes[0] == "held-out loss" and set(axes[1:]) == {"depth", "ffn", "quantize"}
+    lines = [trace for trace in figure.data if trace.mode == "lines"]
+    assert len(lines) == 5  # one line per complete trial, through every axis
+    assert all(len(line.y) == len(axes) for line in lines)
 
 
 def test_written_file_is_self_contained(tiny_run, tmp_path):

@@ -17,15 +17,17 @@ from optuna.trial import TrialState
 from sslc.cli.retrain import main as retrain_main
 from sslc.dashboards import build_report
 from sslc.errors import UserError
-from sslc.export import read_student_file
-from sslc.retrain import (
+from sslc.runs.record import open_run
+from sslc.runs.retrain import (
     RetrainStopped,
     full_trainer_config,
     prepare_context,
     retrain,
     retrain_trial,
 )
-from sslc.rundir import open_run, retrain_key
+from sslc.runs.student_file import read_student_file
+from sslc.runs.study import retrain_key
+from sslc.runs.trials import TrialRecord, front_trials
 from sslc.trainers import load_checkpoint
 
 STEPS = 40  # 10x the search's 4 short-trial steps
@@ -42,7 +44,7 @@ def run_dir(copy_run):
 @pytest.fixture(scope="module")
 def retrained(run_dir):
     """The smallest Pareto point, retrained for STEPS steps through the public entry point."""
-    trial = open_run(run_dir).best_trials()[0]
+    trial = front_trials(open_run(run_dir).study)[0]
     [result] = retrain(run_dir, numbers=[trial.number], steps=STEPS, progress=False, say=lambda line: None)
     return trial, result
 
@@ -97,7 +99,8 @@ def test_rerun_of_a_finished_retrain_is_not_redone(run_dir, retrained, capsys):
 
 
 def test_interrupted_retrain_resumes_to_the_same_weights(run_dir, retrained, tmp_path):
-    trial, first = retrained
+    frozen, first = retrained
+    trial = TrialRecord.read(frozen)  # what select_trials hands retrain_trial
     run = open_run(run_dir)
     trainer = full_trainer_config(run, steps=12)
     assert trainer.log_every == 1 and trainer.checkpoint_every == 1
@@ -126,7 +129,7 @@ def test_interrupted_retrain_resumes_to_the_same_weights(run_dir, retrained, tmp
 
 def test_bad_choices_are_one_line_errors(run_dir, tmp_path, capsys):
     run = open_run(run_dir)
-    trials = run.trials()
+    trials = run.study.get_trials()
     infeasible = next(t.number for t in trials if t.user_attrs.get("infeasible"))
     pruned = [t.number for t in trials if t.state == TrialState.PRUNED]
     cases = [
@@ -149,7 +152,7 @@ def test_bad_choices_are_one_line_errors(run_dir, tmp_path, capsys):
 
 def test_ctrl_c_writes_a_checkpoint_and_exits_130(copy_run):
     run_dir = copy_run("ctrl-c")
-    trial = open_run(run_dir).best_trials()[0].number
+    trial = front_trials(open_run(run_dir).study)[0].number
     checkpoint = run_dir / "retrain" / str(trial) / "checkpoint" / "last.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -178,7 +181,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(copy_run):
 def test_under_budget_drops_pareto_points_over_a_latency_limit(tmp_path):
     import optuna
 
-    from sslc.retrain import select_trials
+    from sslc.runs.retrain import select_trials
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -209,7 +212,7 @@ def test_changed_heldout_audio_is_refused(copy_run):
 
 def test_full_schedule_defaults_and_overrides(run_dir):
     run = open_run(run_dir)
-    short = run.identity["trainer"]
+    short = run.study.user_attrs["trainer"]
     default = full_trainer_config(run)
     assert default.steps == 10 * short["steps"] and default.epochs is None
     assert default.num_threads is None  # the search pinned a thread per Ray trial; a retrain uses the machine

@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from sslc.budget import BudgetError, parse_budget
 from sslc.errors import UserError
-from sslc.search.budget import BudgetError, parse_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_a_log_gets_plain_progress_lines_and_whole_tables(logged_search):
 
 
 def test_baselines_are_printed_and_an_over_budget_one_is_not_trained(logged_search):
-    from sslc.rundir import open_run
+    from sslc.runs.record import open_run
 
     run_dir, log = logged_search
     # On the 2-layer tiny teacher the 2-layer baseline is the teacher itself: over a 60% budget.
@@ -155,7 +155,7 @@ def test_baselines_are_printed_and_an_over_budget_one_is_not_trained(logged_sear
     assert "over budget" in over and "not trained" in over and "training" not in over
     uniform = next(line for line in log.splitlines() if line.startswith("baseline uniform:"))
     assert re.search(r"held-out loss \d+\.\d{4}, \d+\.\d+ M MACs", uniform), uniform
-    rows = {b["name"]: b for b in open_run(run_dir).baselines}
+    rows = {b["name"]: b for b in open_run(run_dir).study.user_attrs["baselines"]}
     assert rows["distilhubert-2layer"]["status"] == "infeasible"
     assert rows["distilhubert-2layer"]["heldout_loss"] is None and not rows["distilhubert-2layer"]["within_budget"]
     assert f"{rows['uniform']['heldout_loss']:.4f}" in uniform
@@ -207,7 +207,7 @@ def _titled_x_axes(figure) -> dict[str, object]:
 @pytest.mark.parametrize("section", ["front", "front-latency"])
 def test_the_cost_axis_has_ticks_and_its_title_on_a_panel_with_points(tiny_run, section):
     from sslc.dashboards import build_report
-    from sslc.rundir import open_run
+    from sslc.runs.record import open_run
 
     figure = build_report(open_run(tiny_run)).section(section).figure
     (name, axis), = _titled_x_axes(figure).items()
@@ -220,7 +220,7 @@ def test_the_cost_axis_has_ticks_and_its_title_on_a_panel_with_points(tiny_run, 
 
 def test_cost_labels_sit_above_the_plot_and_point_away_from_each_other(tiny_run):
     from sslc.dashboards import build_report
-    from sslc.rundir import open_run
+    from sslc.runs.record import open_run
 
     figure = build_report(open_run(tiny_run)).section("front").figure
     labels = {a.text.split()[0]: a for a in figure.layout.annotations if a.text.startswith(("budget", "teacher"))}
@@ -262,8 +262,8 @@ def test_one_unreadable_file_is_one_file(tmp_path):
 # ---- the exported student's sample rate ------------------------------------------------------------------------
 def test_a_loaded_student_says_16_khz_and_refuses_another_rate(tmp_path):
     import sslc
-    from sslc.export import save_student
     from sslc.models import build_encoder, tiny_config
+    from sslc.runs.student_file import save_student
 
     path = save_student(tmp_path / "s.pt", build_encoder(tiny_config(), seed=0), {}, "random:tiny")
     student = sslc.load_student(path)
@@ -289,7 +289,7 @@ def test_a_search_failing_on_its_inputs_leaves_no_run_directory(tmp_path):
 
 
 def test_a_run_directory_without_a_study_says_so_plainly(tmp_path):
-    from sslc.rundir import load_study
+    from sslc.runs.storage import load_study
 
     (tmp_path / "cache").mkdir()
     with pytest.raises(UserError, match="holds no study yet.*failed before creating its study"):

@@ -11,19 +11,24 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import optuna
 import pytest
+from faults import Faults, shipped_by_value
 from optuna.trial import TrialState
 
+import sslc
+from sslc.budget import BudgetError, parse_budget
 from sslc.compress import CompressionConfig
 from sslc.errors import UserError
 from sslc.metrics import count_macs
 from sslc.models import tiny_config
-from sslc.rundir import load_study
-from sslc.search.budget import BudgetError, parse_budget
+from sslc.runs.storage import load_study
+from sslc.runs.study import StudyRecord
 from sslc.search.runner import SearchSettings, run_search
-from sslc.search.trial import FAULTS_ENV
+
+FAULTS_SCRIPT = Path(__file__).with_name("faults.py")
 
 TEACHER_MACS = count_macs(tiny_config(), seconds=10).total
 
@@ -77,7 +82,10 @@ def test_end_to_end_trials_budget_and_pareto(finished_search):
         assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["params"] > 0
         assert set(t.user_attrs["macs_breakdown"]) >= {"cnn", "ffn"}
         assert t.user_attrs["budget_slack_macs"] == budget - t.user_attrs["macs"]
-        assert (settings.run_dir / "trials" / str(t.number) / "student.pt").exists()
+        student = sslc.load_student(settings.run_dir / "trials" / str(t.number) / "student.pt")  # the export format
+        assert student.num_layers == len(t.user_attrs["config"]["layers"])
+        assert student.metadata["compression"] == t.user_attrs["config"]
+        assert count_macs(student.config, seconds=10).total == t.user_attrs["macs"]
         saved = json.loads((settings.run_dir / "trials" / str(t.number) / "config.json").read_text())
         assert saved == t.user_attrs["config"]
         # The files came back through Ray: the sink counted what it wrote.
@@ -100,7 +108,7 @@ def test_every_candidate_is_scored_on_the_protocol_targets(finished_search):
     settings, _, study = finished_search
     protocol = study.user_attrs["protocol"]
     assert protocol["targets"] == [1, 2] and protocol["heldout_segments"] > 0  # the 2-layer teacher's default
-    assert study.user_attrs["identity"]["protocol"] == protocol
+    assert StudyRecord.read(study).identity()["protocol"] == protocol  # what a resumed search must keep
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert complete
     for t in complete:
@@ -117,7 +125,8 @@ def test_every_candidate_is_scored_on_the_protocol_targets(finished_search):
 def test_study_records_settings_teacher_and_baselines(finished_search):
     settings, _, study = finished_search
     attrs = study.user_attrs
-    assert attrs["objective_names"] == ["loss", "macs"]
+    assert StudyRecord.read(study).objectives == ["loss", "macs"]
+    assert study.metric_names == ["heldout_loss", "gmacs"]  # the dashboard's axis titles
     assert attrs["teacher"]["macs"] == TEACHER_MACS and attrs["teacher"]["is_random"]
     assert attrs["budget"]["max_macs"] == int(0.7 * TEACHER_MACS)
     names = {b["name"] for b in attrs["baselines"]}
@@ -126,11 +135,11 @@ def test_study_records_settings_teacher_and_baselines(finished_search):
     assert uniform["macs"] <= attrs["budget"]["max_macs"] and uniform["heldout_loss"] > 0
 
 
-def test_a_raising_and_a_nan_trial_fail_and_the_search_goes_on(tmp_path, monkeypatch):
+def test_a_raising_and_a_nan_trial_fail_and_the_search_goes_on(tmp_path):
     # 100%: every config fits, so trial numbers 0..3 are exactly the trained trials.
-    monkeypatch.setenv(FAULTS_ENV, "raise:0,nan:1")
+    shipped_by_value()
     settings = _settings(tmp_path, "faults", budget="100%")
-    run_search(settings)
+    run_search(settings, before_training=Faults({0: "raise", 1: "nan"}))
     study = load_study(settings.run_dir)
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[0].state == TrialState.FAIL
@@ -173,9 +182,7 @@ def _counts(run_dir, storage_url: str | None = None):
 
 
 def _search_env() -> dict:
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    env.pop(FAULTS_ENV, None)
-    return env
+    return {**os.environ, "PYTHONPATH": os.getcwd()}
 
 
 def _tiny_search_command(run_dir, trials: int, steps: int, storage_url: str | None = None) -> list[str]:
@@ -230,7 +237,8 @@ def check_resume_after_sigkill(run_dir, stderr_path, storage_url: str | None = N
     interrupted config queued again once. `storage_url`: the study's storage (default: the run's study.db)."""
     command, env = _tiny_search_command(run_dir, trials=6, steps=40, storage_url=storage_url), _search_env()
     # Trial 3 trains until the kill: tiny trials take a second, too short to catch one running by polling.
-    with _search_process(command, {**env, FAULTS_ENV: "hang:3"}, stderr_path) as process:
+    with_fault = [sys.executable, str(FAULTS_SCRIPT), "hang:3", "--", *command[3:]]  # the same search, via the seam
+    with _search_process(with_fault, env, stderr_path) as process:
         _wait_for_trials(process, run_dir, stderr_path, _two_done_one_training, "two trials done", timeout=240,
                          storage_url=storage_url)
         os.kill(process.pid, signal.SIGKILL)
@@ -341,20 +349,22 @@ def test_resuming_with_other_targets_is_refused_with_exit_2(finished_search):
 
 
 def test_a_study_from_before_the_protocol_is_refused(tmp_path):
-    from sslc.search.storage import make_storage, open_study
+    from sslc.runs.storage import make_storage
+    from sslc.search.storage import open_study
 
     storage = make_storage(f"sqlite:///{tmp_path / 'old.db'}")
     old = optuna.create_study(storage=storage, study_name="old", directions=["minimize", "minimize"])
     old.set_user_attr("identity", {"teacher": "random:tiny", "trainer": {}})  # what older sslc recorded
+    now = StudyRecord(settings={"teacher": "random:tiny"}, objectives=["loss", "macs"], protocol={})
     with pytest.raises(UserError, match="older sslc"):
-        open_study(storage, "old", ["minimize", "minimize"], None, {"teacher": "random:tiny", "protocol": {}})
+        open_study(storage, "old", ["minimize", "minimize"], None, now)
 
 
 def test_pareto_files_name_the_studys_objectives(tmp_path):
     from sslc.search.pareto import write_pareto
 
     study = optuna.create_study(directions=["minimize", "minimize"])
-    study.set_user_attr("objective_names", ["loss", "latency"])
+    study.set_metric_names(["heldout_loss", "latency_ms"])  # as a search with objectives loss,latency does
     study.add_trial(optuna.trial.create_trial(values=[1.5, 20.0], user_attrs={"macs": 10, "params": 5}))
     (row,) = write_pareto(study, tmp_path)
     assert row["objectives"] == {"heldout_loss": 1.5, "latency_ms": 20.0}  # each name says its unit

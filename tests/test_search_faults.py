@@ -9,15 +9,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sslc.budget import Budget
 from sslc.cli.common import cli_entry
 from sslc.errors import SearchFailed, UserError
 from sslc.models import tiny_config
-from sslc.rundir import load_study
-from sslc.search.budget import Budget
+from sslc.runs.storage import load_study
+from sslc.runs.trials import count_trained, front_trials, outcome_of
 from sslc.search.pareto import write_pareto
 from sslc.search.runner import SearchSettings, run_search
 from sslc.search.searcher import MAX_REPEATS_IN_A_ROW, OptunaAskTellSearcher
-from sslc.search.storage import count_trained, front_trials, trial_category
 from sslc.spaces import SearchSpace
 
 
@@ -79,8 +79,8 @@ def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twic
     first.suggest("c")
     first.on_trial_complete("c", {"final": True, "status": "infeasible", "reason": "latency 9 ms > 5 ms"})
     first.suggest("d")
-    first.abandon_running("interrupted: the search stopped")
-    assert [trial_category(t) for t in study.get_trials()] == ["complete", "pruned", "infeasible", "interrupted"]
+    first.abandon_running()
+    assert [outcome_of(t).value for t in study.get_trials()] == ["complete", "pruned", "infeasible", "interrupted"]
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))  # the retry is not queued yet
 
     # The resumed search: its sampler proposes the configs of trials 0, 1 and 2 again after the retry of 3.
@@ -105,7 +105,7 @@ def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twic
     assert trials[5].user_attrs["some_future_result"] == {"layer_2": 0.5}  # copied generically
     assert trials[6].user_attrs["stopped_at_step"] == 2
     assert trials[7].user_attrs["infeasible"] and "latency" in trials[7].user_attrs["fail_reason"]
-    assert [trial_category(trials[n]) for n in (5, 6, 7)] == ["repeat", "repeat", "infeasible"]
+    assert [outcome_of(trials[n]).value for n in (5, 6, 7)] == ["repeat", "repeat", "infeasible"]
 
     # Counted once, on the front once (Optuna's own best_trials lists the point twice: why the search filters).
     assert count_trained(study) == 2
@@ -114,9 +114,9 @@ def test_a_repeated_config_is_answered_from_its_earlier_trial_never_trained_twic
     assert [row["trial"] for row in write_pareto(study, tmp_path)] == [0]
     assert [row["trial"] for row in json.loads((tmp_path / "pareto.json").read_text())["points"]] == [0]
 
-    resumed.abandon_running("interrupted: the search stopped")
+    resumed.abandon_running()
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
-    assert {trial_category(t) for t in study.get_trials() if t.number in (4, 8)} == {"interrupted"}
+    assert {outcome_of(t).value for t in study.get_trials() if t.number in (4, 8)} == {"interrupted"}
 
 
 def test_a_sampler_that_only_repeats_ends_the_search_with_one_line():
@@ -157,7 +157,7 @@ def test_a_failing_sampler_ends_the_search_cleanly_and_a_rerun_resumes(tmp_path,
     study = load_study(settings.run_dir)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
-    assert trial_category(trials[2]) == "interrupted"  # asked, but the sampler failed on it: not counted
+    assert outcome_of(trials[2]).value == "interrupted"  # asked, but the sampler failed on it: not counted
     rows = json.loads((settings.run_dir / "pareto.json").read_text())["points"]
     assert {row["trial"] for row in rows} == {t.number for t in front_trials(study)} and rows
 
@@ -177,7 +177,8 @@ def test_a_failing_sampler_ends_the_search_cleanly_and_a_rerun_resumes(tmp_path,
 
 
 def test_a_stopped_study_keeps_no_running_or_waiting_trial_and_retries_each_config_once():
-    from sslc.search.storage import pending_retries, recover_interrupted
+    from sslc.runs.trials import pending_retries
+    from sslc.search.storage import recover_interrupted
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     running = study.ask()
@@ -187,7 +188,7 @@ def test_a_stopped_study_keeps_no_running_or_waiting_trial_and_retries_each_conf
     assert recover_interrupted(study) == 3
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
-    assert [trial_category(t) for t in trials] == ["interrupted"] * 3
+    assert [outcome_of(t).value for t in trials] == ["interrupted"] * 3
     assert [t.user_attrs.get("retry_params") for t in trials] == [running.params, None, {"layers": 3}]
     assert pending_retries(study) == [(0, running.params), (2, {"layers": 3})]
     study.enqueue_trial(running.params, user_attrs={"retry_of": 0})

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from sslc.errors import UserError
-from sslc.search.storage import make_storage
+from sslc.runs.storage import make_storage
 
 OPENERS = 3
 

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import sslc.trainers.cache as target_cache
 from sslc.compress import CompressionConfig, compress
 from sslc.data import SAMPLE_RATE, SegmentDataset, discover_audio, make_segments, split_heldout
 from sslc.errors import UserError
@@ -20,7 +21,6 @@ from sslc.trainers import (
     LiveTeacherTargets,
     TeacherTargets,
     TrainerConfig,
-    computation_count,
     default_layer_map,
     default_targets,
     parse_targets,
@@ -121,12 +121,13 @@ def test_trainer_config_round_trip_and_validation():
 
 
 # ---- teacher targets ----------------------------------------------------------------------------------------------
-def test_cached_targets_equal_fresh_ones_and_are_reused(tmp_path, teacher, data):
+def test_cached_targets_equal_fresh_ones_and_are_reused(tmp_path, teacher, data, spy):
+    builds = spy(target_cache, "_build")  # one call per time the teacher fills a cache
     train, heldout = data
     targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
-    before = computation_count()
+    before = len(builds)
     source = targets.source(train, [1, 2])
-    assert computation_count() == before + 1
+    assert len(builds) == before + 1
     live = LiveTeacherTargets(teacher, train, [1, 2])
     for i in range(len(train)):
         with torch.no_grad():
@@ -140,52 +141,55 @@ def test_cached_targets_equal_fresh_ones_and_are_reused(tmp_path, teacher, data)
 
     # Two trials, the second from a new TeacherTargets (as another process would): only the first computes.
     first = run_short_trial(small_student(), targets, train, heldout, trial_config(steps=2), kept_layers=[1])
-    after_first = computation_count()
+    after_first = len(builds)
     assert after_first == before + 2  # the held-out set is new; the train set at layer 2 was built above
     again = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
     second = run_short_trial(small_student(), again, train, heldout, trial_config(steps=2), kept_layers=[1])
-    assert computation_count() == after_first
+    assert len(builds) == after_first
     assert first.status == second.status == "completed"
     assert first.heldout_loss == pytest.approx(second.heldout_loss, rel=1e-6)
 
 
-def test_cache_key_changes_with_crop_and_layers(tmp_path, teacher, data):
+def test_cache_key_changes_with_crop_and_layers(tmp_path, teacher, data, spy):
+    builds = spy(target_cache, "_build")  # one call per time the teacher fills a cache
     train, _ = data
     root = tmp_path / "cache"
     targets = TeacherTargets(teacher, root, crop_seconds=CROP)
-    start = computation_count()
+    start = len(builds)
     targets.source(train, [1])
     targets.source(train, [2])  # a new layer: computed
-    assert computation_count() == start + 2
+    assert len(builds) == start + 2
     TeacherTargets(teacher, root, crop_seconds=CROP).source(train, [1, 2])  # both on disk now
-    assert computation_count() == start + 2
+    assert len(builds) == start + 2
     TeacherTargets(teacher, root, crop_seconds=0.5).source(train, [1])  # another crop: another key
-    assert computation_count() == start + 3
+    assert len(builds) == start + 3
     changed = copy.deepcopy(teacher)
     with torch.no_grad():
         changed.layers[0].feed_forward.fc1.bias.add_(0.1)
     TeacherTargets(changed, root, crop_seconds=CROP).source(train, [1])  # other weights: another key
-    assert computation_count() == start + 4
+    assert len(builds) == start + 4
 
 
-def test_half_written_cache_is_ignored_and_rebuilt(tmp_path, teacher, data):
+def test_half_written_cache_is_ignored_and_rebuilt(tmp_path, teacher, data, spy):
+    builds = spy(target_cache, "_build")  # one call per time the teacher fills a cache
     train, _ = data
     targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
     torn = tmp_path / "cache" / targets.cache_key(train) / layer_dir_name(2)
     torn.mkdir(parents=True)
     np.save(torn / "frames.npy", np.zeros(len(train), dtype=np.int64))  # a writer died here: no marker
     (torn / "targets.npy").write_bytes(b"garbage")
-    start = computation_count()
+    start = len(builds)
     source = targets.source(train, [2])
-    assert computation_count() == start + 1
+    assert len(builds) == start + 1
     with torch.no_grad():
         fresh = teacher(torch.from_numpy(train[0])[None]).hidden_states[2]
     torch.testing.assert_close(source.get([0]).hidden[0], fresh, atol=2e-3, rtol=2e-3)
 
 
-def test_concurrent_users_build_the_cache_once(tmp_path, teacher, data):
+def test_concurrent_users_build_the_cache_once(tmp_path, teacher, data, spy):
+    builds = spy(target_cache, "_build")  # one call per time the teacher fills a cache
     train, _ = data
-    start = computation_count()
+    start = len(builds)
     errors = []
 
     def use():
@@ -201,7 +205,7 @@ def test_concurrent_users_build_the_cache_once(tmp_path, teacher, data):
     for thread in threads:
         thread.join()
     assert not errors
-    assert computation_count() == start + 1
+    assert len(builds) == start + 1
 
 
 # ---- short trials -----------------------------------------------------------------------------------------------

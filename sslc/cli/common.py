@@ -10,14 +10,15 @@ from collections.abc import Callable
 from sslc.errors import UserError
 
 
-def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap a command's main: UserError -> 'error: ...' and exit 2 (SearchFailed: 1); Ctrl-C -> exit 130 (work already saved)."""
+def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a command's main: UserError -> 'error: ...' and exit 2 (SearchFailed: 1); Ctrl-C -> exit 130 (work
+    already saved). Keyword arguments (seams for tests) pass through."""
 
     @functools.wraps(main)
-    def wrapper(argv: list[str] | None = None) -> int:
+    def wrapper(argv: list[str] | None = None, **seams) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         try:
-            code = main(argv)
+            code = main(argv, **seams)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             code = error.exit_code  # 2: bad input; 1: a search that stopped on a fault

@@ -44,8 +44,7 @@ def _serve(app, host: str, port: int):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sslc.errors import UserError
-    from sslc.rundir import resolve_storage
-    from sslc.search.storage import make_storage
+    from sslc.runs.storage import make_storage, resolve_storage
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1..65535, got {args.port}")

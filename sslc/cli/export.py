@@ -29,8 +29,8 @@ def build_parser():
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sslc.export import export_student
     from sslc.metrics import format_macs, format_params
+    from sslc.runs.export import export_student
 
     output = args.output or Path(f"student-{args.run_dir.resolve().name}-{args.trial}.pt")
     info = export_student(args.run_dir, args.trial, output, source=args.weights)

@@ -86,7 +86,7 @@ def _print_table(rows: list[dict], task: str) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sslc.errors import UserError
+    from sslc.errors import UserError, first_line
     from sslc.probes.labels import check_task, train_and_heldout
 
     check_task(args.task, args.units)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
-        raise UserError(f"--device {device} is not usable here: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--device {device} is not usable here: {first_line(error)}") from None
     print(f"probe: {args.task}, {len(train)} training and {len(heldout)} held-out files, device {device}")
     targets = resolve_targets(args.models, args.pareto, device)
     settings = ProbeSettings(args.task, args.epochs, args.batch_size, args.lr, args.seed, device)

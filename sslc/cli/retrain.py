@@ -80,7 +80,7 @@ def _print_results(results: list[dict]) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sslc.retrain import retrain  # heavy imports after the arguments are checked
+    from sslc.runs.retrain import retrain  # heavy imports after the arguments are checked
 
     with _stop_on_first_ctrl_c() as should_stop:
         results = retrain(

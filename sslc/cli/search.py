@@ -6,13 +6,11 @@ import argparse
 from pathlib import Path
 
 from sslc.cli.common import ArgumentParser, cli_entry
-from sslc.errors import UserError
+from sslc.search.settings import DEMO_DATA, OBJECTIVE_SETS, PRESET_DIR, SAMPLERS, SearchSettings, preset_names
 
-OBJECTIVE_SETS = ("loss,macs", "loss,latency", "loss,macs,latency")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
-DEMO_DATA = "demo"
-# The presets ship as files beside the space module; listed from disk so `--help` needs no torch import.
-PRESET_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
+# Defaults, choices and checks live with the settings (one place); the CLI only spells them as options.
+DEFAULTS = SearchSettings(budget="")
+
 
 SPACE_EPILOG = """\
 space files (YAML or JSON): each knob is a fixed value, a list of choices, or a range {min, max, step};
@@ -27,10 +25,6 @@ space files (YAML or JSON): each knob is a fixed value, a list of choices, or a 
   sparsity: 0.0
   quantize: [none, int8]
 The presets are in %(presets)s."""
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -51,7 +45,7 @@ def build_parser():
         epilog=SPACE_EPILOG % {"presets": PRESET_DIR},
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--teacher", default="random:hubert-base",
+    parser.add_argument("--teacher", default=DEFAULTS.teacher,
                         help="transformers checkpoint dir or hub id, torchaudio:BUNDLE, or random:<preset>")
     parser.add_argument("--data", required=True,
                         help="audio directory (searched recursively for .wav/.flac/.ogg/.mp3), fairseq TSV manifest, "
@@ -59,82 +53,43 @@ def build_parser():
                         "audio by accident)")
     parser.add_argument("--budget", required=True,
                         help="MACs (30GMACs, 500MMACs, 3e10) or a share of the teacher's MACs (40%%)")
-    parser.add_argument("--budget-seconds", type=float, default=10.0, help="audio length the MACs are counted for")
+    parser.add_argument("--budget-seconds", type=float, default=DEFAULTS.budget_seconds, help="audio length the MACs are counted for")
     parser.add_argument("--max-params", help="also cap parameters (e.g. 25M)")
     parser.add_argument("--max-latency-ms", type=float, help="also cap measured latency for --budget-seconds of audio")
-    parser.add_argument("--space", default="combined",
+    parser.add_argument("--space", default=DEFAULTS.space,
                         help=f"a preset ({', '.join(presets)}) or a YAML/JSON space file (format below)")
-    parser.add_argument("--trials", type=int, default=20, help="trained trials (over-budget configs do not count)")
-    parser.add_argument("--steps", type=int, default=100, help="distillation steps per short trial")
-    parser.add_argument("--batch-size", type=int, default=4, help="training crops per step")
-    parser.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length in seconds")
-    parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the short trials")
-    parser.add_argument("--targets", default="default",
+    parser.add_argument("--trials", type=int, default=DEFAULTS.trials, help="trained trials (over-budget configs do not count)")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="distillation steps per short trial")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="training crops per step")
+    parser.add_argument("--crop-seconds", type=float, default=DEFAULTS.crop_seconds, help="training crop length in seconds")
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the short trials")
+    parser.add_argument("--targets", default=DEFAULTS.targets,
                         help="teacher layers every candidate is trained and scored on, score = mean over them: "
                         "'default' (1/3, 2/3 and the end: 4,8,12 of 12), 'all', or a list such as 4,8,12")
     parser.add_argument("--name", help="run name; reusing one resumes that search (default: a timestamp)")
     parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/study.db)")
-    parser.add_argument("--objectives", default="loss,macs", choices=OBJECTIVE_SETS,
+    parser.add_argument("--objectives", default=",".join(DEFAULTS.objectives), choices=OBJECTIVE_SETS,
                         metavar="{" + " | ".join(OBJECTIVE_SETS) + "}", help="what the search minimises")
-    parser.add_argument("--sampler", default="gp", choices=SAMPLERS, help="Optuna sampler")
+    parser.add_argument("--sampler", default=DEFAULTS.sampler, choices=SAMPLERS, help="Optuna sampler")
     parser.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or host:6379)")
     parser.add_argument("--storage-path", help="Ray Tune's experiment state and trial logs (default: <run_dir>/ray; "
                         "on a multi-node cluster a shared path or s3://...; trial files come back through Ray anyway)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves in Ray")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs (or shares of one) each trial reserves")
+    parser.add_argument("--cpus-per-trial", type=float, default=DEFAULTS.cpus_per_trial, help="CPU cores each trial reserves in Ray")
+    parser.add_argument("--gpus-per-trial", type=float, default=DEFAULTS.gpus_per_trial, help="GPUs (or shares of one) each trial reserves")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as the resources allow)")
     parser.add_argument("--no-early-stopping", action="store_true", help="train every trial to the end")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the short trials of simple baselines (uniform pruning, 2-layer DistilHuBERT-like)")
-    parser.add_argument("--latency-repeats", type=int, default=3, help="timed forward passes per trial (median)")
+    parser.add_argument("--latency-repeats", type=int, default=DEFAULTS.latency_repeats, help="timed forward passes per trial (median)")
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler, the data split and random teachers")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the sampler, the data split and random teachers")
     return parser
 
 
-def check_inputs(args) -> None:
-    """What can be checked without torch or Ray, checked first: a typo fails in a fraction of a second."""
-    from sslc.protocol import parse_targets
-    from sslc.search.budget import parse_budget, parse_count
-
-    parse_budget(args.budget)
-    parse_targets(args.targets)  # its range needs the teacher: checked again once it is loaded
-    if args.max_params is not None:
-        parse_count(args.max_params)
-    at_least_one = {"--trials": args.trials, "--steps": args.steps, "--batch-size": args.batch_size,
-                    "--latency-repeats": args.latency_repeats}
-    if args.concurrency is not None:
-        at_least_one["--concurrency"] = args.concurrency
-    for option, value in at_least_one.items():
-        if value < 1:
-            raise UserError(f"{option} must be at least 1, got {value}")
-    positive = {"--crop-seconds": args.crop_seconds, "--lr": args.lr, "--budget-seconds": args.budget_seconds,
-                "--cpus-per-trial": args.cpus_per_trial}
-    if args.max_latency_ms is not None:
-        positive["--max-latency-ms"] = args.max_latency_ms
-    for option, value in positive.items():
-        if not value > 0:
-            raise UserError(f"{option} must be > 0, got {value:g}")
-    if args.gpus_per_trial < 0:
-        raise UserError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial:g}")
-    if args.data != DEMO_DATA and not Path(args.data).expanduser().exists():
-        raise UserError(
-            f"data path does not exist: {args.data} (expected an audio directory, a fairseq .tsv manifest, "
-            f"or '{DEMO_DATA}')"
-        )
-    if args.space not in preset_names() and not Path(args.space).expanduser().is_file():
-        raise UserError(
-            f"space {args.space!r} is neither a preset ({', '.join(preset_names())}) nor an existing YAML/JSON file"
-        )
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    check_inputs(args)
-    from sslc.search.runner import SearchSettings, run_search  # heavy imports (torch, Ray) after the checks
-
+def settings_from_args(args) -> SearchSettings:
+    """The parsed options as `SearchSettings`, checked (before any heavy import: a typo fails in a fraction of a
+    second)."""
     settings = SearchSettings(
         teacher=args.teacher, data=args.data, budget=args.budget, budget_seconds=args.budget_seconds,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, space=args.space, trials=args.trials,
@@ -147,7 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         baselines=not args.no_baselines, latency_repeats=args.latency_repeats,
         seed=args.seed,
     )
-    result = run_search(settings)
+    settings.check()
+    return settings
+
+
+@cli_entry
+def main(argv: list[str] | None = None, before_training=None) -> int:
+    """`before_training`: passed to `run_search` (a seam for tests of failure handling)."""
+    settings = settings_from_args(build_parser().parse_args(argv))
+    from sslc.search.runner import run_search  # heavy imports (torch, Ray) after the checks
+
+    result = run_search(settings, before_training=before_training)
     if settings.report and result.pareto:
         from sslc.dashboards import write_report  # after the search: the report reads what it recorded
 

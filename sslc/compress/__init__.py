@@ -8,7 +8,6 @@ from .cache import ImportanceCache, data_fingerprint, model_fingerprint
 from .compress import compress
 from .config import CompressionConfig, ConfigError, break_even_rank
 from .importance import (
-    COMPUTATIONS,
     as_batches,
     conv_scores_l1,
     data_scores,
@@ -24,7 +23,6 @@ from .quantize import quantize_int8
 from .sparsity import magnitude_prune_, prunable_linears
 
 __all__ = [
-    "COMPUTATIONS",
     "CompressionConfig",
     "ConfigError",
     "ImportanceCache",

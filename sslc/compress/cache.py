@@ -12,27 +12,11 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from sslc.files import write_atomically
+from sslc.models.fingerprint import model_fingerprint, tensor_bytes
 
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    # Reinterpret as bytes (works for every dtype, bfloat16 included, without numpy's dtype limits).
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model's architecture config (JSON) and of every parameter's name, dtype and bytes."""
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        digest.update(config.to_json(sort_keys=True).encode())
-    for name, param in model.named_parameters():
-        digest.update(f"{name}:{param.dtype}:{tuple(param.shape)}".encode())
-        digest.update(_tensor_bytes(param))
-    return digest.hexdigest()
+__all__ = ["ImportanceCache", "data_fingerprint", "model_fingerprint"]
 
 
 def data_fingerprint(batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> str:
@@ -40,8 +24,8 @@ def data_fingerprint(batches: list[tuple[torch.Tensor, torch.Tensor | None]]) ->
     digest = hashlib.sha256()
     for waveforms, lengths in batches:
         digest.update(f"{tuple(waveforms.shape)}:{waveforms.dtype}".encode())
-        digest.update(_tensor_bytes(waveforms))
-        digest.update(b"none" if lengths is None else _tensor_bytes(lengths.long()))
+        digest.update(tensor_bytes(waveforms))
+        digest.update(b"none" if lengths is None else tensor_bytes(lengths.long()))
     return digest.hexdigest()
 
 

@@ -65,32 +65,15 @@ def compress(
     arch = config.student_architecture(spec)
     teacher_layers = [spec.layers[t] for t in config.layers]
     conv_full = [c.channels for c in spec.conv_layers]
-    heads = _kept(
-        teacher,
-        f"head-{config.head_importance}",
-        config.heads,
-        [s.heads for s in teacher_layers],
-        config.layers,
-        data,
-        cache_dir,
-    )
-    units = _kept(
-        teacher,
-        f"ffn-{config.ffn_importance}",
-        config.ffn,
-        [s.ffn_dim for s in teacher_layers],
-        config.layers,
-        data,
-        cache_dir,
-    )
-    channels = _kept(
-        teacher,
-        f"conv-{config.conv_importance}",
-        config.conv_channels,
-        conv_full,
-        list(range(len(conv_full))),
-        data,
-        cache_dir,
+    # (what is pruned, its importance criterion, kept sizes, full sizes, which teacher entries rank them)
+    plans = [
+        ("head", config.head_importance, config.heads, [s.heads for s in teacher_layers], config.layers),
+        ("ffn", config.ffn_importance, config.ffn, [s.ffn_dim for s in teacher_layers], config.layers),
+        ("conv", config.conv_importance, config.conv_channels, conv_full, list(range(len(conv_full)))),
+    ]
+    heads, units, channels = (
+        _kept(teacher, f"{kind}-{criterion}", sizes, full, entries, data, cache_dir)
+        for kind, criterion, sizes, full, entries in plans
     )
 
     state = slicing.keep_layers(teacher.state_dict(), config.layers)

@@ -11,14 +11,12 @@ Weight scores (L1) need only the teacher. Data scores need a few batches `(wavef
 * "layer": the mean relative size ||layer(x) - x|| / ||x|| of each layer's residual update over real frames;
   a layer that barely changes its input is the cheapest to drop.
 
-Data scores are cached on disk per (teacher, data, method) by `importance_scores`; `COMPUTATIONS` counts actual
-computations by method, so a cache hit is observable.
+Data scores are cached on disk per (teacher, data, method) by `importance_scores`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,7 +28,6 @@ from sslc.losses import distillation_loss
 from .cache import ImportanceCache, data_fingerprint, model_fingerprint
 from .config import ConfigError
 
-COMPUTATIONS: Counter[str] = Counter()
 MASK_RATIO = 0.1  # share of frames masked when scoring with data
 MASK_SPAN = 10  # frames per masked span (HuBERT's mask length)
 DIAGONAL_BAND = 2  # |query - key| <= this many frames counts as "near the diagonal"
@@ -201,7 +198,6 @@ def _masked_pass(
 
 def data_scores(teacher, batches: list[Batch], seed: int = 0) -> dict[str, list[torch.Tensor]]:
     """{"head", "ffn", "conv"}: per-layer |activation x gradient| scores (see the module docstring)."""
-    COMPUTATIONS["data"] += 1
     device = _device(teacher)
     scores = {
         "head": [torch.zeros(layer.attention.heads) for layer in teacher.layers],
@@ -236,7 +232,6 @@ def data_scores(teacher, batches: list[Batch], seed: int = 0) -> dict[str, list[
 @torch.no_grad()
 def head_scores_diagonal(teacher, batches: list[Batch], band: int = DIAGONAL_BAND) -> list[torch.Tensor]:
     """Per layer, [heads]: mean share of attention mass within `band` frames of the diagonal (real queries)."""
-    COMPUTATIONS["diagonal"] += 1
     device = _device(teacher)
     attentions = [layer.attention for layer in teacher.layers]
     sums = [torch.zeros(att.heads, dtype=torch.float64) for att in attentions]
@@ -289,7 +284,6 @@ def _residual_ratios(teacher, waveforms, lengths, real) -> torch.Tensor:
 @torch.no_grad()
 def layer_scores(teacher, batches: list[Batch]) -> torch.Tensor:
     """[layers]: mean over real frames of ||layer(x) - x|| / ||x|| (the relative size of its residual update)."""
-    COMPUTATIONS["layer"] += 1
     device = _device(teacher)
     sums = torch.zeros(len(teacher.layers), dtype=torch.float64)
     frames = 0.0
@@ -318,7 +312,6 @@ def importance_scores(
     if method not in METHODS:
         raise ConfigError(f"unknown importance method {method!r}; expected one of {', '.join(METHODS)}")
     if method in _WEIGHT_SCORES:
-        COMPUTATIONS[method] += 1
         return _WEIGHT_SCORES[method](teacher)
     if data is None:
         raise ConfigError(f"{method} importance needs scoring data: pass data=[(waveforms, lengths), ...]")

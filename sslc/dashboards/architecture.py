@@ -8,8 +8,9 @@ import logging
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sslc.errors import first_line
 from sslc.models import EncoderConfig
-from sslc.rundir import Run
+from sslc.runs.record import RunRecord
 
 from .points import TrialPoint
 
@@ -23,12 +24,12 @@ PANELS = (
 )
 
 
-def teacher_architecture(run: Run) -> EncoderConfig | None:
+def teacher_architecture(run: RunRecord) -> EncoderConfig | None:
     """The teacher's sizes: recorded by the search, else a random preset's config, else the loaded teacher."""
-    teacher = run.teacher
+    teacher = run.record.teacher
     if teacher.get("architecture"):
         return EncoderConfig.from_dict(teacher["architecture"])
-    spec = str(teacher.get("spec") or run.settings.get("teacher") or "")
+    spec = str(teacher.get("spec") or run.record.settings.get("teacher") or "")
     from sslc.models import PRESETS
 
     if spec.startswith("random:") and spec.split(":", 1)[1] in PRESETS:
@@ -38,7 +39,7 @@ def teacher_architecture(run: Run) -> EncoderConfig | None:
 
         return load_teacher(spec).config
     except Exception as error:  # a checkpoint moved or offline: the view falls back to absolute sizes
-        log.warning("per-layer view without the teacher's sizes (%s)", str(error).splitlines()[0] if str(error) else error)
+        log.warning("per-layer view without the teacher's sizes (%s)", first_line(error))
         return None
 
 
@@ -73,7 +74,7 @@ def layer_cells(config: dict, teacher: EncoderConfig | None, panel: str) -> list
     return cells
 
 
-def architecture_figure(run: Run, points: list[TrialPoint], teacher: EncoderConfig | None) -> go.Figure | None:
+def architecture_figure(run: RunRecord, points: list[TrialPoint], teacher: EncoderConfig | None) -> go.Figure | None:
     """One heatmap per panel; rows are the Pareto points by MACs, `customdata` holds their trial numbers."""
     front = sorted((p for p in points if p.pareto and p.config), key=lambda p: (p.macs or 0, p.number))
     if not front:

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sslc.metrics import format_macs
-from sslc.rundir import Run
+from sslc.runs.record import RunRecord
 
 from .points import CATEGORY_LABELS, UNSCORED, TrialPoint
 
@@ -49,10 +49,10 @@ def _scatter(points: list[TrialPoint], x_of, y_of, kind: str, name: str, row: in
     ), row
 
 
-def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.Figure:
+def pareto_figure(run: RunRecord, points: list[TrialPoint], axis: str = "macs") -> go.Figure:
     """Loss vs `axis` ("macs" or "latency") for every trial of the run that has a value on that axis."""
     title, x_of = AXES[axis]
-    seconds = run.budget_seconds
+    seconds = run.record.budget_seconds
     strip = [c for c in UNSCORED if any(p.category == c and x_of(p) is not None for p in points)]
     # The strip only when something sits on it: an empty one still took the shared x-axis (its ticks and title)
     # away from the panel above, which left the latency chart with no visible x-axis at all.
@@ -65,7 +65,7 @@ def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.
     traces.append(_scatter(dominated, x_of, lambda p: p.loss, "complete", CATEGORY_LABELS["complete"], 1))
     front = sorted((p for p in points if p.pareto), key=lambda p: (x_of(p) is None, x_of(p) or 0))
     pareto, row = _scatter(front, x_of, lambda p: p.loss, "pareto", "Pareto front", 1, size=12)
-    if axis == "macs" and len(run.objective_names) == 2:
+    if axis == "macs" and len(run.record.objectives) == 2:
         pareto.mode = "lines+markers"  # two objectives: the front falls monotonically in this plane
         pareto.line = {"color": COLORS["pareto"], "width": 1, "dash": "dot"}
     traces.append((pareto, row))
@@ -89,7 +89,7 @@ def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.
                 ),
                 1,
             ))
-    baselines = [b for b in run.baselines if b.get("heldout_loss") is not None]
+    baselines = [b for b in (run.record.baselines or []) if b.get("heldout_loss") is not None]
     x_baseline = {"macs": lambda b: (b.get("macs") or 0) / 1e9, "latency": lambda b: b.get("latency_ms")}[axis]
     baselines = [b for b in baselines if x_baseline(b) is not None]
     if baselines:
@@ -128,8 +128,8 @@ def pareto_figure(run: Run, points: list[TrialPoint], axis: str = "macs") -> go.
     return figure
 
 
-def _cost_lines(figure: go.Figure, run: Run, axis: str, rows: int) -> None:
-    budget, teacher = run.budget, run.teacher
+def _cost_lines(figure: go.Figure, run: RunRecord, axis: str, rows: int) -> None:
+    budget, teacher = run.record.budget, run.record.teacher
     lines = []  # (x, colour, dash, label)
     if axis == "macs":
         if budget.get("max_macs"):

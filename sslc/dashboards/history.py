@@ -13,7 +13,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from sslc.rundir import Run
+from sslc.runs.record import RunRecord
 
 log = logging.getLogger("sslc.dashboards")
 UNITS = {"loss": "held-out loss", "macs": "GMACs", "latency": "latency (ms)"}
@@ -21,18 +21,18 @@ MARGIN = 1.1  # a reference point 10% beyond the worst complete trial
 PARALLEL_PARAMS = 8
 
 
-def reference_point(run: Run) -> list[float] | None:
+def reference_point(run: RunRecord) -> list[float] | None:
     """Per objective, the point every counted trial must beat: the budget for MACs and latency when there is one
     (and no complete trial exceeds it), else 10% beyond the worst complete trial. None without complete trials."""
     complete = [t for t in run.trials(states=(TrialState.COMPLETE,)) if t.values]
     if not complete:
         return None
     limits = {
-        "macs": (run.budget.get("max_macs") or 0) / 1e9 or None,
-        "latency": run.budget.get("max_latency_ms"),
+        "macs": (run.record.budget.get("max_macs") or 0) / 1e9 or None,
+        "latency": run.record.budget.get("max_latency_ms"),
     }
     point = []
-    for i, name in enumerate(run.objective_names):
+    for i, name in enumerate(run.record.objectives):
         worst = max(t.values[i] for t in complete)
         limit = limits.get(name)
         if limit is not None and limit > worst:
@@ -42,7 +42,7 @@ def reference_point(run: Run) -> list[float] | None:
     return point
 
 
-def hypervolume_figure(run: Run) -> tuple[go.Figure | None, str]:
+def hypervolume_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
     """Dominated hypervolume after each complete trial (higher is better) and a note on the reference point."""
     if len(run.study.directions) < 2:
         return None, "a single objective has no hypervolume"
@@ -52,19 +52,19 @@ def hypervolume_figure(run: Run) -> tuple[go.Figure | None, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         figure = optuna.visualization.plot_hypervolume_history(run.study, point)
-    described = ", ".join(f"{UNITS.get(n, n)} {v:.4g}" for n, v in zip(run.objective_names, point))
+    described = ", ".join(f"{UNITS.get(n, n)} {v:.4g}" for n, v in zip(run.record.objectives, point))
     figure.update_layout(title=f"hypervolume over trials (reference point: {described})", height=420)
     for trace in figure.data:
         trace.meta = "hypervolume"
     return figure, f"reference point: {described}"
 
 
-def _loss_target(run: Run):
-    index = run.objective_names.index("loss")
+def _loss_target(run: RunRecord):
+    index = run.record.objectives.index("loss")
     return lambda trial: trial.values[index]
 
 
-def importance_figure(run: Run) -> tuple[go.Figure | None, str]:
+def importance_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
     """Which searched knobs explain the held-out loss (Optuna's default importance evaluator)."""
     complete = run.trials(states=(TrialState.COMPLETE,))
     if len(complete) < 2:
@@ -84,7 +84,7 @@ def importance_figure(run: Run) -> tuple[go.Figure | None, str]:
     return figure, ""
 
 
-def parallel_figure(run: Run, max_params: int = PARALLEL_PARAMS) -> tuple[go.Figure | None, str]:
+def parallel_figure(run: RunRecord, max_params: int = PARALLEL_PARAMS) -> tuple[go.Figure | None, str]:
     """Every complete trial as a line through its most important knobs, coloured by held-out loss."""
     complete = run.trials(states=(TrialState.COMPLETE,))
     if len(complete) < 2:

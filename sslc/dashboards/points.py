@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sslc.rundir import Run
-from sslc.search.storage import REPEAT_OF, trial_category
+from sslc.runs.record import RunRecord
+from sslc.runs.trials import Outcome
 
 # How each category is named on the plots, in legend order. Only COMPLETE trials have a held-out loss.
 CATEGORY_LABELS = {
@@ -34,7 +34,7 @@ CATEGORY_COUNTS = {
 @dataclass
 class TrialPoint:
     number: int
-    category: str  # see CATEGORY_LABELS
+    category: str  # an Outcome's value, see CATEGORY_LABELS
     pareto: bool
     macs: int | None
     params: int | None
@@ -76,33 +76,30 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def collect_points(run: Run) -> list[TrialPoint]:
-    """One point per trial of the study, in trial order; `pareto` marks Optuna's best trials."""
-    best = {t.number for t in run.best_trials()}
-    retrained = run.retrained()
-    names = run.objective_names
+def collect_points(run: RunRecord) -> list[TrialPoint]:
+    """One point per trial of the study, in trial order; `pareto` marks the front."""
+    best = {t.number for t in run.front()}
+    retrained = run.record.retrains
+    names = run.record.objectives
     points = []
     for trial in run.trials():
-        attrs = trial.user_attrs
-        category = trial_category(trial)
         loss = None
-        if category == "complete":
-            loss = trial.values[names.index("loss")] if trial.values and "loss" in names else attrs.get("heldout_loss")
-        curve = attrs.get("train_curve") or []
+        if trial.outcome == Outcome.COMPLETE:
+            loss = trial.values[names.index("loss")] if trial.values and "loss" in names else trial.heldout_loss
+        curve = trial.train_curve
         points.append(
             TrialPoint(
                 number=trial.number,
-                category=category,
+                category=trial.outcome.value,
                 pareto=trial.number in best,
-                macs=attrs.get("macs"),
-                params=attrs.get("params"),
+                macs=trial.macs,
+                params=trial.model_params,
                 loss=loss,
-                latency_ms=attrs.get("latency_ms"),
+                latency_ms=trial.latency_ms,
                 train_loss=curve[-1][1] if curve else None,
-                steps_done=attrs.get("stopped_at_step") or attrs.get("steps_done") or (curve[-1][0] if curve else None),
-                reason=(f"same config as trial {attrs.get(REPEAT_OF)}: not trained again" if category == "repeat"
-                        else attrs.get("fail_reason")),
-                config=attrs.get("config"),
+                steps_done=trial.last_step,
+                reason=trial.explanation(),
+                config=trial.config,
                 retrain=retrained.get(trial.number),
             )
         )

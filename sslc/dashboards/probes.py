@@ -5,15 +5,14 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sslc.probes.results import recorded_probes
-from sslc.rundir import Run
+from sslc.runs.record import RunRecord
 
 _LABELS = {"error_rate": "held-out error rate (lower is better)", "accuracy": "held-out accuracy (higher is better)"}
 
 
-def probe_figure(run: Run) -> tuple[go.Figure | None, str]:
+def probe_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
     """One panel per probed task: each probed trial at its MACs, the teacher as a dotted line; None when none."""
-    found = recorded_probes(run.study.user_attrs)
+    found = run.record.probes
     if not found:
         return None, ""
     tasks = sorted(found)

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from sslc.files import write_text_atomically
 from sslc.metrics import format_macs
-from sslc.rundir import Run, open_run
+from sslc.runs.record import RunRecord, open_run
 
 from .architecture import architecture_figure, teacher_architecture
 from .front import has_latency, pareto_figure
@@ -50,7 +50,7 @@ class Section:
 
 @dataclass
 class Report:
-    run: Run
+    run: RunRecord
     summary: list[tuple[str, str]]
     warnings: list[str]
     sections: list[Section] = field(default_factory=list)
@@ -59,19 +59,19 @@ class Report:
         return next((s for s in self.sections if s.key == key), None)
 
 
-def _summary(run: Run, counts: dict[str, int]) -> list[tuple[str, str]]:
-    settings, teacher, budget = run.settings, run.teacher, run.budget
+def _summary(run: RunRecord, counts: dict[str, int]) -> list[tuple[str, str]]:
+    settings, teacher, budget = run.record.settings, run.record.teacher, run.record.budget
     rows = [("run", f"{run.name} ({run.run_dir})"), ("teacher", teacher.get("description") or settings.get("teacher", "-"))]
     rows.append(("data", str(settings.get("data", "-"))))
     if budget.get("max_macs"):
         share = f" ({budget['max_macs'] / teacher['macs']:.0%} of the teacher)" if teacher.get("macs") else ""
-        rows.append(("budget", f"{format_macs(budget['max_macs'])} MACs for {run.budget_seconds:g} s of audio{share}"))
+        rows.append(("budget", f"{format_macs(budget['max_macs'])} MACs for {run.record.budget_seconds:g} s of audio{share}"))
     for key, label in (("max_params", "params limit"), ("max_latency_ms", "latency limit (ms)")):
         if budget.get(key):
             rows.append((label, f"{budget[key]:,}"))
-    rows.append(("objectives", ", ".join(run.objective_names) + " (all minimised)"))
-    if run.protocol:  # how every loss in this report was measured (baselines and retrains included)
-        rows.append(("score", run.protocol.describe()))
+    rows.append(("objectives", ", ".join(run.record.objectives) + " (all minimised)"))
+    if run.record.evaluation_protocol:  # how every loss in this report was measured (baselines and retrains included)
+        rows.append(("score", run.record.evaluation_protocol.describe()))
     searched = [f"{k} {settings[k]}" for k in ("space", "sampler", "trials", "steps", "batch_size", "lr") if k in settings]
     if searched:
         rows.append(("search", ", ".join(searched)))
@@ -80,13 +80,13 @@ def _summary(run: Run, counts: dict[str, int]) -> list[tuple[str, str]]:
     return rows
 
 
-def build_report(run: Run) -> Report:
+def build_report(run: RunRecord) -> Report:
     points = collect_points(run)
     counts = count_by_category(points)
     warnings = []
-    if run.teacher.get("is_random"):
+    if run.record.teacher.get("is_random"):
         warnings.append("The teacher has random weights: these results only show that the pipeline works.")
-    if run.settings.get("data") == "demo":
+    if run.record.settings.get("data") == "demo":
         warnings.append("The data is the synthetic demo corpus, not speech.")
     report = Report(run, _summary(run, counts), warnings)
 
@@ -104,7 +104,7 @@ def build_report(run: Run) -> Report:
     figure, note = probe_figure(run)
     if figure is not None:  # only once sslc-probe recorded something on the run
         report.sections.append(Section("probes", "Downstream probes vs MACs", note, figure))
-    rows = pareto_rows(run, points) + reference_rows(run)
+    rows = pareto_rows(run) + reference_rows(run)
     report.sections.append(Section(
         "table", "Pareto points", html=table_html(rows) if rows else "<p>No complete trial yet.</p>",
         note="Retrain points with sslc-retrain RUN_DIR --trial N (or --pareto); export with sslc-export.",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import html
 
 from sslc.metrics import format_macs, format_params
-from sslc.rundir import Run
-
-from .points import TrialPoint
+from sslc.runs.front import front_row
+from sslc.runs.record import RunRecord
 
 COLUMNS = (
     ("trial", "trial"),
@@ -27,40 +26,30 @@ def _ratio(value, reference):
     return value / reference if value is not None and reference else None
 
 
-def pareto_rows(run: Run, points: list[TrialPoint]) -> list[dict]:
+def pareto_rows(run: RunRecord) -> list[dict]:
     """One row per Pareto point, by MACs: what it costs, how good it is, and what retraining made of it."""
-    teacher_macs, teacher_params = run.teacher.get("macs"), run.teacher.get("params")
     rows = []
-    for p in sorted((p for p in points if p.pareto), key=lambda p: (p.macs or 0, p.number)):
-        retrain = p.retrain or {}
+    for trial in run.front():
+        retrain = run.record.retrains.get(trial.number) or {}
         rows.append({
             "kind": "pareto",
-            "trial": p.number,
-            "loss": p.loss,
-            "params": p.params,
-            "params_m": p.params / 1e6 if p.params is not None else None,
-            "macs": p.macs,
-            "gmacs": p.gmacs,
-            "latency_ms": p.latency_ms,
-            "mac_ratio": _ratio(p.macs, teacher_macs),
-            "param_ratio": _ratio(p.params, teacher_params),
-            "speedup": _ratio(teacher_macs, p.macs),
+            **front_row(trial, run.record.objectives, run.record.teacher),
             "retrained_loss": retrain.get("heldout_loss"),
             "retrained_steps": retrain.get("steps"),
         })
     return rows
 
 
-def reference_rows(run: Run) -> list[dict]:
+def reference_rows(run: RunRecord) -> list[dict]:
     """The teacher and the simple baselines, in the table's columns."""
-    teacher = run.teacher
+    teacher = run.record.teacher
     rows = []
     if teacher.get("macs"):
         rows.append({
             "kind": "teacher", "trial": "teacher", "loss": None, "params": teacher.get("params"),
             "macs": teacher["macs"], "mac_ratio": 1.0, "param_ratio": 1.0, "speedup": 1.0,
         })
-    for b in run.baselines:
+    for b in run.record.baselines or []:
         over = " (over budget, not trained)" if b.get("status") == "infeasible" else ""
         rows.append({
             "kind": "baseline", "trial": f"baseline: {b.get('name')}{over}", "loss": b.get("heldout_loss"),

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .config import ConvLayerSpec, EncoderConfig, LayerSpec, RelativePositionSpec
 from .encoder import SpeechEncoder
 
@@ -64,11 +64,6 @@ _HF_RULES: list[tuple[re.Pattern, str]] = [
         ),
     ]
 ]
-
-
-def _first_line(error: BaseException | str) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0].strip()
 
 
 def _few(keys, limit: int = 4) -> str:
@@ -145,7 +140,7 @@ def config_from_hf(hf_config) -> EncoderConfig:
     try:
         return config.validate()
     except ValueError as error:
-        raise UserError(f"unsupported {model_type} config: {_first_line(error)}") from None
+        raise UserError(f"unsupported {model_type} config: {first_line(error)}") from None
 
 
 # ---- weights -------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .builders import PRESETS, build_encoder
 from .encoder import SpeechEncoder
 from .hf_import import SUPPORTED_MODEL_TYPES, config_from_hf, encoder_from_hf_model
@@ -41,11 +41,6 @@ def accepted_forms() -> str:
         "facebook/hubert-base-ls960, torchaudio:<BUNDLE> such as torchaudio:HUBERT_BASE, or a transformers / "
         "torchaudio model instance"
     )
-
-
-def _first_line(error: BaseException | str) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def _finish(encoder: SpeechEncoder, spec: str, is_random: bool) -> SpeechEncoder:
@@ -87,7 +82,7 @@ def _import_transformers():
         import transformers
     except Exception as error:
         raise UserError(
-            f"transformers is needed to load this teacher but does not import: {_first_line(error)} "
+            f"transformers is needed to load this teacher but does not import: {first_line(error)} "
             "(pip install transformers)"
         ) from None
     return transformers
@@ -168,11 +163,11 @@ def _load_pretrained(source: str, label: str, hub: bool, local_files_only: bool 
             config = transformers.AutoConfig.from_pretrained(source, **kwargs)
         except OSError as error:
             if hub:
-                raise _Unavailable(_first_line(error)) from None
-            raise UserError(f"could not read the config of {label}: {_first_line(error)}") from None
+                raise _Unavailable(first_line(error)) from None
+            raise UserError(f"could not read the config of {label}: {first_line(error)}") from None
         except Exception as error:
             raise UserError(
-                f"could not read the config of {label}: {_first_line(error)} "
+                f"could not read the config of {label}: {first_line(error)} "
                 f"(expected a model_type among {', '.join(SUPPORTED_MODEL_TYPES)})"
             ) from None
         model_type = getattr(config, "model_type", None)
@@ -197,14 +192,14 @@ def _load_pretrained(source: str, label: str, hub: bool, local_files_only: bool 
             )
         except OSError as error:
             if hub:
-                raise _Unavailable(_first_line(error)) from None
+                raise _Unavailable(first_line(error)) from None
             raise UserError(
-                f"could not load the weights in {label}: {_first_line(error)} (expected {_EXPECTED_DIR})"
+                f"could not load the weights in {label}: {first_line(error)} (expected {_EXPECTED_DIR})"
             ) from None
         except Exception as error:
             raise UserError(
                 f"could not load the weights in {label}: {type(error).__name__}: "
-                f"{_first_line(error)} (corrupt or incompatible weight file?)"
+                f"{first_line(error)} (corrupt or incompatible weight file?)"
             ) from None
     _check_loading_info(info, label, cls.base_model_prefix)
     try:

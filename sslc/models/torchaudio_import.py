@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line, one_line
 from .config import ConvLayerSpec, EncoderConfig, LayerSpec, RelativePositionSpec
 from .encoder import SpeechEncoder
 from .hf_import import convert_state_dict, load_converted
@@ -65,7 +65,7 @@ def import_torchaudio():
         import torchaudio
     except Exception as error:  # ImportError, or OSError / RuntimeError from a mismatched binary build
         raise UserError(
-            f"{_INSTALL_HINT} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"{_INSTALL_HINT} ({one_line(error)})"
         ) from None
     return torchaudio
 
@@ -203,6 +203,5 @@ def load_torchaudio_bundle(name: str) -> SpeechEncoder:
     try:
         model = getattr(torchaudio.pipelines, name).get_model()
     except Exception as error:
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"could not load torchaudio bundle {name}: {text}") from None
+        raise UserError(f"could not load torchaudio bundle {name}: {first_line(error)}") from None
     return encoder_from_torchaudio_model(model, family_of_bundle(name))

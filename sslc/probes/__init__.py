@@ -7,11 +7,10 @@ models, the rows, the study record).
 
 from .labels import TASKS, UNITS, Example, train_and_heldout
 from .model import ClassifyProbe, CTCProbe, WeightedSum, edit_distance, greedy_ctc_decode
-from .results import PROBE_PREFIX, probe_key, recorded_probes
 from .train import ProbeOutcome, ProbeSettings, run_probe
 
 __all__ = [
     "TASKS", "UNITS", "Example", "train_and_heldout", "ClassifyProbe", "CTCProbe", "WeightedSum", "edit_distance",
-    "greedy_ctc_decode", "PROBE_PREFIX", "probe_key", "recorded_probes", "ProbeOutcome", "ProbeSettings",
+    "greedy_ctc_decode", "ProbeOutcome", "ProbeSettings",
     "run_probe",
 ]

@@ -2,9 +2,8 @@
 
 A model is a teacher spec (`sslc.load_teacher`), an exported student file (`sslc.load_student`), `RUN_DIR:TRIAL`,
 or, with `--pareto`, a run directory (its Pareto points, plus its teacher as the reference row). Rows of run
-trials are also recorded on the run's study as user attr ``probe:<task>:<trial>`` (``probe:<task>:teacher`` for
-its teacher): a finished trial's own attrs are frozen in Optuna's storage, the study's are not. The report reads
-them back; nothing else does.
+trials (and of a run's teacher) are also recorded on the run's study (`sslc.runs.study.record_probe`), where the
+report reads them back.
 """
 
 from __future__ import annotations
@@ -17,28 +16,13 @@ from pathlib import Path
 import torch
 
 from sslc.errors import UserError
-from sslc.export import WEIGHTS_FILE, ExportedStudent, build_from_payload, read_student_file, retrained_result
 from sslc.metrics import count_macs, count_params_from_config
-from sslc.search.storage import STUDY_DB, STUDY_MARKER
+from sslc.runs.export import retrained_result
+from sslc.runs.storage import STUDY_DB, STUDY_MARKER
+from sslc.runs.student_file import WEIGHTS_FILE, ExportedStudent, build_from_payload, read_student_file
+from sslc.runs.study import record_probe
 
-PROBE_PREFIX = "probe:"
 MACS_SECONDS = 10.0  # MACs are quoted for 10 s of 16 kHz audio, as everywhere in sslc
-
-
-def probe_key(task: str, trial: int | str) -> str:
-    return f"{PROBE_PREFIX}{task}:{trial}"
-
-
-def recorded_probes(study_attrs: dict, task: str | None = None) -> dict[str, dict[str | int, dict]]:
-    """task -> {trial number or "teacher": row} of the probe results recorded on a study."""
-    found: dict[str, dict] = {}
-    for key, value in study_attrs.items():
-        if not (key.startswith(PROBE_PREFIX) and isinstance(value, dict)):
-            continue
-        name, _, which = key[len(PROBE_PREFIX):].partition(":")
-        if task is None or name == task:
-            found.setdefault(name, {})[int(which) if which.isdigit() else which] = value
-    return found
 
 
 @dataclass
@@ -48,7 +32,7 @@ class ProbeTarget:
     name: str
     kind: str  # "teacher", "student" or "trial"
     extractor: ExportedStudent
-    run: object | None = None  # the sslc.rundir.Run a trial (or a run's teacher) belongs to
+    run: object | None = None  # the sslc.runs.record.RunRecord a trial (or a run's teacher) belongs to
     trial: int | str | None = None  # trial number, or "teacher" for a run's teacher
     extra: dict = field(default_factory=dict)
 
@@ -99,8 +83,8 @@ def _split_run_trial(spec: str) -> tuple[Path, int] | None:
 def resolve_targets(specs: list[str], pareto: bool, device: str, say: Callable[[str], None] = print
                     ) -> list[ProbeTarget]:
     """The models behind the command line's MODEL arguments, loaded and frozen (UserError when one is not)."""
-    from sslc.export import load_student
-    from sslc.rundir import open_run
+    from sslc.runs.record import open_run
+    from sslc.runs.student_file import load_student
 
     if not specs:
         raise UserError("name at least one MODEL to probe")
@@ -113,10 +97,10 @@ def resolve_targets(specs: list[str], pareto: bool, device: str, say: Callable[[
             targets.append(ProbeTarget(spec, "trial", _run_trial(run, run_trial[1], device), run, run_trial[1]))
         elif pareto and path.is_dir() and not (path / "config.json").is_file():
             run = open_run(path)
-            front = run.best_trials()
+            front = run.front()
             if not front:
                 raise UserError(f"run '{run.name}' has no complete trial yet: no Pareto point to probe")
-            teacher_spec = run.settings.get("teacher")
+            teacher_spec = run.record.settings.get("teacher")
             if not teacher_spec:
                 raise UserError(f"run '{run.name}' records no teacher: was it written by sslc-search?")
             say(f"{spec}: the teacher and {len(front)} Pareto point(s)")
@@ -183,7 +167,7 @@ def record_on_runs(targets: list[ProbeTarget], rows: list[dict], task: str) -> i
     recorded = 0
     for target, row in zip(targets, rows):
         if target.run is not None and target.trial is not None:
-            target.run.study.set_user_attr(probe_key(task, target.trial), row)
+            record_probe(target.run.study, task, target.trial, row)
             recorded += 1
     return recorded
 

@@ -1,4 +1,4 @@
-"""The Pareto front of a study, as rows, files (pareto.json / pareto.csv) and a terminal table."""
+"""The Pareto front of a study, as files (pareto.json / pareto.csv) and a terminal table."""
 
 from __future__ import annotations
 
@@ -9,52 +9,23 @@ from pathlib import Path
 import optuna
 
 from sslc.files import write_atomically, write_json_atomically
-
-from .storage import OBJECTIVE_ATTRS, front_trials, objective_names
+from sslc.runs.front import front_row
+from sslc.runs.study import StudyRecord
+from sslc.runs.trials import TrialRecord, front_trials
 
 ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 
 
-def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The non-dominated COMPLETE trials (repeats of a config left out), sorted by MACs."""
-    return sorted(front_trials(study), key=lambda t: t.user_attrs.get("macs", 0))
-
-
-def trial_row(
-    trial: optuna.trial.FrozenTrial,
-    names: list[str],
-    teacher_macs: int | None = None,
-    teacher_params: int | None = None,
-):
-    """`names`: the study's objective names, in the order of the trial's values."""
-    attrs = trial.user_attrs
-    row = {
-        "trial": trial.number,
-        "objectives": {OBJECTIVE_ATTRS[name]: value for name, value in zip(names, trial.values or [])},
-        "loss": attrs.get("heldout_loss"),
-        "loss_by_target": attrs.get("heldout_loss_by_target"),
-        "gmacs": attrs.get("macs", 0) / 1e9,
-        "macs": attrs.get("macs"),
-        "params": attrs.get("params"),
-        "params_m": (attrs.get("params") or 0) / 1e6,
-        "latency_ms": attrs.get("latency_ms"),
-        "mac_ratio": attrs["macs"] / teacher_macs if teacher_macs and attrs.get("macs") else None,
-        "param_ratio": attrs["params"] / teacher_params if teacher_params and attrs.get("params") else None,
-        "config": attrs.get("config"),
-    }
-    return row
-
-
-def write_pareto(study: optuna.Study, run_dir: Path, teacher_macs=None, teacher_params=None) -> list[dict]:
+def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:
     """pareto.json: {"study", "protocol" (how every loss was measured), "objectives", "points": rows};
-    pareto.csv: the rows. Returns the rows."""
-    names = objective_names(study)
-    rows = [trial_row(t, names, teacher_macs, teacher_params) for t in pareto_trials(study)]
+    pareto.csv: the rows. Returns the rows (by MACs)."""
+    record = StudyRecord.read(study)
+    rows = [front_row(TrialRecord.read(t), record.objectives, record.teacher) for t in front_trials(study)]
     run_dir = Path(run_dir)
     document = {
         "study": study.study_name,
-        "protocol": study.user_attrs.get("protocol"),
-        "objectives": [OBJECTIVE_ATTRS[name] for name in names],
+        "protocol": record.protocol,
+        "objectives": record.metric_names,
         "points": rows,
     }
     write_json_atomically(run_dir / "pareto.json", document, indent=2)
@@ -73,9 +44,9 @@ def write_pareto(study: optuna.Study, run_dir: Path, teacher_macs=None, teacher_
 def pareto_table(rows: list[dict], title: str = "Pareto front"):
     from rich.table import Table
 
-    table = Table(title=title)
     from sslc.metrics import format_macs, format_params
 
+    table = Table(title=title)
     for name in ("trial", "held-out loss", "MACs", "params", "latency (ms)", "MACs vs teacher"):
         table.add_column(name, justify="right")
     for row in rows:

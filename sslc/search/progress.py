@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sslc.console import make_console
-
-from .storage import counts_toward_budget, front_trials, trial_category
+from sslc.runs.trials import Outcome, TrialRecord, front_trials, outcome_of
 
 # Plain progress lines in a log: at most one per this many seconds (the final state is always printed).
 LOG_INTERVAL = 5.0
@@ -69,12 +68,12 @@ class SearchProgress:
     def counts(self) -> dict[str, int]:
         trials = self.study.get_trials(deepcopy=False)
         count = {s: 0 for s in ("done", "running", "failed", "pruned", "infeasible", "repeat")}
-        for t in trials:
-            category = trial_category(t)
-            if category == "interrupted" or (category == "running" and t.state != TrialState.RUNNING):
+        outcomes = [outcome_of(t) for t in trials]
+        for t, outcome in zip(trials, outcomes):
+            if outcome == Outcome.INTERRUPTED or (outcome == Outcome.RUNNING and t.state != TrialState.RUNNING):
                 continue  # interrupted ones run again; queued ones have not started
-            count["done" if category == "complete" else category] += 1
-        count["counted"] = sum(counts_toward_budget(t) for t in trials)
+            count["done" if outcome == Outcome.COMPLETE else outcome.value] += 1
+        count["counted"] = sum(outcome.trained for outcome in outcomes)
         count["pareto"] = len(front_trials(self.study))
         return count
 
@@ -88,7 +87,7 @@ class SearchProgress:
         if self.task is not None:
             self.progress.update(self.task, completed=self.counted, description=line)
         if trial is not None and kind in ("fail",):
-            self.console.print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason')}")
+            self.console.print(f"trial {trial.number} failed: {TrialRecord.read(trial).fail_reason}")
         self.last_line = line
         if not self.live and self.started is not None:
             self._print_plain()

@@ -13,85 +13,38 @@ import random
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
 import torch
 
-from sslc.errors import SearchFailed, UserError
+from sslc.budget import Budget, BudgetSpec, parse_budget, parse_count
+from sslc.errors import SearchFailed, UserError, one_line
 from sslc.metrics import count_macs, count_params, count_params_from_config, format_macs
 from sslc.models.teachers import describe_teacher
+from sslc.runs.inputs import prepare_inputs
+from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
+from sslc.runs.study import StudyRecord, record_baselines
+from sslc.runs.trials import count_trained, pending_retries
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 
 from .artifacts import start_sink
 from .baselines import baseline_configs
-from .budget import Budget, BudgetSpec, parse_budget, parse_count
-from .context import prepare_run
 from .pareto import pareto_table, write_pareto
 from .progress import SearchProgress
 from .samplers import make_sampler
 from .scheduler import DominanceStopper
 from .searcher import OptunaAskTellSearcher
-from .storage import (
-    INTERRUPTED,
-    OBJECTIVES,
-    STUDY_MARKER,
-    check_driver,
-    count_trained,
-    default_storage_url,
-    make_storage,
-    open_study,
-    pending_retries,
-    recover_interrupted,
-    shown_url,
-)
-from .trial import TrialSetup, evaluate_candidate, train_candidate
+from .settings import SearchSettings
+from .storage import open_study, recover_interrupted
+from .trial import BeforeTraining, TrialSetup, train_and_measure, train_candidate
 
 log = logging.getLogger("sslc.search")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line and the study say what happened
 
-
-@dataclass
-class SearchSettings:
-    """Everything `sslc-search` takes; defaults are the CLI's."""
-
-    budget: str
-    teacher: str = "random:hubert-base"
-    data: str = "demo"
-    budget_seconds: float = 10.0
-    max_params: str | None = None
-    max_latency_ms: float | None = None
-    space: str = "combined"
-    trials: int = 20
-    steps: int = 100
-    batch_size: int = 4
-    crop_seconds: float = 2.0
-    lr: float = 2e-4
-    # Teacher layers every candidate is scored on (mean over them): "default" (1/3, 2/3, end), "all", "4,8,12".
-    targets: str = "default"
-    name: str | None = None
-    run_dir: Path | None = None
-    storage: str | None = None
-    objectives: list[str] = field(default_factory=lambda: ["loss", "macs"])
-    sampler: str = "gp"
-    ray_address: str | None = None
-    # Where Ray Tune keeps its experiment state and trial logs (default <run_dir>/ray): on a multi-node cluster,
-    # a shared path or a URI such as s3://bucket/dir keeps the logs of trials that ran on other nodes. Trial
-    # files (students, configs, errors) come back through Ray either way.
-    storage_path: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    concurrency: int | None = None
-    early_stopping: bool = True
-    # A trial is stopped at a rung once `min_peers` trials reached it and `min_dominators` of them dominate it.
-    stopping_rule: dict = field(default_factory=lambda: {"min_peers": 4, "min_dominators": 2})
-    baselines: bool = True
-    report: bool = True  # the CLI writes the HTML report after the search
-    latency_repeats: int = 3
-    seed: int = 0
-    quiet: bool = False
+__all__ = ["SearchSettings", "SearchResult", "run_search", "search_budget", "trainer_config"]
 
 
 @dataclass
@@ -104,24 +57,10 @@ class SearchResult:
     counts: dict
 
 
-def _check(settings: SearchSettings) -> None:
-    unknown = [o for o in settings.objectives if o not in OBJECTIVES]
-    if unknown or "loss" not in settings.objectives or len(set(settings.objectives)) != len(settings.objectives):
-        raise UserError(f"objectives must include loss and be drawn from {', '.join(OBJECTIVES)}")
-    if settings.trials < 1 or settings.steps < 1:
-        raise UserError("--trials and --steps must be at least 1")
-    if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0:
-        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    if settings.concurrency is not None and settings.concurrency < 1:
-        raise UserError("--concurrency must be at least 1")
-    if not settings.budget_seconds > 0:
-        raise UserError("--budget-seconds must be > 0")
-
-
 def _run_dir(settings: SearchSettings) -> tuple[str, Path]:
     name = settings.name or time.strftime("search-%Y%m%d-%H%M%S")
     run_dir = Path(settings.run_dir) if settings.run_dir else Path("runs") / name
-    return name, run_dir.resolve()  # created by prepare_run once teacher and data load: bad input leaves none
+    return name, run_dir.resolve()  # created by prepare_inputs once teacher and data load: bad input leaves none
 
 
 def search_budget(settings: SearchSettings, teacher_macs: int, spec: BudgetSpec | None = None) -> Budget:
@@ -211,7 +150,7 @@ def _start_ray(settings: SearchSettings) -> bool:
                 "~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
             ) from None
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {_one_line(error)}") from None
+            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {one_line(error)}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
@@ -232,7 +171,7 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
 
     An over-budget baseline is recorded as such and not trained (nor built); each result is printed as it comes.
     """
-    if "baselines" in study.user_attrs:
+    if StudyRecord.read(study).baselines is not None:
         return
     rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
     configs = baseline_configs(teacher_config, setup.budget.max_macs, setup.budget.seconds)
@@ -241,7 +180,7 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         arch = config.student_architecture(teacher_config)
         macs, params = count_macs(arch, seconds=setup.budget.seconds).total, count_params_from_config(arch)
         over = setup.budget.violations(macs, params)
-        result = {"status": "infeasible", "reason": "; ".join(over)} if over else evaluate_candidate(
+        result = {"status": "infeasible", "reason": "; ".join(over)} if over else train_and_measure(
             setup, config.to_dict(), None, macs=macs
         )
         rows.append(
@@ -255,7 +194,7 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         )
         say(f"baseline {name}: {_baseline_outcome(result, macs)}")
     torch.set_num_threads(threads)
-    study.set_user_attr("baselines", rows)
+    record_baselines(study, rows)
 
 
 def _baseline_outcome(result: dict, macs: int) -> str:
@@ -267,13 +206,17 @@ def _baseline_outcome(result: dict, macs: int) -> str:
     return f"held-out loss {result['heldout_loss']:.4f}, {format_macs(macs)} MACs{latency}"
 
 
-def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | None = None) -> SearchResult:
-    """`sampler`: an Optuna sampler to use instead of the one `settings.sampler` names (a seam for tests)."""
-    _check(settings)
+def run_search(
+    settings: SearchSettings,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    before_training: BeforeTraining | None = None,
+) -> SearchResult:
+    """Seams for tests: `sampler`, an Optuna sampler to use instead of the one `settings.sampler` names;
+    `before_training(trial_number, student)`, called in each trial before it trains (see `TrialSetup`)."""
+    settings.check()  # a malformed budget, --targets or option fails before the teacher is loaded
     if settings.ray_address:
         _check_reachable(settings.ray_address)
-    budget_spec = parse_budget(settings.budget)  # a malformed budget fails before the teacher is loaded
-    parse_targets(settings.targets)  # so does a malformed --targets (its range needs the teacher)
+    budget_spec = parse_budget(settings.budget)
     if settings.storage:
         check_driver(settings.storage)  # and a database driver that is not installed
     space = SearchSpace.load(settings.space)
@@ -281,7 +224,7 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
     console = SearchProgress.make_console(settings.quiet)
     say = console.print
 
-    context = prepare_run(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
+    context = prepare_inputs(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
     context.ship_audio()  # a small corpus travels decoded with the context: no node needs a copy of the files
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
@@ -300,39 +243,31 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
 
     storage_url = settings.storage or default_storage_url(run_dir)
     study_name = name
-    identity = {
-        "teacher": settings.teacher, "space": space.to_dict(), "objectives": settings.objectives,
-        "budget_macs": budget.max_macs, "budget_seconds": budget.seconds, "data": settings.data,
-        "trainer": trainer.to_dict(), "protocol": protocol.to_dict(),
-    }
-    study = open_study(
-        make_storage(storage_url), study_name, ["minimize"] * len(settings.objectives), sampler, identity
-    )
-    if sampler is None:
-        # Seeded with the seed plus the trials already in the study: a fresh run is reproducible, and a resumed
-        # one does not replay the first run's proposals (the same configs again, in the same order).
-        seed = settings.seed + len(study.get_trials(deepcopy=False))
-        study.sampler = make_sampler(settings.sampler, seed, settings.trials, settings.concurrency or 1)
-    study.set_user_attr("settings", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()})
-    study.set_user_attr("objective_names", settings.objectives)
-    study.set_user_attr("budget", budget.to_dict())
-    study.set_user_attr("protocol", protocol.to_dict())
-    study.set_user_attr(
-        "teacher",
-        {
+    record = StudyRecord(
+        settings=settings.to_dict(), objectives=list(settings.objectives), space=space.to_dict(),
+        trainer=trainer.to_dict(), budget=budget.to_dict(), protocol=protocol.to_dict(),
+        teacher={
             "spec": settings.teacher, "description": describe_teacher(context.teacher),
             "is_random": bool(getattr(context.teacher, "is_random", False)), "macs": teacher_macs.total,
             "params": count_params(context.teacher), "macs_breakdown": teacher_macs.as_dict(),
             "architecture": teacher_config.to_dict(),
         },
     )
-    (run_dir / STUDY_MARKER).write_text(f"{storage_url}\n{study_name}\n")
+    study = open_study(
+        make_storage(storage_url), study_name, ["minimize"] * len(settings.objectives), sampler, record
+    )
+    if sampler is None:
+        # Seeded with the seed plus the trials already in the study: a fresh run is reproducible, and a resumed
+        # one does not replay the first run's proposals (the same configs again, in the same order).
+        seed = settings.seed + len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(settings.sampler, seed, settings.trials, settings.concurrency or 1)
+    mark_study(run_dir, storage_url, study_name)
     recover_interrupted(study)
     retries = len(pending_retries(study))
     if retries:
         say(f"resuming run '{name}': {retries} interrupted trial(s) will run again")
 
-    setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats)
+    setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training)
     interrupted, failure = False, None
     try:
         if count_trained(study) < settings.trials:
@@ -347,12 +282,12 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
 
     try:
         recover_interrupted(study)  # nothing may stay RUNNING or WAITING
-        pareto = write_pareto(study, run_dir, teacher_macs.total, count_params(context.teacher))
+        pareto = write_pareto(study, run_dir)
     except Exception as error:
         if failure is None:
             raise
         # The storage itself may be what failed: the first cause is the one to report.
-        raise type(failure)(f"{failure}; the study could not be updated either ({_one_line(error)})") from None
+        raise type(failure)(f"{failure}; the study could not be updated either ({one_line(error)})") from None
     if failure is not None:
         raise type(failure)(
             f"{failure}; {len(pareto)} Pareto point(s) written to {run_dir / 'pareto.json'}; rerun with "
@@ -367,11 +302,6 @@ def run_search(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | 
     return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _failure(error: Exception, run_dir: Path) -> UserError:
     """The one-line error that ends a search stopped by `error`; a fault's traceback goes to the run directory."""
     cause, seen = error, set()
@@ -384,7 +314,7 @@ def _failure(error: Exception, run_dir: Path) -> UserError:
         return cause  # bad input found during the search (e.g. a budget too tight): already one clear line
     path = run_dir / "search-error.txt"
     path.write_text("".join(traceback.format_exception(error)))
-    what = str(cause) if cause is not None else f"the search driver failed: {_one_line(error)}"
+    what = str(cause) if cause is not None else f"the search driver failed: {one_line(error)}"
     return SearchFailed(f"the search stopped: {what} (traceback in {path})")
 
 
@@ -432,7 +362,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
     finally:
         try:
             # Trials still in flight (Ctrl-C, a fault, or Ray stopping them) must not stay RUNNING in the study.
-            searcher.abandon_running(INTERRUPTED)
+            searcher.abandon_running()
         finally:  # a broken storage must not leave Ray running (the first error stays as the __context__)
             torch.set_num_threads(threads)
             if started_ray:

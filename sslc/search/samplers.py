@@ -14,7 +14,7 @@ import warnings
 
 import optuna
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+from .settings import SAMPLERS
 
 
 def make_sampler(name: str, seed: int, trials: int, concurrency: int = 1) -> optuna.samplers.BaseSampler:

@@ -15,23 +15,21 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sslc.errors import SearchFailed, UserError
+from sslc.budget import Budget
+from sslc.errors import SearchFailed, UserError, one_line
 from sslc.metrics import count_macs, count_params_from_config
 from sslc.models import EncoderConfig
-from sslc.spaces import SearchSpace
-
-from .budget import Budget
-from .storage import (
-    INTERRUPTED,
-    LINEAGE_ATTRS,
-    OBJECTIVE_ATTRS,
-    REPEAT_OF,
-    RETRY_PARAMS,
+from sslc.runs import trials as record
+from sslc.runs.study import METRIC_NAMES
+from sslc.runs.trials import (
+    Outcome,
+    TrialRecord,
     config_key,
     count_trained,
+    mark_interrupted,
     pending_retries,
-    trial_category,
 )
+from sslc.spaces import SearchSpace
 
 # How many over-budget configs in a row before the space is judged hopeless for this budget (each is a FAIL trial
 # in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
@@ -47,8 +45,7 @@ def fault(what: str, error: Exception) -> SearchFailed:
 
     if isinstance(error, SQLAlchemyError):
         what = f"{what}: the study storage failed"
-    lines = str(error).strip().splitlines()
-    return SearchFailed(f"{what}: {type(error).__name__}{': ' + lines[0] if lines else ''}")
+    return SearchFailed(f"{what}: {one_line(error)}")
 
 
 @dataclass
@@ -108,7 +105,7 @@ class OptunaAskTellSearcher(Searcher):
     def _ask(self) -> optuna.Trial:
         if self.retries:
             number, params = self.retries.pop(0)
-            self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
+            self.study.enqueue_trial(params, user_attrs=record.retry_attrs(number), skip_if_exists=False)
         return self.study.ask()
 
     def next_feasible(self) -> Candidate:
@@ -124,11 +121,7 @@ class OptunaAskTellSearcher(Searcher):
             except Exception as error:
                 raise fault(f"the {type(self.study.sampler).__name__} sampler failed", error) from error
             macs, breakdown, params = self.measure(config)
-            trial.set_user_attr("config", config.to_dict())
-            trial.set_user_attr("macs", macs)
-            trial.set_user_attr("macs_breakdown", breakdown)
-            trial.set_user_attr("params", params)
-            trial.set_user_attr("budget_slack_macs", self.budget.max_macs - macs)
+            record.write_asked(trial, config.to_dict(), macs, breakdown, params, self.budget.max_macs - macs)
             earlier = self.answers.get(config_key(config.to_dict()))
             if earlier is not None:
                 self._answer_repeat(trial, earlier)
@@ -143,10 +136,8 @@ class OptunaAskTellSearcher(Searcher):
             violations = self.budget.violations(macs, params)
             if not violations:
                 return Candidate(trial, config, macs, breakdown, params)
-            trial.set_user_attr("infeasible", True)
-            trial.set_user_attr("fail_reason", "infeasible (not trained): " + "; ".join(violations))
-            self.study.tell(trial, state=TrialState.FAIL)
-            self._remember(self.study._storage.get_trial(trial._trial_id))
+            record.write_failed(trial, "infeasible (not trained): " + "; ".join(violations), infeasible=True)
+            self._remember(self.study.tell(trial, state=TrialState.FAIL))
             self.on_event("infeasible", None)
             infeasible += 1
             if infeasible >= MAX_INFEASIBLE_IN_A_ROW:
@@ -158,24 +149,18 @@ class OptunaAskTellSearcher(Searcher):
     def _remember(self, trial: optuna.trial.FrozenTrial) -> None:
         """Keep a finished trial that can answer later repeats of its config: trained ones (complete, pruned,
         failed) and over-budget ones. Interrupted trials never finished, so their config is run again."""
-        config = trial.user_attrs.get("config")
-        if config is None or trial.user_attrs.get(REPEAT_OF) is not None:
-            return
-        if trial_category(trial) in ("complete", "pruned", "failed", "infeasible"):
-            self.answers.setdefault(config_key(config), trial)
+        earlier = TrialRecord.read(trial)
+        if earlier.config is not None and (earlier.outcome.trained or earlier.outcome == Outcome.INFEASIBLE):
+            self.answers.setdefault(config_key(earlier.config), trial)
 
     def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
         """The config of `earlier` again: answer from its result instead of training it twice.
 
         The repeat is told to Optuna in the earlier trial's state and, when COMPLETE, with its values: the
         sampler then sees the point as already measured and moves on (a FAIL would be invisible to the GP and
-        TPE models, which could propose the same point again and again). `repeat_of` keeps it off the front and
-        out of the trained count (`trial_category` says "repeat"). Every result attr of the earlier trial is
-        copied, whatever the trainer records, so the repeat reads like its original."""
-        for key, value in earlier.user_attrs.items():
-            if key not in LINEAGE_ATTRS:
-                trial.set_user_attr(key, value)
-        trial.set_user_attr(REPEAT_OF, earlier.number)
+        TPE models, which could propose the same point again and again). Its outcome is REPEAT: off the front and
+        out of the trained count."""
+        record.write_repeat(trial, earlier)
         if earlier.state == TrialState.COMPLETE:
             self.study.tell(trial, list(earlier.values))
         else:
@@ -207,16 +192,15 @@ class OptunaAskTellSearcher(Searcher):
         if trial is None:
             return
         if not error and result is not None and not result.get("final") and trial_id not in self.early_stopped:
-            self._interrupted(trial, INTERRUPTED)
+            mark_interrupted(self.study, trial)
             self.on_event("interrupted", None)
             return
         try:
             state, values = self._outcome(trial, result, error)
             if state == TrialState.COMPLETE:
-                self.study.tell(trial, values)
+                frozen = self.study.tell(trial, values)
             else:
-                self.study.tell(trial, state=state)
-            frozen = self.study._storage.get_trial(trial._trial_id)
+                frozen = self.study.tell(trial, state=state)
         except Exception as failure:
             self.running[trial_id] = trial  # still unrecorded: the search's clean-up marks it interrupted
             raise fault(f"recording trial {trial.number} failed", failure) from failure
@@ -225,46 +209,30 @@ class OptunaAskTellSearcher(Searcher):
 
     def _outcome(self, trial: optuna.Trial, result: dict | None, error: bool):
         if error or result is None:
-            trial.set_user_attr("fail_reason", "the trial's process crashed (see the Ray logs in the run directory)")
+            record.write_failed(trial, record.CRASHED_REASON)
             return TrialState.FAIL, None
-        for key in ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done",
-                    "artifact_bytes", "artifact_seconds", "node"):  # the last two: what bringing its files back cost
-            if key in result:
-                trial.set_user_attr(key, result[key])
+        record.write_measurements(trial, result)
         if not result.get("final"):
             # Stopped by the scheduler: its scores are partial, so it must never reach the Pareto front.
-            trial.set_user_attr("stopped_at_step", result.get("step"))
-            trial.set_user_attr("last_train_loss", result.get("train_loss"))
+            record.write_pruned(trial, result.get("step"), result.get("train_loss"))
             return TrialState.PRUNED, None
         status = result.get("status")
         if status != "completed":
             reason = result.get("reason") or f"trial ended with status {status}"
             if status == "nonfinite":
                 reason = f"non-finite loss: {reason}"
-            trial.set_user_attr("fail_reason", reason)
-            if status == "infeasible":
-                trial.set_user_attr("infeasible", True)
+            record.write_failed(trial, reason, infeasible=status == "infeasible")
             return TrialState.FAIL, None
         result = dict(result, gmacs=result["macs"] / 1e9)
-        values = [result.get(OBJECTIVE_ATTRS[name]) for name in self.objectives]
+        values = [result.get(METRIC_NAMES[name]) for name in self.objectives]
         if any(v is None or not math.isfinite(v) for v in values):
-            trial.set_user_attr("fail_reason", f"non-finite or missing objective values {values}")
+            record.write_failed(trial, f"non-finite or missing objective values {values}")
             return TrialState.FAIL, None
-        trial.set_user_attr("heldout_loss", result["heldout_loss"])
         by_target = {str(key): float(value) for key, value in result["heldout_loss_by_target_pairs"]}
-        trial.set_user_attr("heldout_loss_by_target", by_target)
+        record.write_scores(trial, result["heldout_loss"], by_target)
         return TrialState.COMPLETE, values
 
-    def abandon_running(self, reason: str) -> None:
+    def abandon_running(self) -> None:
         """Called when the search stops with trials in flight: none may stay RUNNING in the study."""
         for trial_id in list(self.running):
-            self._interrupted(self.running.pop(trial_id), reason)
-
-    def _interrupted(self, trial: optuna.Trial, reason: str) -> None:
-        """FAIL with the reason and the config to run again on resume (queued then, by `_ask`, not now: a
-        stopped study holds no WAITING trial)."""
-        trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("interrupted", True)
-        if trial.params:  # stopped before its config was chosen: nothing to run again
-            trial.set_user_attr(RETRY_PARAMS, trial.params)
-        self.study.tell(trial, state=TrialState.FAIL)
+            mark_interrupted(self.study, self.running.pop(trial_id))

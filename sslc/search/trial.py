@@ -1,16 +1,14 @@
 """One search trial: build the student a config describes, measure it, distil it briefly, report.
 
-`train_candidate` is the Ray Tune function trainable; `evaluate_candidate` is its body, also used in-process
+`train_candidate` is the Ray Tune function trainable; `train_and_measure` is its body, also used in-process
 for the baselines. A trial never raises into Ray: any exception becomes a final report with status "error"
 and the reason, so the searcher records the trial as FAIL with that reason (Ray's own error path would lose it).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,19 +16,22 @@ from pathlib import Path
 
 import torch
 
+from sslc.budget import Budget
 from sslc.compress import CompressionConfig, quantize_int8
+from sslc.errors import first_line
 from sslc.files import write_json_atomically
 from sslc.metrics import count_nonzero_params, measure_latency
+from sslc.runs.inputs import RunInputs
+from sslc.runs.record import TRIALS_DIR
+from sslc.runs.student_file import WEIGHTS_FILE, save_student
 from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 
 from .artifacts import node_name, send_trial_files
-from .budget import Budget
-from .context import RunContext
 
-# Fault injection for the tests of failure handling, e.g. SSLC_INJECT_FAULTS="raise:1,nan:2,hang:3" makes trial 1
-# raise, gives trial 2 NaN weights and keeps trial 3 training until the search is killed (Ray workers inherit the
-# driver's environment).
-FAULTS_ENV = "SSLC_INJECT_FAULTS"
+# Called with (trial number, the student just built) before a trial trains it: a seam for tests of failure
+# handling (raise, poison the weights, or block until the search is killed). Shipped to Ray workers with the
+# setup, so it must be picklable.
+BeforeTraining = Callable[[int, torch.nn.Module], None]
 # Per worker process (Ray reuses actors): the targets object remembers its open caches between trials.
 _TARGETS: dict[str, TeacherTargets] = {}
 
@@ -39,7 +40,7 @@ _TARGETS: dict[str, TeacherTargets] = {}
 class TrialSetup:
     """What every trial of a run needs; shipped once to Ray's object store with `tune.with_parameters`."""
 
-    run: RunContext
+    run: RunInputs
     run_dir: Path
     trainer: TrainerConfig
     budget: Budget
@@ -47,6 +48,7 @@ class TrialSetup:
     # The ArtifactSink actor on the driver's node (set by the search once Ray runs): a trial's files reach
     # `run_dir` through it. None: the files are copied into `run_dir` directly (same machine, no Ray).
     sink: object | None = None
+    before_training: BeforeTraining | None = None
 
 
 def _targets(setup: TrialSetup) -> TeacherTargets:
@@ -56,38 +58,25 @@ def _targets(setup: TrialSetup) -> TeacherTargets:
     return _TARGETS[key]
 
 
-def injected_fault(trial_number: int) -> str | None:
-    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
-        kind, _, number = item.partition(":")
-        if number.strip() == str(trial_number):
-            return kind.strip()
-    return None
-
-
-def evaluate_candidate(
+def train_and_measure(
     setup: TrialSetup,
     config_dict: dict,
     trial_dir: Path | None,
     report: Callable[[dict], None] | None = None,
     macs: int | None = None,
-    fault: str | None = None,
+    trial_number: int | None = None,
 ) -> dict:
     """Train and measure one config; returns the final result (status "completed" | "stopped" | "nonfinite" |
-    "infeasible"). `report(metrics)` receives the training loss every `log_every` steps."""
+    "infeasible"). `report(metrics)` receives the training loss every `log_every` steps. `trial_number`: the
+    study's trial (None for a baseline)."""
     config = CompressionConfig.from_dict(config_dict)
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(trial_dir / "config.json", config.to_dict(), indent=2)
     # int8 models cannot be trained: the float student is distilled, latency is measured on its int8 copy.
     student = setup.run.build_student(config, quantize=False)
-    if fault == "raise":
-        raise RuntimeError("injected fault (SSLC_INJECT_FAULTS)")
-    if fault == "hang":  # a trial that is surely still training when a test kills the search
-        while True:
-            time.sleep(1)
-    if fault == "nan":
-        with torch.no_grad():
-            next(student.parameters()).fill_(float("nan"))
+    if setup.before_training is not None and trial_number is not None:
+        setup.before_training(trial_number, student)
     deployed = quantize_int8(student) if config.quantize == "int8" else student
     latency = measure_latency(deployed, seconds=setup.budget.seconds, warmup=1, repeats=setup.latency_repeats)
     base = {"macs": macs, "latency_ms": latency.median_ms, "nonzero_params": count_nonzero_params(deployed)}
@@ -106,15 +95,8 @@ def evaluate_candidate(
         kept_layers=config.layers,
     )
     if trial_dir is not None and result.status == "completed":
-        torch.save(
-            {
-                "architecture": student.config.to_dict(),
-                "state_dict": student.state_dict(),
-                "compression": config.to_dict(),
-                "teacher": setup.run.teacher_spec,
-            },
-            trial_dir / "student.pt",
-        )
+        provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done}
+        save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
     return {
         **base,
         "final": True,
@@ -143,18 +125,17 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
             if setup.trainer.num_threads:
                 torch.set_num_threads(setup.trainer.num_threads)
             setup.run.use_node_cache()
-            fault = injected_fault(number)
-            result = evaluate_candidate(setup, params["config"], trial_dir, tune.report, params["macs"], fault)
+            result = train_and_measure(setup, params["config"], trial_dir, tune.report, params["macs"], number)
         except Exception as error:  # recorded as the trial's fail reason; the traceback goes to its directory
             (trial_dir / "error.txt").write_text(traceback.format_exc())
             # One line that says where: on a cluster, a file missing on one node is that node's problem.
             result = {"final": True, "status": "error", "reason": f"{type(error).__name__} on node {node_name()}: "
-                      f"{_first_line(error)}"}
+                      f"{first_line(error)}"}
         try:
             result.update(_deliver(setup, number, trial_dir))
         except Exception as error:  # the driver's node unreachable: the trial's files are lost, so it failed
             result = {"final": True, "status": "error", "reason": f"node {node_name()} could not send trial "
-                      f"{number}'s files to the driver: {type(error).__name__}: {_first_line(error)}"}
+                      f"{number}'s files to the driver: {type(error).__name__}: {first_line(error)}"}
     result["node"] = node_name()  # which machine ran it: on a cluster, where to look when it is slow or odd
     by_target = result.pop("heldout_loss_by_target", None)
     if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
@@ -165,11 +146,7 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
 def _deliver(setup: TrialSetup, number: int, local_dir: Path) -> dict:
     if setup.sink is not None:
         return send_trial_files(setup.sink, number, local_dir)
-    target = Path(setup.run_dir) / "trials" / str(number)
+    target = Path(setup.run_dir) / TRIALS_DIR / str(number)
     shutil.copytree(local_dir, target, dirs_exist_ok=True)
     return {}
 
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""

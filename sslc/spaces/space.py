@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from sslc.compress import CompressionConfig
-from sslc.errors import UserError
+from sslc.compress.config import break_even_rank
+from sslc.errors import UserError, first_line
 from sslc.models import EncoderConfig
 
 PRESET_DIR = "presets"
@@ -126,8 +127,7 @@ class SearchSpace:
             text = path.read_text()
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (OSError, ValueError, yaml.YAMLError) as error:
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise SpaceError(f"space file {path} is not valid YAML/JSON: {first_line}") from None
+            raise SpaceError(f"space file {path} is not valid YAML/JSON: {first_line(error)}") from None
         return cls.from_dict(data, name=path.stem, where=f"space file {path}")
 
     @classmethod
@@ -197,8 +197,7 @@ def _rank(share, in_features: int, out_features: int) -> int | None:
     """A share of the break-even rank; None (full rank) when it would not save anything."""
     if share == "full":
         return None
-    break_even = in_features * out_features / (in_features + out_features)
-    rank = max(1, int(share * break_even))
+    rank = max(1, int(share * break_even_rank(in_features, out_features)))
     return rank if rank < min(in_features, out_features) else None
 
 

@@ -1,7 +1,7 @@
 """Distillation trainers: short search trials, full resumable training, and the shared teacher-target cache."""
 
 from sslc.protocol import EvaluationProtocol, default_targets, mean_score, parse_targets, target_key
-from sslc.trainers.cache import TeacherTargetCache, computation_count
+from sslc.trainers.cache import TeacherTargetCache
 from sslc.trainers.checkpoint import load_checkpoint, save_checkpoint
 from sslc.trainers.config import TrainerConfig
 from sslc.trainers.distill import (
@@ -11,7 +11,7 @@ from sslc.trainers.distill import (
     score_student,
     train_full,
 )
-from sslc.trainers.fingerprint import segments_fingerprint, teacher_fingerprint
+from sslc.trainers.fingerprint import segments_fingerprint
 from sslc.trainers.heads import PredictionHeads
 from sslc.trainers.layer_map import default_layer_map, resolve_layer_map, spread_layers, target_layer_map
 from sslc.trainers.step import DistillationStep, StepOutcome
@@ -31,7 +31,6 @@ __all__ = [
     "TeacherTargetCache",
     "TeacherTargets",
     "TrainerConfig",
-    "computation_count",
     "default_layer_map",
     "default_targets",
     "load_checkpoint",
@@ -45,6 +44,5 @@ __all__ = [
     "spread_layers",
     "target_key",
     "target_layer_map",
-    "teacher_fingerprint",
     "train_full",
 ]

@@ -34,14 +34,6 @@ from sslc.trainers.target_batch import TargetBatch
 
 MARKER = "complete"
 _TMP_PREFIX = ".tmp-"
-_COUNTS = {"builds": 0, "layers": 0}
-
-
-def computation_count() -> int:
-    """How many times this process ran the teacher to fill a cache (tests use it to prove a cache hit)."""
-    return _COUNTS["builds"]
-
-
 def layer_dir_name(layer: int) -> str:
     return f"layer-{layer:02d}"
 
@@ -166,8 +158,6 @@ def _build(
     device: torch.device | str | None,
     dtype: np.dtype = np.dtype(np.float16),
 ) -> None:
-    _COUNTS["builds"] += 1
-    _COUNTS["layers"] += len(layers)
     if device is None:
         device = next(teacher.parameters()).device
     config = teacher.config

@@ -85,7 +85,7 @@ def run_short_trial(
     `kept_layers` (0-based teacher layers the student's layers were copied from) picks which student layer
     predicts each of `config.targets` when `config.layer_map` is None (see `target_layer_map`).
     """
-    run = _Run(student, targets, train_data, heldout_data, config, kept_layers, total_steps=config.steps)
+    run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=config.steps)
     state = _State()
     return run.train(state, on_report, progress=False, checkpoint_dir=None, result_type=ShortTrialResult)
 
@@ -106,7 +106,7 @@ def train_full(
     resumes from it exactly (weights, heads, optimizer, schedule, RNG and data position)."""
     probe = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
     total = config.epochs * len(probe) if config.epochs is not None else config.steps
-    run = _Run(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
+    run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
     state = _State()
     saved = load_checkpoint(checkpoint_path(checkpoint_dir))
     if saved is not None:
@@ -126,7 +126,7 @@ class _State:
     resumed_from: int = 0
 
 
-class _Run:
+class _TrainingLoop:
     """The pieces of one training run, built the same way for fresh starts and resumes."""
 
     def __init__(self, student, targets, train_data, heldout_data, config, kept_layers, total_steps):

@@ -1,4 +1,5 @@
-"""Content hashes that decide whether cached teacher targets still match: teacher weights and training data."""
+"""Content hashes that decide whether cached teacher targets still match the training data (the teacher's own is
+`sslc.models.fingerprint.model_fingerprint`)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,7 @@ import json
 import os
 from collections.abc import Sequence
 
-import torch
-from torch import nn
-
 from sslc.data import Segment
-
-
-def teacher_fingerprint(teacher: nn.Module) -> str:
-    """sha256 over the architecture (config JSON when it has one) and every parameter and buffer's bytes.
-
-    Weights, not names of checkpoints: two teachers that compute the same thing share targets, and a teacher
-    whose weights changed never reuses stale ones.
-    """
-    digest = hashlib.sha256()
-    config = getattr(teacher, "config", None)
-    digest.update(
-        (config.to_json(sort_keys=True) if hasattr(config, "to_json") else type(teacher).__name__).encode()
-    )
-    for name, tensor in teacher.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def segments_fingerprint(segments: Sequence[Segment]) -> str:

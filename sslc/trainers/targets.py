@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from sslc.data import SegmentDataset, collate
+from sslc.models.fingerprint import model_fingerprint
 from sslc.trainers.cache import TeacherTargetCache
-from sslc.trainers.fingerprint import combine, segments_fingerprint, teacher_fingerprint
+from sslc.trainers.fingerprint import combine, segments_fingerprint
 from sslc.trainers.target_batch import TargetBatch, TargetSource
 
 # Bump when what is stored changes meaning (layout, dtype, how targets are computed): old caches then miss.
@@ -80,7 +81,7 @@ class TeacherTargets:
     def fingerprint(self) -> str:
         """Hash of the teacher's architecture and weights (computed once; pass it in to skip that)."""
         if self._fingerprint is None:
-            self._fingerprint = teacher_fingerprint(self.teacher)
+            self._fingerprint = model_fingerprint(self.teacher)
         return self._fingerprint
 
     def cache_key(self, dataset: SegmentDataset, dtype: str = TRAIN_DTYPE) -> str:

@@ -1,6 +1,6 @@
 """Retrain chosen points of a search to completion: the full distillation schedule, resumable, measured again.
 
-Each student is rebuilt exactly as its trial built it (`prepare_run(...).build_student`, same teacher, data,
+Each student is rebuilt exactly as its trial built it (`prepare_inputs(...).build_student`, same teacher, data,
 importance scores and trainer settings), then trained by `train_full` with its checkpoint under
 `<run_dir>/retrain/<trial>/`, so an interrupted retrain continues where it stopped when run again. At the end the
 held-out loss, params, MACs and latency are written to `result.json` there, recorded on the study (user attr
@@ -17,17 +17,22 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
+from sslc.budget import Budget
 from sslc.compress import CompressionConfig
 from sslc.data import LengthBucketBatchSampler
 from sslc.errors import UserError
-from sslc.export import RESULT_FILE, WEIGHTS_FILE, save_student
 from sslc.files import write_json_atomically
 from sslc.protocol import EvaluationProtocol
-from sslc.rundir import Run, open_run, retrain_key
-from sslc.search.budget import Budget
 from sslc.trainers import TrainerConfig, train_full
+
+from .export import RESULT_FILE
+from .inputs import RunInputs, prepare_inputs
+from .record import RunRecord, open_run
+from .student_file import WEIGHTS_FILE, save_student
+from .study import record_retrain
+from .trials import TrialRecord
 
 log = logging.getLogger("sslc.retrain")
 
@@ -43,8 +48,8 @@ class RetrainStopped(KeyboardInterrupt):
 
 
 def select_trials(
-    run: Run, numbers: list[int] | None = None, pareto: bool = False, under_budget: bool = False
-) -> list[FrozenTrial]:
+    run: RunRecord, numbers: list[int] | None = None, pareto: bool = False, under_budget: bool = False
+) -> list[TrialRecord]:
     """The trials to retrain: the given numbers (each must be COMPLETE) or the Pareto front."""
     if bool(numbers) == bool(pareto):
         raise UserError("choose the trials to retrain: --trial N (repeatable) or --pareto")
@@ -54,15 +59,11 @@ def select_trials(
         return [run.complete_trial(n) for n in dict.fromkeys(numbers)]  # order kept, duplicates dropped
     if not run.trials(states=(TrialState.COMPLETE,)):
         raise UserError(f"run '{run.name}' has no complete trial yet: nothing to retrain")
-    chosen = run.best_trials()
-    if under_budget and run.budget.get("max_macs") is not None:
-        budget = Budget(**run.budget)
-        chosen = [
-            t for t in chosen
-            if not budget.violations(
-                t.user_attrs.get("macs", 0), t.user_attrs.get("params"), t.user_attrs.get("latency_ms")
-            )
-        ]
+    chosen = run.front()
+    stored_budget = run.record.budget
+    if under_budget and stored_budget.get("max_macs") is not None:
+        budget = Budget(**stored_budget)
+        chosen = [t for t in chosen if not budget.violations(t.macs or 0, t.model_params, t.latency_ms)]
         if not chosen:
             raise UserError(f"no Pareto point of run '{run.name}' is within its budget")
     return chosen
@@ -76,7 +77,7 @@ def check_length(steps: int | None, epochs: int | None) -> None:
 
 
 def full_trainer_config(
-    run: Run,
+    run: RunRecord,
     steps: int | None = None,
     epochs: int | None = None,
     device: str | None = None,
@@ -87,10 +88,10 @@ def full_trainer_config(
     `batches_per_epoch` (of the run's training data) sets the report and checkpoint cadence for `epochs`.
     """
     check_length(steps, epochs)
-    stored = run.identity.get("trainer")
+    stored = run.record.trainer
     if not stored:
         raise UserError(f"run '{run.name}' records no trainer settings: was it written by sslc-search?")
-    if "protocol" not in run.identity:
+    if run.record.protocol is None:
         # Its short trials were scored by an older rule: a retrained score would not be comparable with them.
         raise UserError(f"run '{run.name}' was made by an older sslc (no evaluation protocol recorded): search again")
     short = TrainerConfig.from_dict(stored)
@@ -107,16 +108,14 @@ def full_trainer_config(
     ).validate()
 
 
-def prepare_context(run: Run):
+def prepare_context(run: RunRecord) -> RunInputs:
     """The run's teacher and data, rebuilt from its settings exactly as the search built them."""
-    from sslc.search.context import prepare_run
-
-    settings = run.settings
+    settings = run.record.settings
     missing = [k for k in ("teacher", "data", "crop_seconds", "seed") if k not in settings]
     if missing:
         raise UserError(f"run '{run.name}' records no {', '.join(missing)} setting: was it written by sslc-search?")
-    context = prepare_run(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
-    protocol = run.protocol
+    context = prepare_inputs(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
+    protocol = run.record.evaluation_protocol
     if protocol is not None:
         # The held-out audio must be the one the short trials were scored on, or the scores are not comparable.
         now = EvaluationProtocol.for_heldout(protocol.targets, context.data.heldout, protocol.crop_seconds)
@@ -129,10 +128,10 @@ def prepare_context(run: Run):
 
 
 def retrain_trial(
-    run: Run,
-    trial: FrozenTrial,
+    run: RunRecord,
+    trial: TrialRecord,
     trainer: TrainerConfig,
-    context,
+    context: RunInputs,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
@@ -154,11 +153,11 @@ def retrain_trial(
         if done.get("status") == "completed" and done.get("trainer") == trainer.to_dict():
             log.info("trial %d is already retrained (%s)", trial.number, previous)
             summary = {k: v for k, v in done.items() if k != "curve"}
-            if record and retrain_key(trial.number) not in run.study.user_attrs:  # a run stopped before recording
+            if record and trial.number not in run.record.retrains:  # a run stopped before recording
                 _record(run, trial.number, summary)
             return {**summary, "skipped": True}
 
-    config = CompressionConfig.from_dict(trial.user_attrs["config"])
+    config = CompressionConfig.from_dict(trial.config)
     # int8 cannot be trained: like the search, distil the float student and measure its int8 copy.
     student = context.build_student(config, quantize=False)
 
@@ -172,8 +171,8 @@ def retrain_trial(
     if result.status == "stopped":
         raise RetrainStopped(f"trial {trial.number} stopped at step {result.steps_done}; rerun to resume")
 
-    seconds = run.budget_seconds
-    search_threads = run.identity.get("trainer", {}).get("num_threads")
+    seconds = run.record.budget_seconds
+    search_threads = (run.record.trainer or {}).get("num_threads")
     student = student.cpu().eval()
     deployed = quantize_int8(student) if config.quantize == "int8" else student
     latency = measure_latency(deployed, seconds=seconds, warmup=1, repeats=LATENCY_REPEATS, threads=search_threads)
@@ -185,8 +184,8 @@ def retrain_trial(
         "epochs": trainer.epochs,
         "heldout_loss": result.heldout_loss,
         "heldout_loss_by_target": result.heldout_loss_by_target,
-        "short_trial_heldout_loss": trial.user_attrs.get("heldout_loss"),
-        "short_trial_steps": trial.user_attrs.get("steps_done"),
+        "short_trial_heldout_loss": trial.heldout_loss,
+        "short_trial_steps": trial.steps_done,
         "params": count_params(student),
         "nonzero_params": count_nonzero_params(deployed),
         "macs": count_macs(student.config, seconds=seconds).total,
@@ -209,9 +208,9 @@ def retrain_trial(
     return summary
 
 
-def _record(run: Run, number: int, summary: dict) -> None:
-    # A finished trial's attrs are frozen in Optuna's storage; the study's are not: one key per trial.
-    run.study.set_user_attr(retrain_key(number), {k: v for k, v in summary.items() if k != "trainer"})
+def _record(run: RunRecord, number: int, summary: dict) -> None:
+    record_retrain(run.study, number, {k: v for k, v in summary.items() if k != "trainer"})
+    run.reload()
 
 
 def retrain(

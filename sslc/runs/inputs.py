@@ -1,4 +1,4 @@
-"""What every trial of a run shares: the teacher, the audio split into segments, teacher targets, importance data.
+"""The inputs every trial of a run shares: the teacher, the audio split into segments, teacher targets, importance data.
 
 Built once by the search driver (and again, identically, by `sslc-retrain`), so a student rebuilt later from a
 trial's config is the same student the trial trained. Everything cached lives under `<run_dir>/cache/` on the
@@ -28,7 +28,8 @@ from sslc.data import (
 from sslc.data.demo import DEMO_SPEC
 from sslc.models import EncoderConfig, SpeechEncoder
 from sslc.models.teachers import load_teacher
-from sslc.trainers import TeacherTargets, teacher_fingerprint
+from sslc.models.fingerprint import model_fingerprint
+from sslc.trainers import TeacherTargets
 
 log = logging.getLogger("sslc.search")
 
@@ -40,24 +41,24 @@ SHIPPED_AUDIO_BYTES = 128 * 1024**2
 # "<random id>": written once into a run's cache directory. A worker that reads the same id there shares the
 # driver's disk; one that does not (another node, or a different disk at the same path) caches node-locally.
 CACHE_ID_FILE = "run-id"
-# Frozen teachers rebuilt in this process from a pickled RunContext, by fingerprint (architecture + weights).
+# Frozen teachers rebuilt in this process from a pickled RunInputs, by fingerprint (architecture + weights).
 _TEACHERS: dict[str, SpeechEncoder] = {}
 
 
 @dataclass
-class RunData:
+class AudioSplit:
     train: SegmentDataset
     heldout: SegmentDataset
     note: str  # what the data is, for printing (says so when it is synthetic)
 
 
 @dataclass
-class RunContext:
+class RunInputs:
     """The teacher and data of one run. Picklable, so Ray ships it to trial workers once (object store)."""
 
     teacher_spec: str
     teacher: SpeechEncoder
-    data: RunData
+    data: AudioSplit
     cache_dir: Path
     crop_seconds: float
     seed: int
@@ -136,7 +137,7 @@ class RunContext:
         return compress(self.teacher, config, data=data, cache_dir=self.cache_dir / "importance")
 
 
-def load_run_data(data_spec: str, cache_dir: Path, crop_seconds: float, seed: int) -> RunData:
+def load_audio_split(data_spec: str, cache_dir: Path, crop_seconds: float, seed: int) -> AudioSplit:
     """Discover audio (or make the demo corpus), split off the held-out files, cut segments. UserError when empty."""
     root = resolve_data(data_spec, cache_dir)
     files = discover_audio(root)
@@ -145,20 +146,20 @@ def load_run_data(data_spec: str, cache_dir: Path, crop_seconds: float, seed: in
     heldout = SegmentDataset(make_segments(heldout_files, crop_seconds, seed))
     kind = DEMO_NOTE if data_spec == DEMO_SPEC else f"audio from {data_spec}"
     note = f"{kind}: {len(train_files)} training files ({len(train)} segments), {len(heldout_files)} held out"
-    return RunData(train, heldout, note)
+    return AudioSplit(train, heldout, note)
 
 
-def prepare_run(teacher_spec: str, data_spec: str, run_dir: Path, crop_seconds: float, seed: int) -> RunContext:
+def prepare_inputs(teacher_spec: str, data_spec: str, run_dir: Path, crop_seconds: float, seed: int) -> RunInputs:
     cache_dir = Path(run_dir) / "cache"
     teacher = load_teacher(teacher_spec, seed=seed).eval().requires_grad_(False)
-    data = load_run_data(data_spec, cache_dir, crop_seconds, seed)
+    data = load_audio_split(data_spec, cache_dir, crop_seconds, seed)
     # Only now: a teacher or data that fails to load leaves no run directory behind (a half-made one would
     # later read as a run without a study).
     cache_dir.mkdir(parents=True, exist_ok=True)
     id_file = cache_dir / CACHE_ID_FILE
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex)
-    return RunContext(
-        teacher_spec, teacher, data, cache_dir, crop_seconds, seed, teacher_fingerprint(teacher),
+    return RunInputs(
+        teacher_spec, teacher, data, cache_dir, crop_seconds, seed, model_fingerprint(teacher),
         id_file.read_text().strip(),
     )

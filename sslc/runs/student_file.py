@@ -1,15 +1,13 @@
-"""The standalone student file: weights + architecture + provenance, loadable with torch and `sslc.models` only.
+"""The student file: weights + architecture + provenance, loadable with torch and `sslc.models` only.
 
-`export_student` writes one from a search run (retrained weights when `sslc-retrain` finished that trial, the
-short-trial weights otherwise, and says which); `load_student` reads it back into an `ExportedStudent`, a
-feature extractor used the way s3prl upstreams are: waveforms in, a list of hidden states out.
-
-Only `export_student` reads the run (and so imports Optuna); loading never does.
+One writer (`save_student`, a versioned format) for every student sslc saves: each trial's `student.pt`, a
+retrained student, an exported one. `load_student` reads any of them back into an `ExportedStudent`, a feature
+extractor used the way s3prl upstreams are: waveforms in, a list of hidden states out. Nothing here imports
+Optuna or the search.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -18,13 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sslc.errors import UserError
+from sslc.errors import UserError, first_line
 from sslc.files import write_atomically
 from sslc.models import EncoderConfig, build_encoder
 
 FORMAT = "sslc-student"
 VERSION = 1
-RESULT_FILE = "result.json"  # what sslc-retrain writes next to the retrained weights
 WEIGHTS_FILE = "student.pt"
 # = sslc.data.SAMPLE_RATE, not imported: loading a student must not pull in the data pipeline.
 SAMPLE_RATE = 16000
@@ -83,8 +80,7 @@ def build_from_payload(payload: dict, quantize: bool = True) -> nn.Module:
         encoder = build_encoder(config)
         encoder.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"student file does not match its architecture: {first[:160]}") from None
+        raise UserError(f"student file does not match its architecture: {first_line(error)[:160]}") from None
     encoder.eval()
     if quantize and (payload.get("compression") or {}).get("quantize") == "int8":
         from sslc.compress.quantize import quantize_int8  # torch only; imported when needed
@@ -186,78 +182,3 @@ def load_student(path: str | os.PathLike, map_location="cpu", quantize: bool = T
     metadata = {k: payload.get(k) for k in ("teacher", "compression", "provenance", "metrics")}
     config = EncoderConfig.from_dict(payload["architecture"])
     return ExportedStudent(encoder, config, metadata).eval()
-
-
-# ---- from a search run ------------------------------------------------------------------------------------------
-def retrained_result(retrain_dir: Path) -> dict | None:
-    """sslc-retrain's result for a trial when it finished (and its weights exist), else None."""
-    result_file, weights = Path(retrain_dir) / RESULT_FILE, Path(retrain_dir) / WEIGHTS_FILE
-    if not (result_file.is_file() and weights.is_file()):
-        return None
-    try:
-        result = json.loads(result_file.read_text())
-    except ValueError:
-        return None
-    return result if result.get("status") == "completed" else None
-
-
-def export_student(
-    run_dir: str | os.PathLike, trial: int, out_path: str | os.PathLike, source: str = "auto"
-) -> dict:
-    """Write trial `trial` of a run as a standalone student file; returns its provenance and metrics.
-
-    source: "auto" (retrained weights when `<run_dir>/retrain/<trial>/` finished, else the short trial's),
-    "retrained" or "short-trial".
-    """
-    from sslc.rundir import open_run
-
-    if source not in ("auto", "retrained", "short-trial"):
-        raise UserError(f"source must be auto, retrained or short-trial, got {source!r}")
-    run = open_run(run_dir)
-    frozen = run.complete_trial(trial)
-    attrs = frozen.user_attrs
-    retrained = retrained_result(run.retrain_dir(trial)) if source != "short-trial" else None
-    if source == "retrained" and retrained is None:
-        raise UserError(f"trial {trial} has not been retrained to completion: run sslc-retrain {run_dir} --trial {trial}")
-    weights = run.retrain_dir(trial) / WEIGHTS_FILE if retrained else run.trial_dir(trial) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"the weights of trial {trial} are missing ({weights})")
-    payload = read_student_file(weights)
-    encoder = build_from_payload(payload, quantize=False)  # proves the weights fit before anything is written
-
-    short_loss = attrs.get("heldout_loss")
-    metrics = {
-        "macs": attrs.get("macs"),
-        "gmacs": attrs["macs"] / 1e9 if attrs.get("macs") is not None else None,
-        "macs_seconds": run.budget_seconds,
-        "params": attrs.get("params"),
-        "nonzero_params": attrs.get("nonzero_params"),
-        "latency_ms": attrs.get("latency_ms"),
-        "heldout_loss": short_loss,
-        "short_trial_heldout_loss": short_loss,
-        "short_trial_steps": attrs.get("steps_done"),
-    }
-    if retrained:
-        metrics.update(
-            {k: retrained.get(k) for k in ("macs", "params", "nonzero_params", "latency_ms") if retrained.get(k)}
-        )
-        metrics["gmacs"] = metrics["macs"] / 1e9 if metrics.get("macs") is not None else None
-        metrics["heldout_loss"] = retrained.get("heldout_loss")
-        metrics["retrained_heldout_loss"] = retrained.get("heldout_loss")
-        metrics["retrained_steps"] = retrained.get("steps")
-    teacher = run.teacher
-    provenance = {
-        "run": run.name,
-        "run_dir": str(run.run_dir),
-        "trial": trial,
-        "weights": "retrained" if retrained else "short-trial",
-        "teacher_description": teacher.get("description"),
-        "teacher_is_random": teacher.get("is_random"),
-        "teacher_macs": teacher.get("macs"),
-        "teacher_params": teacher.get("params"),
-        "data": run.settings.get("data", run.identity.get("data")),
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    compression = payload.get("compression") or attrs.get("config") or {}
-    save_student(out_path, encoder, compression, payload.get("teacher") or teacher.get("spec", ""), provenance, metrics)
-    return {"path": str(out_path), "provenance": provenance, "metrics": metrics, "compression": compression}

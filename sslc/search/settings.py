@@ -1,0 +1,102 @@
+"""`SearchSettings`: everything `sslc-search` takes, with its defaults and its checks, in one place.
+
+Light (no torch, Ray or Optuna): the CLI builds its options from these defaults and runs `check()` before the
+heavy imports, so a typo fails in a fraction of a second; `run_search` runs the same checks for callers from
+Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sslc.budget import parse_budget, parse_count
+from sslc.errors import UserError
+from sslc.protocol import parse_targets
+
+# The objectives a search can minimise (see sslc.runs.study), in the combinations offered.
+OBJECTIVE_SETS = ("loss,macs", "loss,latency", "loss,macs,latency")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+DEMO_DATA = "demo"
+# The presets ship as files beside the space module; listed from disk so `--help` needs no torch import.
+PRESET_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+@dataclass
+class SearchSettings:
+    """Everything `sslc-search` takes; these defaults are the CLI's."""
+
+    budget: str
+    teacher: str = "random:hubert-base"
+    data: str = DEMO_DATA
+    budget_seconds: float = 10.0
+    max_params: str | None = None
+    max_latency_ms: float | None = None
+    space: str = "combined"
+    trials: int = 20
+    steps: int = 100
+    batch_size: int = 4
+    crop_seconds: float = 2.0
+    lr: float = 2e-4
+    # Teacher layers every candidate is scored on (mean over them): "default" (1/3, 2/3, end), "all", "4,8,12".
+    targets: str = "default"
+    name: str | None = None
+    run_dir: Path | None = None
+    storage: str | None = None
+    objectives: list[str] = field(default_factory=lambda: ["loss", "macs"])
+    sampler: str = "gp"
+    ray_address: str | None = None
+    # Where Ray Tune keeps its experiment state and trial logs (default <run_dir>/ray): on a multi-node cluster,
+    # a shared path or a URI such as s3://bucket/dir keeps the logs of trials that ran on other nodes. Trial
+    # files (students, configs, errors) come back through Ray either way.
+    storage_path: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None
+    early_stopping: bool = True
+    # A trial is stopped at a rung once `min_peers` trials reached it and `min_dominators` of them dominate it.
+    stopping_rule: dict = field(default_factory=lambda: {"min_peers": 4, "min_dominators": 2})
+    baselines: bool = True
+    report: bool = True  # the CLI writes the HTML report after the search
+    latency_repeats: int = 3
+    seed: int = 0
+    quiet: bool = False
+
+    def check(self) -> None:
+        """What can be checked without torch or Ray; UserError naming the option."""
+        parse_budget(self.budget)
+        parse_targets(self.targets)  # its range needs the teacher: checked again once it is loaded
+        if self.max_params is not None:
+            parse_count(self.max_params)
+        if ",".join(self.objectives) not in OBJECTIVE_SETS:
+            raise UserError(f"objectives must be one of {', '.join(OBJECTIVE_SETS)}, got {','.join(self.objectives)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}: choose from {', '.join(SAMPLERS)}")
+        counts = {"--trials": self.trials, "--steps": self.steps, "--batch-size": self.batch_size,
+                  "--latency-repeats": self.latency_repeats, "--concurrency": self.concurrency}
+        amounts = {"--crop-seconds": self.crop_seconds, "--lr": self.lr, "--budget-seconds": self.budget_seconds,
+                   "--cpus-per-trial": self.cpus_per_trial, "--max-latency-ms": self.max_latency_ms}
+        rules = [(counts, lambda v: v >= 1, "at least 1"), (amounts, lambda v: v > 0, "> 0"),
+                 ({"--gpus-per-trial": self.gpus_per_trial}, lambda v: v >= 0, ">= 0")]
+        for options, holds, what in rules:
+            for option, value in options.items():
+                if value is not None and not holds(value):  # None: the option was not given
+                    raise UserError(f"{option} must be {what}, got {value:g}")
+        if self.data != DEMO_DATA and not Path(self.data).expanduser().exists():
+            raise UserError(
+                f"data path does not exist: {self.data} (expected an audio directory, a fairseq .tsv manifest, "
+                f"or '{DEMO_DATA}')"
+            )
+        if self.space not in preset_names() and not Path(self.space).expanduser().is_file():
+            raise UserError(
+                f"space {self.space!r} is neither a preset ({', '.join(preset_names())}) nor an existing YAML/JSON file"
+            )
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -1,0 +1,50 @@
+"""Fault injection for the tests of failure handling, through the search's `before_training` seam.
+
+`Faults({0: "raise", 1: "nan", 3: "hang"})` makes trial 0 raise, gives trial 1 NaN weights and keeps trial 3
+training until the search is killed. Run as a script, it is `sslc-search` with faults:
+`python tests/faults.py hang:3 -- <sslc-search options>` (run as __main__, Ray ships the class by value).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+
+class Faults:
+    def __init__(self, plan: dict[int, str]):
+        self.plan = dict(plan)
+
+    @classmethod
+    def parse(cls, text: str) -> Faults:
+        """'raise:0,nan:1' -> Faults({0: "raise", 1: "nan"})."""
+        items = (item.partition(":") for item in text.split(",") if item)
+        return cls({int(number): kind for kind, _, number in items})
+
+    def __call__(self, trial_number: int, student: torch.nn.Module) -> None:
+        kind = self.plan.get(trial_number)
+        if kind == "raise":
+            raise RuntimeError("injected fault")
+        if kind == "hang":  # a trial that is surely still training when the test kills the search
+            while True:
+                time.sleep(1)
+        if kind == "nan":
+            with torch.no_grad():
+                next(student.parameters()).fill_(float("nan"))
+
+
+def shipped_by_value() -> None:
+    """Ray workers cannot import this test module: pickle its classes by value (as for a script's __main__)."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+if __name__ == "__main__":
+    from sslc.cli.search import main
+
+    plan, separator, *options = sys.argv[1:]
+    assert separator == "--", "usage: faults.py KIND:TRIAL[,...] -- SSLC-SEARCH OPTIONS"
+    raise SystemExit(main(options, before_training=Faults.parse(plan)))

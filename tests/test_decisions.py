@@ -1,0 +1,161 @@
+"""The search's small decisions, each against an independent reference: the preset spaces and the space-file
+errors, `smallest()` / `largest()` against sampled configs, the dominance stopper's rule, uniform pruning to a
+budget, and which sampler each name builds."""
+
+from __future__ import annotations
+
+import random
+
+import optuna
+import pytest
+
+from sslc.compress import CompressionConfig
+from sslc.metrics import count_macs
+from sslc.models import PRESETS, tiny_config
+from sslc.search.baselines import uniform_config, uniform_to_budget
+from sslc.search.samplers import make_sampler
+from sslc.search.scheduler import DominanceStopper
+from sslc.search.settings import SAMPLERS, preset_names
+from sslc.spaces import SearchSpace
+from sslc.spaces.space import SpaceError
+
+TEACHERS = {"tiny": tiny_config(), "base": PRESETS["hubert-base"](), "tiny-wavlm": PRESETS["tiny-wavlm"]()}
+
+
+def macs_of(config: CompressionConfig, teacher) -> int:
+    return count_macs(config.student_architecture(teacher), seconds=1.0).total
+
+
+# ---- preset spaces and space files ---------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_loads_round_trips_and_builds_valid_configs(preset):
+    space = SearchSpace.load(preset)
+    assert space.name == preset and space.description
+    again = SearchSpace.from_dict(space.to_dict())
+    assert again.to_dict() == space.to_dict()
+    rng = random.Random(0)
+    for name, teacher in TEACHERS.items():
+        for config in [space.smallest(teacher), space.largest(teacher)] + [space.sample(teacher, rng) for _ in range(20)]:
+            config.validate(teacher)  # raises on any inconsistency with the teacher
+            assert len(config.heads) == len(config.layers) == len(config.ffn), (preset, name)
+            assert all(1 <= h <= teacher.layers[t].heads for h, t in zip(config.heads, config.layers))
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_no_sampled_config_is_cheaper_than_smallest_or_dearer_than_largest(preset):
+    space, rng = SearchSpace.load(preset), random.Random(1)
+    for teacher in (TEACHERS["tiny"], TEACHERS["base"]):
+        low, high = macs_of(space.smallest(teacher), teacher), macs_of(space.largest(teacher), teacher)
+        sampled = [macs_of(space.sample(teacher, rng), teacher) for _ in range(150)]
+        assert low <= min(sampled) and max(sampled) <= high, (preset, low, min(sampled), max(sampled), high)
+        assert low < high or len(set(sampled)) == 1
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("depth: {min: 2, max: all}\nheadz: 3\n", "unknown key 'headz'"),
+        ("heads: []\n", "key 'heads' has an empty list of choices"),
+        ("depth: {min: 5, max: 2}\n", "key 'depth': min 5 is above max 2"),
+        ("ffn_keep: 1.5\n", "key 'ffn_keep' must be a fraction in (0, 1]"),
+        ("sparsity: 1.0\n", "key 'sparsity' must be a fraction in [0, 1)"),
+        ("attn_rank: [full, 2]\n", "key 'attn_rank'[1] must be 'full' or a share"),
+        ("layer_selection: middle\n", "key 'layer_selection' must be one of"),
+        ("quantize: [none, int4]\n", "key 'quantize'[1] must be one of"),
+        ("depth: {max: 3}\n", "a range needs 'min' and 'max'"),
+        ("ffn_keep: {min: 0.1, max: 1.0, step: -1}\n", "key 'ffn_keep'.step must be positive"),
+        ("heads: 0\n", "key 'heads' must be a positive integer or 'all'"),
+        ("- depth\n", "expected a mapping of knob names"),
+        ("depth: [2, 3\n", "is not valid YAML/JSON"),
+    ],
+)
+def test_space_file_errors_name_the_file_and_the_key(tmp_path, content, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(SpaceError) as caught:
+        SearchSpace.load(str(path))
+    message = str(caught.value)
+    assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_a_missing_space_file_names_the_presets(tmp_path):
+    with pytest.raises(SpaceError, match="not found.*combined"):
+        SearchSpace.load(str(tmp_path / "nothing.yaml"))
+
+
+# ---- the dominance stopper -------------------------------------------------------------------------------------
+def test_dominance_stopper_stops_only_dominated_trials_with_enough_peers():
+    stopper = DominanceStopper([10], min_peers=2, min_dominators=2)
+    # (trial, MACs, training loss at the rung): the first three only fill the rung (too few peers to judge).
+    assert not stopper.decide("a", 10, macs=5.0, loss=1.0)
+    assert not stopper.decide("b", 10, macs=6.0, loss=0.9)
+    assert not stopper.decide("c", 12, macs=4.0, loss=2.0)  # crossed the rung at 12 steps: judged at the rung
+    # d: larger than a and b and worse than both -> two dominators, three peers: stopped.
+    assert stopper.decide("d", 10, macs=7.0, loss=1.5)
+    # e: worse than everyone but the smallest model -> nobody is both no larger and better: kept.
+    assert not stopper.decide("e", 10, macs=1.0, loss=9.0)
+    # f: dominated by b only (a is better but c and e are smaller-and-worse): one dominator < 2: kept.
+    assert not stopper.decide("f", 10, macs=6.0, loss=0.95)
+    # A trial is judged once per rung: reporting again at the same rung changes nothing.
+    assert not stopper.decide("f", 11, macs=6.0, loss=5.0)
+    assert not stopper.decide("x", 9, macs=9.0, loss=9.0)  # not at the rung yet: never stopped
+    assert [m for m, _ in stopper.records[10]] == [5.0, 6.0, 4.0, 7.0, 1.0, 6.0]
+
+
+def test_dominance_stopper_margin_spares_near_ties():
+    stopper = DominanceStopper([5], min_peers=1, min_dominators=1, margin=0.1)
+    assert not stopper.decide("a", 5, macs=1.0, loss=1.0)
+    assert not stopper.decide("b", 5, macs=2.0, loss=1.05)  # worse by less than the margin: kept
+    assert stopper.decide("c", 5, macs=2.0, loss=1.2)  # worse by more: stopped
+
+
+# ---- uniform pruning to a budget ----------------------------------------------------------------------------
+@pytest.mark.parametrize("share", [0.3, 0.55, 0.8])
+def test_uniform_to_budget_is_the_largest_uniform_config_within_it(share):
+    teacher = TEACHERS["base"]
+    budget = int(share * macs_of(CompressionConfig.identity(teacher), teacher) * 10)  # per 10 s
+    config = uniform_to_budget(teacher, budget, seconds=10.0)
+    cost = count_macs(config.student_architecture(teacher), seconds=10.0).total
+    assert cost <= budget
+    # The keep ratio it chose (heads are rounded, so read it from the FFN width) cannot grow by 1% and still fit.
+    keep = config.ffn[0] / teacher.layers[0].ffn_dim
+    bigger = uniform_config(teacher, min(1.0, keep + 0.01))
+    assert count_macs(bigger.student_architecture(teacher), seconds=10.0).total > budget
+    assert config.layers == list(range(teacher.num_layers))  # every layer kept: only widths shrink
+
+
+def test_uniform_to_budget_edges():
+    teacher = TEACHERS["tiny"]
+    full = count_macs(teacher, seconds=10.0).total
+    assert uniform_to_budget(teacher, full, 10.0).heads == [layer.heads for layer in teacher.layers]
+    assert uniform_to_budget(teacher, 1000, 10.0) is None  # below even the thinnest uniform config
+
+
+# ---- samplers ------------------------------------------------------------------------------------------------
+def test_each_sampler_name_builds_its_sampler():
+    expected = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
+                "gp": optuna.samplers.GPSampler, "random": optuna.samplers.RandomSampler}
+    assert set(expected) == set(SAMPLERS)
+    for name, kind in expected.items():
+        assert type(make_sampler(name, seed=3, trials=30)) is kind
+    assert make_sampler("tpe", seed=0, trials=30, concurrency=4)._constant_liar  # parallel trials: no duplicates
+    assert not make_sampler("tpe", seed=0, trials=30, concurrency=1)._constant_liar
+    assert make_sampler("nsga2", seed=0, trials=30)._population_size == 10
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("cmaes", seed=0, trials=10)
+
+
+def test_a_seeded_sampler_proposes_the_same_configs_again():
+    space = SearchSpace.load("combined")
+
+    def proposals(name):
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(name, 7, 10))
+        configs = []
+        for _ in range(4):
+            trial = study.ask()
+            configs.append(space.suggest(trial, TEACHERS["tiny"]).to_dict())
+            study.tell(trial, [random.Random(trial.number).random(), 1.0])
+        return configs
+
+    for name in ("random", "tpe", "nsga2"):
+        assert proposals(name) == proposals(name)
