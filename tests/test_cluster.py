@@ -58,9 +58,10 @@ def _node_ports() -> list[str]:
             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """(address, env with the token, runs folder the second node cannot see, cache root of this test)."""
+@contextlib.contextmanager
+def _two_nodes(tmp_path: Path, head_cpus: int = 0, worker_cpus: int = 2):
+    """(address, env with the token, runs folder the second node cannot see): a head (the driver's node, which
+    sees `runs`) and a second node in a mount namespace where `runs` is an empty tmpfs."""
     runs = tmp_path / "runs"
     runs.mkdir()
     home = tmp_path / "home"  # no ~/.ray/auth_token of this machine's user leaks in
@@ -70,19 +71,25 @@ def cluster(tmp_path):
     port, started = free_port(), []
     temp = Path("/tmp") / f"sslc-ray-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
     try:
-        # The head runs no trial (0 CPUs): the trials can only run on the second node, which cannot see `runs`.
         started.append(_ray_start(
-            ["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", f"--temp-dir={temp}-h",
-             *_node_ports()], env, tmp_path / "head.log"))
+            ["--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
+             f"--temp-dir={temp}-h", *_node_ports()], env, tmp_path / "head.log"))
         started.append(_ray_start(
-            [f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--temp-dir={temp}-w", *_node_ports()], env,
-            tmp_path / "worker.log", hide=runs))
+            [f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}", f"--temp-dir={temp}-w", *_node_ports()],
+            env, tmp_path / "worker.log", hide=runs))
         yield f"127.0.0.1:{port}", env, runs
     finally:
         for process in reversed(started):
             _stop(process)
         for suffix in ("-h", "-w"):
             shutil.rmtree(f"{temp}{suffix}", ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    # The head runs no trial (0 CPUs): the trials can only run on the second node, which cannot see `runs`.
+    with _two_nodes(tmp_path) as nodes:
+        yield nodes
 
 
 def test_two_node_search_brings_every_student_back(cluster, tmp_path):
@@ -123,3 +130,55 @@ def test_two_node_search_brings_every_student_back(cluster, tmp_path):
     front = _non_dominated({t.number: tuple(t.values) for t in trials})
     pareto = json.loads((run_dir / "pareto.json").read_text())
     assert {p["trial"] for p in pareto["points"]} == front and len(pareto["points"]) == len(front)
+
+
+def _long_corpus(root: Path, files: int, seconds: float) -> None:
+    """Noise files, 8 kHz (read as 16 kHz): `files` x `seconds` of audio in all."""
+    import numpy as np
+    import soundfile as sf
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(files):
+        sf.write(str(root / f"utt{index:03d}.wav"), 0.1 * rng.standard_normal(int(seconds * 8000)), 8000,
+                 subtype="PCM_16")
+
+
+def test_a_node_that_cannot_read_the_audio_fails_its_trials_in_one_line_and_the_search_goes_on(tmp_path):
+    """A corpus too large to travel with the trials (over SHIPPED_AUDIO_BYTES of crops) must be at the same path
+    on every node. Here it is only on the head: the head's trials complete, the second node's trials fail with one
+    line naming that node and the file it could not read, and the search finishes."""
+    from sslc.search.context import SHIPPED_AUDIO_BYTES
+
+    crop_seconds = 30.0
+    files = int(SHIPPED_AUDIO_BYTES / (4 * 16000 * crop_seconds)) + 2  # just over the limit: not shipped
+    with _two_nodes(tmp_path, head_cpus=1, worker_cpus=1) as (address, env, runs):
+        corpus = runs / "corpus"  # in the folder the second node sees as an empty tmpfs
+        _long_corpus(corpus, files, crop_seconds)
+        run_dir = runs / "run"
+        finished = subprocess.run([
+            sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny",
+            "--data", str(corpus), "--budget", "100%", "--trials", "4", "--steps", "2", "--batch-size", "1",
+            "--crop-seconds", str(crop_seconds), "--concurrency", "2", "--latency-repeats", "1", "--name", "unseen",
+            "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--no-early-stopping",
+        ], env=env, capture_output=True, text=True, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        trials = load_study(run_dir).get_trials()
+        cache_id = (run_dir / "cache" / "run-id").read_text().strip()
+    shutil.rmtree(Path("/tmp") / "sslc-cache" / cache_id, ignore_errors=True)  # the second node's own cache
+
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL} and len(trials) == 4
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert failed and complete, [(t.state, t.user_attrs.get("node")) for t in trials]
+    # The nodes differ in their Ray node id (both are 127.0.0.1 here): the failures are the second node's only.
+    assert not {t.user_attrs["node"] for t in failed} & {t.user_attrs["node"] for t in complete}
+    for t in failed:
+        reason = t.user_attrs["fail_reason"]
+        assert "\n" not in reason
+        assert reason.startswith(f"AudioReadError on node {t.user_attrs['node']}: {corpus}/"), reason
+        assert "cannot open (No such file or directory)" in reason
+        # The traceback came back through Ray with the trial's other files.
+        assert "AudioReadError" in (run_dir / "trials" / str(t.number) / "error.txt").read_text()
+    for t in complete:
+        assert sslc.load_student(run_dir / "trials" / str(t.number) / "student.pt") is not None
