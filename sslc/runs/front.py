@@ -1,0 +1,31 @@
+"""A Pareto point as one row: what it costs and how good it is, next to the teacher. The Pareto files
+(pareto.json / pareto.csv), the terminal table and the report's table all print these rows."""
+
+from __future__ import annotations
+
+from .study import METRIC_NAMES
+from .trials import TrialRecord
+
+
+def _ratio(value, reference):
+    return value / reference if value is not None and reference else None
+
+
+def front_row(trial: TrialRecord, objectives: list[str], teacher: dict) -> dict:
+    """`objectives`: the study's, in the order of the trial's values; `teacher`: the study's teacher record."""
+    teacher_macs, teacher_params = teacher.get("macs"), teacher.get("params")
+    return {
+        "trial": trial.number,
+        "objectives": {METRIC_NAMES[name]: value for name, value in zip(objectives, trial.values or [])},
+        "loss": trial.heldout_loss,
+        "loss_by_target": trial.heldout_loss_by_target,
+        "gmacs": trial.gmacs,
+        "macs": trial.macs,
+        "params": trial.model_params,
+        "params_m": trial.model_params / 1e6 if trial.model_params is not None else None,
+        "latency_ms": trial.latency_ms,
+        "mac_ratio": _ratio(trial.macs, teacher_macs),
+        "param_ratio": _ratio(trial.model_params, teacher_params),
+        "speedup": _ratio(teacher_macs, trial.macs),
+        "config": trial.config,
+    }

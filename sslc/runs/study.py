@@ -1,0 +1,158 @@
+"""What a study records about its search as a whole, written and read in one place.
+
+The definition of what the search measures (teacher, data, space, objectives, budget, trainer, evaluation
+protocol) is written once when a search starts and compared when it resumes; baselines, retrains and probe
+results are added later by the commands that make them (a finished trial's own attrs are frozen in Optuna's
+storage, the study's are not, hence one study attr per retrained or probed trial).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import optuna
+
+from sslc.errors import UserError
+from sslc.protocol import EvaluationProtocol
+
+# The objectives a search can minimise, and each one's value as recorded on a trial, in the Pareto files and as
+# the study's metric names (the dashboard's axis titles): the name says the unit.
+OBJECTIVES = ("loss", "macs", "latency")
+METRIC_NAMES = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
+
+_SETTINGS, _SPACE, _TRAINER, _BUDGET, _PROTOCOL, _TEACHER, _BASELINES = (
+    "settings", "space", "trainer", "budget", "protocol", "teacher", "baselines",
+)
+_RETRAIN_PREFIX, _PROBE_PREFIX = "retrain:", "probe:"
+_V1_IDENTITY, _V1_OBJECTIVES = "identity", "objective_names"  # how sslc before the run record stored them
+
+
+def retrain_key(number: int) -> str:
+    return f"{_RETRAIN_PREFIX}{number}"
+
+
+def probe_key(task: str, trial: int | str) -> str:
+    return f"{_PROBE_PREFIX}{task}:{trial}"
+
+
+def metric_names(objectives: list[str]) -> list[str]:
+    return [METRIC_NAMES[name] for name in objectives]
+
+
+@dataclass
+class StudyRecord:
+    """The search-wide record of one study."""
+
+    settings: dict  # what sslc-search was given (SearchSettings as a dict)
+    objectives: list[str]  # from OBJECTIVES, in the order of every trial's values
+    space: dict | None = None  # the search space's definition (its file's content, not only its name)
+    trainer: dict | None = None  # how each short trial was trained (TrainerConfig as a dict)
+    budget: dict = field(default_factory=dict)  # Budget as a dict: max_macs, seconds, max_params, max_latency_ms
+    protocol: dict | None = None  # EvaluationProtocol as a dict; None: made by an sslc before the protocol
+    teacher: dict = field(default_factory=dict)  # spec, description, macs, params, architecture, ...
+    baselines: list[dict] | None = None  # None: not run yet
+    retrains: dict[int, dict] = field(default_factory=dict)  # trial -> what sslc-retrain measured
+    probes: dict[str, dict[int | str, dict]] = field(default_factory=dict)  # task -> {trial | "teacher": row}
+
+    # ---- what the study measures ---------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What a resumed search must not change: scores under another definition would not be comparable."""
+        budget = self.budget
+        return {
+            "teacher": self.settings.get("teacher"), "space": self.space, "objectives": self.objectives,
+            "budget_macs": budget.get("max_macs"), "budget_seconds": budget.get("seconds"),
+            "data": self.settings.get("data"), "protocol": self.protocol, "trainer": self.trainer,
+        }
+
+    def check_same_search(self, new: StudyRecord, name: str) -> None:
+        """UserError naming the first difference when `new` (a search being started on this study) would measure
+        something else than what this study holds."""
+        if self.protocol is None:
+            # Scores from before the evaluation protocol summed a depth-dependent number of terms: never mix them.
+            raise UserError(
+                f"run '{name}' was made by an older sslc whose scores are not comparable with today's (no "
+                "evaluation protocol recorded): use another --name"
+            )
+        stored, now = self.identity(), new.identity()
+        changed = [k for k in stored if json.dumps(stored[k]) != json.dumps(now[k])]
+        if not changed:
+            return
+        key = changed[0]
+        before, after = stored[key], now[key]
+        if key == "protocol" and before.get("targets") != after.get("targets"):
+            before, after = f"targets {before['targets']}", f"targets {after['targets']}"
+        values = f" ({before!r}, not {after!r})" if len(repr(before)) + len(repr(after)) < 160 else ""
+        raise UserError(f"run '{name}' was started with another {key}{values}: use another --name for a different search")
+
+    @property
+    def metric_names(self) -> list[str]:
+        return metric_names(self.objectives)
+
+    @property
+    def evaluation_protocol(self) -> EvaluationProtocol | None:
+        return EvaluationProtocol.from_dict(self.protocol) if self.protocol else None
+
+    @property
+    def budget_seconds(self) -> float:
+        return float(self.budget.get("seconds") or 10.0)
+
+    # ---- reading and writing ----------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, study: optuna.Study) -> StudyRecord:
+        attrs = study.user_attrs
+        old = attrs.get(_V1_IDENTITY) or {}
+        objectives = attrs.get(_V1_OBJECTIVES) or _objectives_from_metrics(study)
+        retrains, probes = {}, {}
+        for key, value in attrs.items():
+            if not isinstance(value, dict):
+                continue
+            if key.startswith(_RETRAIN_PREFIX) and key[len(_RETRAIN_PREFIX):].isdigit():
+                retrains[int(key[len(_RETRAIN_PREFIX):])] = value
+            elif key.startswith(_PROBE_PREFIX):
+                task, _, which = key[len(_PROBE_PREFIX):].partition(":")
+                probes.setdefault(task, {})[int(which) if which.isdigit() else which] = value
+        budget = attrs.get(_BUDGET) or (
+            {"max_macs": old["budget_macs"], "seconds": old.get("budget_seconds", 10.0)} if "budget_macs" in old else {}
+        )
+        return cls(
+            settings=dict(attrs.get(_SETTINGS) or {}), objectives=list(objectives),
+            space=attrs.get(_SPACE, old.get("space")), trainer=attrs.get(_TRAINER, old.get("trainer")),
+            budget=budget, protocol=attrs.get(_PROTOCOL, old.get("protocol")), teacher=dict(attrs.get(_TEACHER) or {}),
+            baselines=attrs.get(_BASELINES), retrains=retrains, probes=probes,
+        )
+
+    @staticmethod
+    def is_empty(study: optuna.Study) -> bool:
+        """True for a study no search has written its definition on yet."""
+        return _SETTINGS not in study.user_attrs and _V1_IDENTITY not in study.user_attrs
+
+    def write_definition(self, study: optuna.Study) -> None:
+        """At the start of a search: the definition, the settings of this run and the teacher."""
+        for key, value in ((_SETTINGS, self.settings), (_SPACE, self.space), (_TRAINER, self.trainer),
+                           (_BUDGET, self.budget), (_PROTOCOL, self.protocol), (_TEACHER, self.teacher)):
+            study.set_user_attr(key, value)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard titles axes with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self.metric_names)
+
+
+def _objectives_from_metrics(study: optuna.Study) -> list[str]:
+    by_metric = {metric: name for name, metric in METRIC_NAMES.items()}
+    names = study.metric_names
+    if names and all(n in by_metric for n in names):
+        return [by_metric[n] for n in names]
+    return list(OBJECTIVES[: len(study.directions)])
+
+
+def record_baselines(study: optuna.Study, rows: list[dict]) -> None:
+    study.set_user_attr(_BASELINES, rows)
+
+
+def record_retrain(study: optuna.Study, number: int, summary: dict) -> None:
+    study.set_user_attr(retrain_key(number), summary)
+
+
+def record_probe(study: optuna.Study, task: str, trial: int | str, row: dict) -> None:
+    study.set_user_attr(probe_key(task, trial), row)
