@@ -27,8 +27,8 @@ from sslc.data import (
 )
 from sslc.data.demo import DEMO_SPEC
 from sslc.models import EncoderConfig, SpeechEncoder
-from sslc.models.teachers import load_teacher
 from sslc.models.fingerprint import model_fingerprint
+from sslc.models.teachers import load_teacher
 from sslc.trainers import TeacherTargets
 
 log = logging.getLogger("sslc.search")

@@ -9,7 +9,6 @@ Optuna or the search.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 

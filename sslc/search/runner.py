@@ -150,7 +150,13 @@ def _start_ray(settings: SearchSettings) -> bool:
                 "~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
             ) from None
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {one_line(error)}") from None
+            # A cluster with token authentication refuses a driver without the token as a plain connection
+            # failure (after pages of InvalidAuthToken logs); Ray reads a saved token only for address "auto".
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or "
+                "RAY_AUTH_TOKEN_PATH)"
+            )
+            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {one_line(error)}{hint}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
