@@ -444,3 +444,41 @@ def test_json_round_trip():
         CompressionConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "ffn"})
     with pytest.raises(ConfigError, match="not valid JSON"):
         CompressionConfig.from_json("{")
+
+
+# ---- importance as a search knob -----------------------------------------------------------------------------
+IMPORTANCE_SPACE = {"heads": {"min": 1, "max": "all"}, "ffn_keep": [0.5, 1.0], "conv_keep": [0.5, 1.0],
+                    "head_importance": ["l1", "data", "diagonal"], "ffn_importance": ["l1", "data"],
+                    "conv_importance": "data"}
+
+
+def test_a_searched_importance_criterion_is_a_trial_param_and_a_fixed_one_is_not():
+    import optuna
+
+    from sslc.spaces import SearchSpace
+
+    space = SearchSpace.from_dict(IMPORTANCE_SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        config = space.suggest(trial, tiny_config())
+        assert trial.params["head_importance"] == config.head_importance in ("l1", "data", "diagonal")
+        assert trial.params["ffn_importance"] == config.ffn_importance
+        assert "conv_importance" not in trial.params and config.conv_importance == "data"  # fixed: not searched
+        seen.add(config.head_importance)
+        study.tell(trial, 0.0)
+    assert seen == {"l1", "data", "diagonal"}
+
+
+@pytest.mark.parametrize("head", ["l1", "data", "diagonal"])
+@pytest.mark.parametrize("ffn", ["l1", "data"])
+def test_every_importance_criterion_builds_a_valid_student(tiny, data, batch, tmp_path, head, ffn):
+    config = CompressionConfig.identity(tiny.config)
+    config.heads, config.ffn, config.conv_channels = [2, 3], [40, 24], [c // 2 for c in config.conv_channels]
+    config.head_importance, config.ffn_importance, config.conv_importance = head, ffn, "data"
+    student = compress(tiny, config, data=data, cache_dir=tmp_path)
+    assert [layer.heads for layer in student.config.layers] == [2, 3]
+    assert count_params(student) == count_params_from_config(config.student_architecture(tiny.config))
+    states = hidden(student, batch)
+    assert len(states) == 3 and all(torch.isfinite(s).all() for s in states)

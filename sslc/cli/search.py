@@ -24,6 +24,9 @@ space files (YAML or JSON): each knob is a fixed value, a list of choices, or a 
   conv_keep: {min: 0.25, max: 1.0, step: 0.125}   # CNN front-end channels kept
   sparsity: 0.0
   quantize: [none, int8]
+  head_importance: [l1, data, diagonal]  # which heads are kept (l1: weights; data: |activation x gradient|;
+  ffn_importance: l1                     #   diagonal: attention mass near the diagonal); data-driven scores are
+  conv_importance: l1                    #   computed once per teacher and data and cached
 The presets are in %(presets)s."""
 
 

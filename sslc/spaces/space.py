@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sslc.compress import CompressionConfig
-from sslc.compress.config import break_even_rank
+from sslc.compress.config import CONV_IMPORTANCE, FFN_IMPORTANCE, HEAD_IMPORTANCE, break_even_rank
 from sslc.errors import UserError, first_line
 from sslc.models import EncoderConfig
 
@@ -32,13 +32,20 @@ KNOBS = {
     "conv_keep": "float",
     "sparsity": "float",
     "quantize": "choice",
+    # Which score ranks the heads / FFN units / CNN channels a smaller size keeps (sslc.compress.importance).
+    "head_importance": "choice",
+    "ffn_importance": "choice",
+    "conv_importance": "choice",
 }
 DEFAULTS = {
     "depth": "all", "layer_selection": "first", "heads": "all", "ffn_keep": 1.0, "attn_rank": "full",
     "ffn_rank": "full", "conv_keep": 1.0, "sparsity": 0.0, "quantize": "none",
+    "head_importance": "l1", "ffn_importance": "l1", "conv_importance": "l1",
 }
 LAYER_SELECTIONS = ("evenly", "first")
 QUANTIZE = ("none", "int8")
+CHOICES = {"layer_selection": LAYER_SELECTIONS, "quantize": QUANTIZE, "head_importance": HEAD_IMPORTANCE,
+           "ffn_importance": FFN_IMPORTANCE, "conv_importance": CONV_IMPORTANCE}
 
 
 class SpaceError(UserError):
@@ -74,10 +81,8 @@ def _parse_knob(name: str, raw: Any, where: str) -> Knob:
             raise SpaceError(f"{label} must be a fraction in [0, 1), got {value!r}")
         if kind == "rank" and value != "full" and not (isinstance(value, (int, float)) and 0 < value <= 1):
             raise SpaceError(f"{label} must be 'full' or a share (0, 1] of the break-even rank, got {value!r}")
-        if name == "layer_selection" and value not in LAYER_SELECTIONS:
-            raise SpaceError(f"{label} must be one of {LAYER_SELECTIONS}, got {value!r}")
-        if name == "quantize" and value not in QUANTIZE:
-            raise SpaceError(f"{label} must be one of {QUANTIZE}, got {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise SpaceError(f"{label} must be one of {CHOICES[name]}, got {value!r}")
         return value
 
     if isinstance(raw, list):
@@ -190,6 +195,8 @@ class SearchSpace:
             layers=list(layers), heads=heads, ffn=ffn, attn_rank=attn_rank, ffn_rank=ffn_rank,
             conv_channels=conv_channels, sparsity=float(pick.float(self.knobs["sparsity"], "sparsity")),
             quantize=pick.choice(self.knobs["quantize"], "quantize"),
+            **{name: pick.choice(self.knobs[name], name) for name in ("head_importance", "ffn_importance",
+                                                                     "conv_importance")},
         )
 
 
@@ -286,8 +293,8 @@ class _ExtremePicker:
     def choice(self, knob: Knob, name: str):
         if knob.fixed is not None:
             return knob.fixed
-        if knob.name == "layer_selection":
-            return knob.choices[0]  # the choice of layers does not change MACs
+        if knob.name != "quantize":
+            return knob.choices[0]  # which layers or units are kept does not change MACs
         return "none" if "none" in knob.choices else knob.choices[0]
 
 
