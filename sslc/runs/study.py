@@ -146,6 +146,16 @@ def _objectives_from_metrics(study: optuna.Study) -> list[str]:
     return list(OBJECTIVES[: len(study.directions)])
 
 
+def baseline_row(name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool) -> dict:
+    """One baseline as the study keeps it; `result`: what training and measuring it returned (status
+    "infeasible" and no scores when it was over budget and not trained)."""
+    return {
+        "name": name, "config": config, "macs": macs, "params": params,
+        "heldout_loss": result.get("heldout_loss"), "heldout_loss_by_target": result.get("heldout_loss_by_target"),
+        "latency_ms": result.get("latency_ms"), "status": result["status"], "within_budget": within_budget,
+    }
+
+
 def record_baselines(study: optuna.Study, rows: list[dict]) -> None:
     study.set_user_attr(_BASELINES, rows)
 

@@ -25,7 +25,7 @@ from sslc.metrics import count_macs, count_params, count_params_from_config, for
 from sslc.models.teachers import describe_teacher
 from sslc.runs.inputs import prepare_inputs
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
-from sslc.runs.study import StudyRecord, record_baselines
+from sslc.runs.study import StudyRecord, baseline_row, record_baselines
 from sslc.runs.trials import count_trained, pending_retries
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
@@ -189,15 +189,7 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         result = {"status": "infeasible", "reason": "; ".join(over)} if over else train_and_measure(
             setup, config.to_dict(), None, macs=macs
         )
-        rows.append(
-            {
-                "name": name, "config": config.to_dict(), "macs": macs, "params": params,
-                "heldout_loss": result.get("heldout_loss"),
-                "heldout_loss_by_target": result.get("heldout_loss_by_target"),
-                "latency_ms": result.get("latency_ms"),
-                "status": result["status"], "within_budget": not over,
-            }
-        )
+        rows.append(baseline_row(name, config.to_dict(), macs, params, result, within_budget=not over))
         say(f"baseline {name}: {_baseline_outcome(result, macs)}")
     torch.set_num_threads(threads)
     record_baselines(study, rows)
