@@ -58,18 +58,25 @@ def parse_budget(text: str) -> BudgetSpec:
 
 @dataclass(frozen=True)
 class Budget:
-    """The limits one search enforces; MACs are for `seconds` of 16 kHz audio."""
+    """The limits one search enforces. MACs in `convention`: "seconds" (one waveform of `seconds` of 16 kHz audio,
+    sslc's default) or "superb" (summed over the SUPERB profiler's 32 utterances, as the published tables quote
+    them; `sslc.metrics.macs_in_convention` counts either)."""
 
     max_macs: int
     seconds: float = 10.0
     max_params: int | None = None
     max_latency_ms: float | None = None
+    convention: str = "seconds"
 
-    def violations(self, macs: int, params: int | None = None, latency_ms: float | None = None) -> list[str]:
-        """Human-readable reasons a candidate is over budget (empty when it fits)."""
+    def violations(
+        self, macs: int | None, params: int | None = None, latency_ms: float | None = None
+    ) -> list[str]:
+        """Human-readable reasons a candidate is over budget (empty when it fits); `macs` in the budget's
+        convention (None: not checked)."""
         out = []
-        if macs > self.max_macs:
-            out.append(f"{macs / 1e9:.2f} GMACs > budget {self.max_macs / 1e9:.2f} GMACs")
+        if macs is not None and macs > self.max_macs:
+            unit = "GMACs (SUPERB convention)" if self.convention == "superb" else "GMACs"
+            out.append(f"{macs / 1e9:.2f} {unit} > budget {self.max_macs / 1e9:.2f} {unit}")
         if self.max_params is not None and params is not None and params > self.max_params:
             out.append(f"{params / 1e6:.2f} M params > limit {self.max_params / 1e6:.2f} M")
         if self.max_latency_ms is not None and latency_ms is not None and latency_ms > self.max_latency_ms:

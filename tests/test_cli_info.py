@@ -52,6 +52,7 @@ def test_hubert_base_reference_numbers(capsys):
     assert main(["--teacher", "random:hubert-base", "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert "74.07" in out  # GMACs at 10 s
+    assert "MACs, SUPERB convention" in out and "1.67T" in out.replace(" ", "")  # 1665.5 G (published: 1669 G)
     assert "94.37" in out  # M parameters
     assert "random weights" in out
 

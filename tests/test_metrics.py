@@ -391,3 +391,26 @@ def test_compare_latency_times_every_model():
 def test_latency_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         measure_latency(build_encoder(tiny_config(), seed=0), **kwargs)
+
+
+# ---- the SUPERB profiler's convention -------------------------------------------------------------------------
+def test_superb_convention_of_hubert_base_is_the_published_figure_and_the_flop_counters():
+    from sslc.metrics import SUPERB_UTTERANCE_SAMPLES, count_macs_superb, macs_in_convention
+
+    config = PRESETS["hubert-base"]()
+    superb = count_macs_superb(config)
+    assert len(SUPERB_UTTERANCE_SAMPLES) == 32 and sum(SUPERB_UTTERANCE_SAMPLES) == 3_597_760  # 224.86 s
+    assert superb == pytest.approx(1669e9, rel=0.005)  # the SUPERB tables' HuBERT Base
+    model = _on_meta(config)  # FlopCounterMode over the same 32 lengths, on the meta device
+    assert superb == sum(count_macs_of_model(model, n) for n in SUPERB_UTTERANCE_SAMPLES)
+    assert macs_in_convention(config, "superb") == superb
+    assert macs_in_convention(config, "seconds", 10.0) == count_macs(config, seconds=10.0).total
+    with pytest.raises(ValueError, match="unknown MACs convention"):
+        macs_in_convention(config, "flops")
+
+
+def test_the_cli_and_the_metrics_offer_the_same_conventions():
+    from sslc.metrics import MACS_CONVENTIONS
+    from sslc.search.settings import MACS_CONVENTIONS as OFFERED
+
+    assert OFFERED == MACS_CONVENTIONS

@@ -272,3 +272,24 @@ def test_report_of_an_early_three_objective_run(tmp_path):
     assert list(hypervolume.data[0].x) == [0]
     assert report.section("importance").figure is None and "at least 2" in report.section("importance").note
     assert write_report(run_dir).is_file()
+
+
+def test_published_anchors_are_reference_markers_and_the_front_a_rug(run, report):
+    from sslc.dashboards.anchors import published_anchors
+
+    anchors = published_anchors()
+    assert all(a["source"] and a["params_m"] > 0 for a in anchors)
+    teacher = next(a for a in anchors if a.get("role") == "teacher")
+    assert teacher["superb_gmacs"] == 1669.0 and teacher["pr_per"] == 5.41  # HuBERT Base, as published
+    figure = report.section("anchors").figure
+    placed = [t for t in figure.data if t.meta == "anchors"]
+    with_per = [a for a in anchors if a["superb_gmacs"] is not None and a["pr_per"] is not None]
+    assert list(placed[0].text) == [a["name"] for a in with_per]
+    assert list(placed[0].x) == [a["superb_gmacs"] for a in with_per] and list(placed[0].y) == [a["pr_per"] for a in with_per]
+    assert "not sslc runs" in placed[0].name
+    rug = [t for t in figure.data if t.meta == "sslc"][0]  # the MACs panel
+    front = {t.number: t for t in run.study.best_trials}
+    assert sorted(rug.customdata) == sorted(front)
+    for number, x in zip(rug.customdata, rug.x):
+        assert x == pytest.approx(front[number].user_attrs["macs_superb"] / 1e9)
+    assert "not a trained HuBERT Base" in report.section("anchors").note  # the tiny random teacher

@@ -371,3 +371,27 @@ def test_pareto_files_name_the_studys_objectives(tmp_path):
     document = json.loads((tmp_path / "pareto.json").read_text())
     assert document["points"][0]["objectives"] == row["objectives"]
     assert document["objectives"] == ["heldout_loss", "latency_ms"]
+
+
+def test_a_budget_in_the_superb_convention_bounds_the_superb_macs(tmp_path):
+    """--macs-convention superb: the budget (a share of the teacher's SUPERB-convention MACs) is enforced on each
+    config's MACs summed over SUPERB's 32 utterances; both conventions reach the trials and the Pareto files."""
+    from sslc.metrics import count_macs_superb
+
+    settings = _settings(tmp_path, "superb", budget="60%", macs_convention="superb", trials=3)
+    result = run_search(settings)
+    study = load_study(settings.run_dir)
+    budget = study.user_attrs["budget"]
+    assert budget["convention"] == "superb" and budget["max_macs"] == int(0.6 * count_macs_superb(tiny_config()))
+    for t in study.get_trials():
+        config = CompressionConfig.from_dict(t.user_attrs["config"])
+        superb = count_macs_superb(config.student_architecture(tiny_config()))
+        assert t.user_attrs["macs_superb"] == superb
+        assert t.user_attrs["budget_slack_macs"] == budget["max_macs"] - superb
+        assert (superb > budget["max_macs"]) == bool(t.user_attrs.get("infeasible"))
+    with open(settings.run_dir / "pareto.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["trial"]) for r in rows] == [p["trial"] for p in result.pareto] and rows
+    by_number = {t.number: t for t in study.get_trials()}
+    for row in rows:
+        assert float(row["gmacs_superb"]) == pytest.approx(by_number[int(row["trial"])].user_attrs["macs_superb"] / 1e9)

@@ -14,7 +14,9 @@ from sslc.errors import UserError
 from sslc.metrics import (
     REFERENCE_SECONDS,
     SAMPLE_RATE,
+    SUPERB_UTTERANCE_SAMPLES,
     count_macs,
+    count_macs_superb,
     count_params,
     format_macs,
     format_params,
@@ -77,6 +79,8 @@ def _print_table(report: dict) -> None:
             share = f"{100 * macs[part] / total:.1f}%" if total else ""
             table.add_row(f"MACs: {label}", format_macs(macs[part]), share)
     table.add_row("MACs: total", format_macs(total), "100.0%" if total else "", style="bold")
+    table.add_row("MACs, SUPERB convention", format_macs(report["macs_superb"]),
+                  f"{len(SUPERB_UTTERANCE_SAMPLES)} utterances")
     latency = report["latency"]
     if latency is None:
         table.add_row("CPU latency (median)", "not measured", "")
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "frames": frames,
         "params": count_params(model),
         "macs": macs.as_dict(),
+        # The published tables' convention: summed over SUPERB's 32 LibriSpeech utterances (HuBERT Base 1669 G).
+        "macs_superb": count_macs_superb(config),
         "latency": latency.as_dict() if latency is not None else None,
     }
     if args.json:

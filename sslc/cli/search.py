@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from sslc.cli.common import ArgumentParser, cli_entry
-from sslc.search.settings import DEMO_DATA, OBJECTIVE_SETS, PRESET_DIR, SAMPLERS, SearchSettings, preset_names
+from sslc.search.settings import (
+    DEMO_DATA,
+    MACS_CONVENTIONS,
+    OBJECTIVE_SETS,
+    PRESET_DIR,
+    SAMPLERS,
+    SearchSettings,
+    preset_names,
+)
 
 # Defaults, choices and checks live with the settings (one place); the CLI only spells them as options.
 DEFAULTS = SearchSettings(budget="")
@@ -57,6 +65,10 @@ def build_parser():
     parser.add_argument("--budget", required=True,
                         help="MACs (30GMACs, 500MMACs, 3e10) or a share of the teacher's MACs (40%%)")
     parser.add_argument("--budget-seconds", type=float, default=DEFAULTS.budget_seconds, help="audio length the MACs are counted for")
+    parser.add_argument("--macs-convention", default=DEFAULTS.macs_convention, choices=MACS_CONVENTIONS,
+                        help="how --budget counts MACs: seconds (one waveform of --budget-seconds) or superb (summed "
+                        "over the SUPERB profiler's 32 LibriSpeech utterances, as published tables quote them: "
+                        "HuBERT Base 1669G)")
     parser.add_argument("--max-params", help="also cap parameters (e.g. 25M)")
     parser.add_argument("--max-latency-ms", type=float, help="also cap measured latency for --budget-seconds of audio")
     parser.add_argument("--space", default=DEFAULTS.space,
@@ -95,6 +107,7 @@ def settings_from_args(args) -> SearchSettings:
     second)."""
     settings = SearchSettings(
         teacher=args.teacher, data=args.data, budget=args.budget, budget_seconds=args.budget_seconds,
+        macs_convention=args.macs_convention,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, space=args.space, trials=args.trials,
         steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
         targets=args.targets, name=args.name,

@@ -18,6 +18,7 @@ from sslc.files import write_text_atomically
 from sslc.metrics import format_macs
 from sslc.runs.record import RunRecord, open_run
 
+from .anchors import anchors_figure
 from .architecture import architecture_figure, teacher_architecture
 from .front import has_latency, pareto_figure
 from .history import hypervolume_figure, importance_figure, parallel_figure
@@ -104,6 +105,8 @@ def build_report(run: RunRecord) -> Report:
     figure, note = probe_figure(run)
     if figure is not None:  # only once sslc-probe recorded something on the run
         report.sections.append(Section("probes", "Downstream probes vs MACs", note, figure))
+    figure, note = anchors_figure(run)
+    report.sections.append(Section("anchors", "Beside the published compressed models", note, figure))
     rows = pareto_rows(run) + reference_rows(run)
     report.sections.append(Section(
         "table", "Pareto points", html=table_html(rows) if rows else "<p>No complete trial yet.</p>",

@@ -166,6 +166,32 @@ def count_macs(
     return parts
 
 
+# The convention of the published tables (SUPERB's profiler): MACs summed over 32 fixed LibriSpeech test-clean
+# utterances, batch 1. Their lengths in samples at 16 kHz (224.86 s in all).
+SUPERB_UTTERANCE_SAMPLES = (
+    20560, 34560, 38480, 42560, 45600, 48720, 52000, 55120, 59120, 62720, 66400, 71200, 75200, 78640, 82800, 87520,
+    92720, 98560, 104400, 111120, 118480, 125040, 132720, 142640, 154000, 166720, 180880, 197920, 217920, 239280,
+    268160, 326000,
+)
+# How MACs are quoted: "seconds" (one waveform of the budget's length, 10 s by default: sslc's own convention) or
+# "superb" (the published tables' sum over SUPERB_UTTERANCE_SAMPLES).
+MACS_CONVENTIONS = ("seconds", "superb")
+
+
+def count_macs_superb(config: EncoderConfig) -> int:
+    """MACs in the SUPERB profiler's convention: the sum over its 32 LibriSpeech utterances."""
+    return sum(count_macs(config, num_samples=n).total for n in SUPERB_UTTERANCE_SAMPLES)
+
+
+def macs_in_convention(config: EncoderConfig, convention: str, seconds: float = REFERENCE_SECONDS) -> int:
+    """MACs of `config` as `convention` quotes them (see MACS_CONVENTIONS)."""
+    if convention == "superb":
+        return count_macs_superb(config)
+    if convention == "seconds":
+        return count_macs(config, seconds=seconds).total
+    raise ValueError(f"unknown MACs convention {convention!r}; expected one of {MACS_CONVENTIONS}")
+
+
 # ---- reference: FlopCounterMode on the built model ------------------------------------------------------------
 @contextlib.contextmanager
 def exact_counting():

@@ -63,7 +63,10 @@ def select_trials(
     stored_budget = run.record.budget
     if under_budget and stored_budget.get("max_macs") is not None:
         budget = Budget(**stored_budget)
-        chosen = [t for t in chosen if not budget.violations(t.macs or 0, t.model_params, t.latency_ms)]
+        chosen = [
+            t for t in chosen
+            if not budget.violations(t.budgeted_macs(budget.convention) or 0, t.model_params, t.latency_ms)
+        ]
         if not chosen:
             raise UserError(f"no Pareto point of run '{run.name}' is within its budget")
     return chosen

@@ -63,6 +63,7 @@ class StudyRecord:
         return {
             "teacher": self.settings.get("teacher"), "space": self.space, "objectives": self.objectives,
             "budget_macs": budget.get("max_macs"), "budget_seconds": budget.get("seconds"),
+            "budget_convention": budget.get("convention", "seconds"),
             "data": self.settings.get("data"), "protocol": self.protocol, "trainer": self.trainer,
         }
 
@@ -146,11 +147,13 @@ def _objectives_from_metrics(study: optuna.Study) -> list[str]:
     return list(OBJECTIVES[: len(study.directions)])
 
 
-def baseline_row(name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool) -> dict:
+def baseline_row(
+    name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool, macs_superb: int | None = None
+) -> dict:
     """One baseline as the study keeps it; `result`: what training and measuring it returned (status
     "infeasible" and no scores when it was over budget and not trained)."""
     return {
-        "name": name, "config": config, "macs": macs, "params": params,
+        "name": name, "config": config, "macs": macs, "macs_superb": macs_superb, "params": params,
         "heldout_loss": result.get("heldout_loss"), "heldout_loss_by_target": result.get("heldout_loss_by_target"),
         "latency_ms": result.get("latency_ms"), "status": result["status"], "within_budget": within_budget,
     }

@@ -20,8 +20,9 @@ from optuna.trial import FrozenTrial, TrialState
 CONFIG = "config"  # the CompressionConfig as a dict
 MACS = "macs"  # exact MACs for the study's budget seconds (an int; the "gmacs" objective is this / 1e9)
 MACS_BREAKDOWN = "macs_breakdown"
+MACS_SUPERB = "macs_superb"  # MACs in the SUPERB profiler's convention (the published tables')
 PARAMS = "params"
-BUDGET_SLACK = "budget_slack_macs"
+BUDGET_SLACK = "budget_slack_macs"  # the budget minus the MACs, in the budget's convention
 INFEASIBLE = "infeasible"  # True: over budget, never trained
 FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"  # True: the search stopped while it ran; its config runs again on resume
@@ -87,6 +88,7 @@ class TrialRecord:
     config: dict | None = None
     macs: int | None = None
     macs_breakdown: dict | None = None
+    macs_superb: int | None = None
     model_params: int | None = None  # parameters of the student (`params` are the sampler's)
     budget_slack_macs: int | None = None
     heldout_loss: float | None = None
@@ -112,7 +114,8 @@ class TrialRecord:
         return cls(
             number=trial.number, state=trial.state, outcome=outcome_of(trial),
             values=list(trial.values) if trial.values else None, params=dict(trial.params),
-            config=a.get(CONFIG), macs=a.get(MACS), macs_breakdown=a.get(MACS_BREAKDOWN), model_params=a.get(PARAMS),
+            config=a.get(CONFIG), macs=a.get(MACS), macs_breakdown=a.get(MACS_BREAKDOWN), macs_superb=a.get(MACS_SUPERB),
+            model_params=a.get(PARAMS),
             budget_slack_macs=a.get(BUDGET_SLACK), heldout_loss=a.get(HELDOUT_LOSS),
             heldout_loss_by_target=a.get(HELDOUT_LOSS_BY_TARGET), latency_ms=a.get("latency_ms"),
             nonzero_params=a.get("nonzero_params"), train_curve=list(a.get("train_curve") or []),
@@ -126,6 +129,10 @@ class TrialRecord:
     @property
     def gmacs(self) -> float | None:
         return self.macs / 1e9 if self.macs is not None else None
+
+    def budgeted_macs(self, convention: str) -> int | None:
+        """MACs as a budget in `convention` counts them."""
+        return self.macs_superb if convention == "superb" else self.macs
 
     @property
     def last_step(self) -> int | None:
@@ -145,11 +152,14 @@ def config_key(config: dict) -> str:
 
 
 # ---- writing, on a trial the searcher holds ----------------------------------------------------------------------
-def write_asked(trial: optuna.Trial, config: dict, macs: int, breakdown: dict, params: int, slack: int) -> None:
+def write_asked(
+    trial: optuna.Trial, config: dict, macs: int, breakdown: dict, params: int, slack: int, macs_superb: int
+) -> None:
     """What is known about a config before it is trained."""
     trial.set_user_attr(CONFIG, config)
     trial.set_user_attr(MACS, macs)
     trial.set_user_attr(MACS_BREAKDOWN, breakdown)
+    trial.set_user_attr(MACS_SUPERB, macs_superb)
     trial.set_user_attr(PARAMS, params)
     trial.set_user_attr(BUDGET_SLACK, slack)
 

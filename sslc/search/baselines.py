@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from sslc.compress import CompressionConfig
-from sslc.metrics import count_macs
+from sslc.metrics import macs_in_convention
 from sslc.models import EncoderConfig
 
 
@@ -20,11 +20,14 @@ def uniform_config(teacher: EncoderConfig, keep: float) -> CompressionConfig:
     return config
 
 
-def uniform_to_budget(teacher: EncoderConfig, max_macs: int, seconds: float) -> CompressionConfig | None:
-    """The largest uniformly pruned config within `max_macs` (bisection on the keep ratio); None if none fits."""
+def uniform_to_budget(
+    teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds"
+) -> CompressionConfig | None:
+    """The largest uniformly pruned config within `max_macs` (in `convention`, see sslc.metrics.MACS_CONVENTIONS;
+    bisection on the keep ratio); None if none fits."""
 
     def macs(keep: float) -> int:
-        return count_macs(uniform_config(teacher, keep).student_architecture(teacher), seconds=seconds).total
+        return macs_in_convention(uniform_config(teacher, keep).student_architecture(teacher), convention, seconds)
 
     lo, hi = 0.0, 1.0
     if macs(hi) <= max_macs:
@@ -35,9 +38,11 @@ def uniform_to_budget(teacher: EncoderConfig, max_macs: int, seconds: float) -> 
     return uniform_config(teacher, lo) if lo > 0 and macs(lo) <= max_macs else None
 
 
-def baseline_configs(teacher: EncoderConfig, max_macs: int, seconds: float) -> dict[str, CompressionConfig]:
+def baseline_configs(
+    teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds"
+) -> dict[str, CompressionConfig]:
     configs = {}
-    uniform = uniform_to_budget(teacher, max_macs, seconds)
+    uniform = uniform_to_budget(teacher, max_macs, seconds, convention)
     if uniform is not None:
         configs["uniform"] = uniform
     configs["distilhubert-2layer"] = CompressionConfig.first_n(teacher, min(2, teacher.num_layers))

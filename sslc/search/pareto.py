@@ -13,7 +13,7 @@ from sslc.runs.front import front_row
 from sslc.runs.study import StudyRecord
 from sslc.runs.trials import TrialRecord, front_trials
 
-ROW_FIELDS = ("trial", "loss", "gmacs", "params_m", "latency_ms", "mac_ratio", "param_ratio")
+ROW_FIELDS = ("trial", "loss", "gmacs", "gmacs_superb", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 
 
 def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:

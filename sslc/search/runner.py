@@ -21,7 +21,14 @@ import torch
 
 from sslc.budget import Budget, BudgetSpec, parse_budget, parse_count
 from sslc.errors import SearchFailed, UserError, one_line
-from sslc.metrics import count_macs, count_params, count_params_from_config, format_macs
+from sslc.metrics import (
+    count_macs,
+    count_macs_superb,
+    count_params,
+    count_params_from_config,
+    format_macs,
+    macs_in_convention,
+)
 from sslc.models.teachers import describe_teacher
 from sslc.runs.inputs import prepare_inputs
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
@@ -64,13 +71,17 @@ def _run_dir(settings: SearchSettings) -> tuple[str, Path]:
 
 
 def search_budget(settings: SearchSettings, teacher_macs: int, spec: BudgetSpec | None = None) -> Budget:
-    """The limits a search with `settings` enforces, for a teacher of `teacher_macs` MACs (per budget_seconds);
-    `spec` is `settings.budget` parsed, when the caller has parsed it already."""
+    """The limits a search with `settings` enforces, for a teacher of `teacher_macs` MACs (in
+    `settings.macs_convention`: per budget_seconds, or SUPERB's sum); `spec` is `settings.budget` parsed, when the
+    caller has parsed it already."""
     spec = parse_budget(settings.budget) if spec is None else spec
     max_params = parse_count(settings.max_params) if settings.max_params else None
     if settings.max_latency_ms is not None and not settings.max_latency_ms > 0:
         raise UserError("--max-latency-ms must be > 0")
-    return Budget(spec.resolve(teacher_macs), settings.budget_seconds, max_params, settings.max_latency_ms)
+    return Budget(
+        spec.resolve(teacher_macs), settings.budget_seconds, max_params, settings.max_latency_ms,
+        settings.macs_convention,
+    )
 
 
 # Before a search, this many configs are drawn at random from the space; when fewer than MIN_FEASIBLE_SHARE of
@@ -84,9 +95,9 @@ def _check_feasible(space: SearchSpace, teacher_config, budget: Budget, seed: in
     """A budget below the smallest config of the space cannot be met, and one that only a sliver of the space
     meets would mostly be missed: say so before anything is trained."""
 
-    def cost(config) -> tuple[int, int]:
+    def cost(config) -> tuple[int, int]:  # MACs in the budget's convention, params
         arch = config.student_architecture(teacher_config)
-        return count_macs(arch, seconds=budget.seconds).total, count_params_from_config(arch)
+        return macs_in_convention(arch, budget.convention, budget.seconds), count_params_from_config(arch)
 
     low, high = cost(space.smallest(teacher_config)), cost(space.largest(teacher_config))
     reach = f"its configs need {format_macs(low[0])} to {format_macs(high[0])} MACs"
@@ -180,16 +191,18 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
     if StudyRecord.read(study).baselines is not None:
         return
     rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
-    configs = baseline_configs(teacher_config, setup.budget.max_macs, setup.budget.seconds)
+    budget = setup.budget
+    configs = baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
     say(f"baselines, for comparison: {', '.join(configs)} ({setup.trainer.steps} steps each, like a trial)")
     for name, config in configs.items():
         arch = config.student_architecture(teacher_config)
-        macs, params = count_macs(arch, seconds=setup.budget.seconds).total, count_params_from_config(arch)
-        over = setup.budget.violations(macs, params)
+        macs, params = count_macs(arch, seconds=budget.seconds).total, count_params_from_config(arch)
+        over = budget.violations(macs_in_convention(arch, budget.convention, budget.seconds), params)
         result = {"status": "infeasible", "reason": "; ".join(over)} if over else train_and_measure(
             setup, config.to_dict(), None, macs=macs
         )
-        rows.append(baseline_row(name, config.to_dict(), macs, params, result, within_budget=not over))
+        rows.append(baseline_row(name, config.to_dict(), macs, params, result, within_budget=not over,
+                                 macs_superb=count_macs_superb(arch)))
         say(f"baseline {name}: {_baseline_outcome(result, macs)}")
     torch.set_num_threads(threads)
     record_baselines(study, rows)
@@ -226,7 +239,9 @@ def run_search(
     context.ship_audio()  # a small corpus travels decoded with the context: no node needs a copy of the files
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
-    budget = search_budget(settings, teacher_macs.total, budget_spec)
+    teacher_superb = count_macs_superb(teacher_config)
+    teacher_budgeted = teacher_superb if settings.macs_convention == "superb" else teacher_macs.total
+    budget = search_budget(settings, teacher_budgeted, budget_spec)
     _check_feasible(space, teacher_config, budget, settings.seed)
     targets = parse_targets(settings.targets, teacher_config.num_layers)
     trainer = trainer_config(settings, targets)
@@ -234,9 +249,10 @@ def run_search(
     say(f"teacher: {describe_teacher(context.teacher)}")
     say(f"data: {context.data.note}")
     say(protocol.describe())
+    quoted = "in the SUPERB convention" if budget.convention == "superb" else f"for {budget.seconds:g} s of audio"
     say(
-        f"budget: {format_macs(budget.max_macs)} MACs for {budget.seconds:g} s of audio "
-        f"({budget.max_macs / teacher_macs.total:.0%} of the teacher's {format_macs(teacher_macs.total)})"
+        f"budget: {format_macs(budget.max_macs)} MACs {quoted} "
+        f"({budget.max_macs / teacher_budgeted:.0%} of the teacher's {format_macs(teacher_budgeted)})"
     )
 
     storage_url = settings.storage or default_storage_url(run_dir)
@@ -247,6 +263,7 @@ def run_search(
         teacher={
             "spec": settings.teacher, "description": describe_teacher(context.teacher),
             "is_random": bool(getattr(context.teacher, "is_random", False)), "macs": teacher_macs.total,
+            "macs_superb": teacher_superb,
             "params": count_params(context.teacher), "macs_breakdown": teacher_macs.as_dict(),
             "architecture": teacher_config.to_dict(),
         },

@@ -17,7 +17,7 @@ from ray.tune.search import Searcher
 
 from sslc.budget import Budget
 from sslc.errors import SearchFailed, UserError, one_line
-from sslc.metrics import count_macs, count_params_from_config
+from sslc.metrics import count_macs, count_macs_superb, count_params_from_config
 from sslc.models import EncoderConfig
 from sslc.runs import trials as record
 from sslc.runs.study import METRIC_NAMES
@@ -54,9 +54,10 @@ class Candidate:
 
     trial: optuna.Trial
     config: object  # CompressionConfig
-    macs: int
+    macs: int  # for the budget's seconds of audio
     breakdown: dict
     params: int
+    macs_superb: int  # in the SUPERB profiler's convention
 
 
 class OptunaAskTellSearcher(Searcher):
@@ -97,10 +98,11 @@ class OptunaAskTellSearcher(Searcher):
         self.__dict__.update(state, study=None, on_event=lambda kind, trial: None, running={}, answers={})
 
     # ---- asking ------------------------------------------------------------------------------------------
-    def measure(self, config) -> tuple[int, dict, int]:
+    def measure(self, config) -> tuple[int, dict, int, int]:
+        """MACs for the budget's seconds, their breakdown, params, and MACs in the SUPERB convention."""
         arch = config.student_architecture(self.teacher_config)
         breakdown = count_macs(arch, seconds=self.budget.seconds)
-        return breakdown.total, breakdown.as_dict(), count_params_from_config(arch)
+        return breakdown.total, breakdown.as_dict(), count_params_from_config(arch), count_macs_superb(arch)
 
     def _ask(self) -> optuna.Trial:
         if self.retries:
@@ -120,8 +122,9 @@ class OptunaAskTellSearcher(Searcher):
                 raise
             except Exception as error:
                 raise fault(f"the {type(self.study.sampler).__name__} sampler failed", error) from error
-            macs, breakdown, params = self.measure(config)
-            record.write_asked(trial, config.to_dict(), macs, breakdown, params, self.budget.max_macs - macs)
+            macs, breakdown, params, superb = self.measure(config)
+            budgeted = superb if self.budget.convention == "superb" else macs
+            record.write_asked(trial, config.to_dict(), macs, breakdown, params, self.budget.max_macs - budgeted, superb)
             earlier = self.answers.get(config_key(config.to_dict()))
             if earlier is not None:
                 self._answer_repeat(trial, earlier)
@@ -133,9 +136,9 @@ class OptunaAskTellSearcher(Searcher):
                     )
                 continue
             repeats = 0
-            violations = self.budget.violations(macs, params)
+            violations = self.budget.violations(budgeted, params)
             if not violations:
-                return Candidate(trial, config, macs, breakdown, params)
+                return Candidate(trial, config, macs, breakdown, params, superb)
             record.write_failed(trial, "infeasible (not trained): " + "; ".join(violations), infeasible=True)
             self._remember(self.study.tell(trial, state=TrialState.FAIL))
             self.on_event("infeasible", None)

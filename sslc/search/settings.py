@@ -17,6 +17,7 @@ from sslc.protocol import parse_targets
 # The objectives a search can minimise (see sslc.runs.study), in the combinations offered.
 OBJECTIVE_SETS = ("loss,macs", "loss,latency", "loss,macs,latency")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+MACS_CONVENTIONS = ("seconds", "superb")  # = sslc.metrics.MACS_CONVENTIONS (not imported: it would pull in torch)
 DEMO_DATA = "demo"
 # The presets ship as files beside the space module; listed from disk so `--help` needs no torch import.
 PRESET_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
@@ -34,6 +35,9 @@ class SearchSettings:
     teacher: str = "random:hubert-base"
     data: str = DEMO_DATA
     budget_seconds: float = 10.0
+    # How --budget counts MACs: "seconds" (one waveform of budget_seconds) or "superb" (the published tables'
+    # sum over SUPERB's 32 LibriSpeech utterances, e.g. HuBERT Base 1669 G).
+    macs_convention: str = "seconds"
     max_params: str | None = None
     max_latency_ms: float | None = None
     space: str = "combined"
@@ -74,6 +78,8 @@ class SearchSettings:
             parse_count(self.max_params)
         if ",".join(self.objectives) not in OBJECTIVE_SETS:
             raise UserError(f"objectives must be one of {', '.join(OBJECTIVE_SETS)}, got {','.join(self.objectives)}")
+        if self.macs_convention not in MACS_CONVENTIONS:
+            raise UserError(f"--macs-convention must be one of {', '.join(MACS_CONVENTIONS)}, got {self.macs_convention!r}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: choose from {', '.join(SAMPLERS)}")
         counts = {"--trials": self.trials, "--steps": self.steps, "--batch-size": self.batch_size,
