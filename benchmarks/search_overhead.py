@@ -135,7 +135,7 @@ def run_timed_search(run_dir: Path, steps: int, trials: int) -> tuple[float, flo
     from ray.tune import Tuner
 
     phases = Phases()  # public entry points only: the runner's own helpers may change shape
-    phases.wrap(runner, "prepare_run", "prepare_run")
+    phases.wrap(runner, "prepare_inputs", "prepare_inputs")
     phases.wrap(ray, "init", "ray_start")
     phases.wrap(Tuner, "fit", "tuner_fit")
     phases.wrap(ray, "shutdown", "ray_shutdown")
@@ -262,15 +262,15 @@ def main() -> None:
         lead_in = sum(lane[0].datetime_start.timestamp() - first_ask for lane in lanes if lane)
 
         one_off = {
-            "prepare_run (teacher, demo audio, fingerprint)": phases.total.get("prepare_run", 0.0),
+            "prepare_inputs (teacher, demo audio, fingerprint)": phases.total.get("prepare_inputs", 0.0),
             "study, budget and MAC counting before Ray": phases.first_start.get("ray_start", search_start)
-            - phases.first_start.get("prepare_run", search_start) - phases.total.get("prepare_run", 0.0),
+            - phases.first_start.get("prepare_inputs", search_start) - phases.total.get("prepare_inputs", 0.0),
             "Ray start": phases.total.get("ray_start", 0.0),
             "Tune set-up until the first ask": first_ask - phases.first_start.get("ray_start", first_ask)
             - phases.total.get("ray_start", 0.0),
             f"after the last tell (Tune and Ray stop: ray.shutdown {phases.total.get('ray_shutdown', 0.0):.2f} s; "
             "Pareto files)": search_end - last_tell,
-            "before prepare_run (space, settings)": phases.first_start.get("prepare_run", search_start) - search_start,
+            "before prepare_inputs (space, settings)": phases.first_start.get("prepare_inputs", search_start) - search_start,
         }
         in_window = slots * (last_tell - first_ask)
         print(f"search: {n_trials} trials x {steps} steps (batch {BATCH_SIZE} x {CROP_SECONDS:g} s) on {TEACHER}, "
