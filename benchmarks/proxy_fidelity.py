@@ -64,7 +64,7 @@ def teacher_architecture():
 
 
 def make_context(run_dir: Path, crop_seconds: float) -> RunInputs:
-    """What `prepare_run` builds for a search, for this benchmark's teacher (no preset names it)."""
+    """What `prepare_inputs` builds for a search, for this benchmark's teacher (no preset names it)."""
     teacher = build_encoder(teacher_architecture(), seed=SEED).eval().requires_grad_(False)
     teacher.teacher_spec, teacher.is_random = TEACHER, True
     cache_dir = run_dir / "cache"

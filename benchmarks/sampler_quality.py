@@ -9,7 +9,7 @@ evaluated, and do not count as trials). The teacher is a random HuBERT-Base at h
 384 wide, 6 heads, FFN 1536, 256 conv channels: the same split of MACs between CNN and transformer as Base): 12
 layers make configs differ a lot, and half the width keeps the SVDs of low-rank configs cheap enough to evaluate
 hundreds of configs on 2 cores (on Base a config with many low-rank layers takes 10-30 s). The held-out set is the demo corpus's, in 1 s
-crops, as `prepare_run` makes it for a search with 1 s crops.
+crops, as `prepare_inputs` makes it for a search with 1 s crops.
 
 Both samplers run TRIALS trials for each of SEEDS seeds. Objectives are normalised to [0, 1] by the best and worst
 values seen over all runs, and the reference point is the worst value plus 10% of the range in each objective;
@@ -73,7 +73,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def make_context(run_dir: Path, layers: int = 12) -> RunInputs:
-    """What `prepare_run` builds for a search, for the half-width teacher (a preset name would not reach it);
+    """What `prepare_inputs` builds for a search, for the half-width teacher (a preset name would not reach it);
     `--quick` gives it 4 layers, a third of the low-rank factorisations to compute."""
     config = base_config("hubert")
     config.embed_dim = 384
