@@ -37,6 +37,8 @@ KNOBS = {
     "ffn_importance": "choice",
     "conv_importance": "choice",
 }
+# Knobs added after studies were first recorded: written into a space's definition only when not at their default.
+LATER_KNOBS = ("head_importance", "ffn_importance", "conv_importance")
 DEFAULTS = {
     "depth": "all", "layer_selection": "first", "heads": "all", "ffn_keep": 1.0, "attn_rank": "full",
     "ffn_rank": "full", "conv_keep": 1.0, "sparsity": 0.0, "quantize": "none",
@@ -146,6 +148,8 @@ class SearchSpace:
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "description": self.description}
         for name, knob in self.knobs.items():
+            if name in LATER_KNOBS and knob.fixed == DEFAULTS[name]:
+                continue  # as a space written before the knob existed: a study made then still resumes
             if knob.fixed is not None:
                 out[name] = knob.fixed
             elif knob.choices is not None:
