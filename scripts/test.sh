@@ -10,4 +10,5 @@ if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     trap 'scripts/pg-test-server.sh stop "$pg_dir"' EXIT
     args+=("--postgres-url=$(scripts/pg-test-server.sh start "$pg_dir")")
 fi
-.venv-test/bin/python -m pytest "${args[@]}" "$@"
+# --durations: the slowest tests, so a CI log shows where its minutes go.
+.venv-test/bin/python -m pytest --durations=15 "${args[@]}" "$@"
