@@ -89,15 +89,15 @@ def pareto_figure(run: RunRecord, points: list[TrialPoint], axis: str = "macs") 
                 ),
                 1,
             ))
-    baselines = [b for b in (run.record.baselines or []) if b.get("heldout_loss") is not None]
-    x_baseline = {"macs": lambda b: (b.get("macs") or 0) / 1e9, "latency": lambda b: b.get("latency_ms")}[axis]
+    baselines = [b for b in (run.record.baselines or []) if b.heldout_loss is not None]
+    x_baseline = {"macs": lambda b: (b.macs or 0) / 1e9, "latency": lambda b: b.latency_ms}[axis]
     baselines = [b for b in baselines if x_baseline(b) is not None]
     if baselines:
         traces.append((
             go.Scatter(
-                x=[x_baseline(b) for b in baselines], y=[b["heldout_loss"] for b in baselines],
-                mode="markers+text", text=[b["name"] for b in baselines], textposition="top center",
-                name=f"baselines ({len(baselines)})", meta="baseline", customdata=[b["name"] for b in baselines],
+                x=[x_baseline(b) for b in baselines], y=[b.heldout_loss for b in baselines],
+                mode="markers+text", text=[b.name for b in baselines], textposition="top center",
+                name=f"baselines ({len(baselines)})", meta="baseline", customdata=[b.name for b in baselines],
                 hovertemplate="baseline %{text}: loss %{y:.4f}, %{x:.3f}<extra></extra>",
                 marker={"color": COLORS["baseline"], "symbol": "diamond", "size": 12},
             ),

@@ -52,14 +52,13 @@ def reference_rows(run: RunRecord) -> list[dict]:
             "speedup": 1.0,
         })
     for b in run.record.baselines or []:
-        over = " (over budget, not trained)" if b.get("status") == "infeasible" else ""
+        over = " (over budget, not trained)" if b.status == "infeasible" else ""
         rows.append({
-            "kind": "baseline", "trial": f"baseline: {b.get('name')}{over}", "loss": b.get("heldout_loss"),
-            "params": b.get("params"), "macs": b.get("macs"), "macs_superb": b.get("macs_superb"),
-            "latency_ms": b.get("latency_ms"),
-            "mac_ratio": _ratio(b.get("macs"), teacher.get("macs")),
-            "param_ratio": _ratio(b.get("params"), teacher.get("params")),
-            "speedup": _ratio(teacher.get("macs"), b.get("macs")),
+            "kind": "baseline", "trial": f"baseline: {b.name}{over}", "loss": b.heldout_loss,
+            "params": b.params, "macs": b.macs, "macs_superb": b.macs_superb, "latency_ms": b.latency_ms,
+            "mac_ratio": _ratio(b.macs, teacher.get("macs")),
+            "param_ratio": _ratio(b.params, teacher.get("params")),
+            "speedup": _ratio(teacher.get("macs"), b.macs),
         })
     return rows
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import optuna
 
@@ -52,7 +52,7 @@ class StudyRecord:
     budget: dict = field(default_factory=dict)  # Budget as a dict: max_macs, seconds, max_params, max_latency_ms
     protocol: dict | None = None  # EvaluationProtocol as a dict; None: made by an sslc before the protocol
     teacher: dict = field(default_factory=dict)  # spec, description, macs, params, architecture, ...
-    baselines: list[dict] | None = None  # None: not run yet
+    baselines: list[BaselineRecord] | None = None  # None: not run yet
     retrains: dict[int, dict] = field(default_factory=dict)  # trial -> what sslc-retrain measured
     probes: dict[str, dict[int | str, dict]] = field(default_factory=dict)  # task -> {trial | "teacher": row}
 
@@ -121,7 +121,8 @@ class StudyRecord:
             settings=dict(attrs.get(_SETTINGS) or {}), objectives=list(objectives),
             space=attrs.get(_SPACE, old.get("space")), trainer=attrs.get(_TRAINER, old.get("trainer")),
             budget=budget, protocol=attrs.get(_PROTOCOL, old.get("protocol")), teacher=dict(attrs.get(_TEACHER) or {}),
-            baselines=attrs.get(_BASELINES), retrains=retrains, probes=probes,
+            baselines=None if attrs.get(_BASELINES) is None else [BaselineRecord.from_dict(b) for b in attrs[_BASELINES]],
+            retrains=retrains, probes=probes,
         )
 
     @staticmethod
@@ -147,20 +148,37 @@ def _objectives_from_metrics(study: optuna.Study) -> list[str]:
     return list(OBJECTIVES[: len(study.directions)])
 
 
-def baseline_row(
-    name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool, macs_superb: int | None = None
-) -> dict:
-    """One baseline as the study keeps it; `result`: what training and measuring it returned (status
-    "infeasible" and no scores when it was over budget and not trained)."""
-    return {
-        "name": name, "config": config, "macs": macs, "macs_superb": macs_superb, "params": params,
-        "heldout_loss": result.get("heldout_loss"), "heldout_loss_by_target": result.get("heldout_loss_by_target"),
-        "latency_ms": result.get("latency_ms"), "status": result["status"], "within_budget": within_budget,
-    }
+@dataclass
+class BaselineRecord:
+    """One simple baseline (uniform pruning, DistilHuBERT-like), trained and scored like a trial; status
+    "infeasible" with no scores when it was over budget and not trained."""
+
+    name: str
+    config: dict
+    macs: int
+    params: int
+    status: str
+    within_budget: bool
+    heldout_loss: float | None = None
+    heldout_loss_by_target: dict | None = None
+    latency_ms: float | None = None
+    macs_superb: int | None = None
+
+    @classmethod
+    def measured(cls, name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool,
+                 macs_superb: int | None = None) -> BaselineRecord:
+        """From what training and measuring it returned (`train_and_measure`'s result)."""
+        return cls(name, config, macs, params, result["status"], within_budget, result.get("heldout_loss"),
+                   result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> BaselineRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in known})
 
 
-def record_baselines(study: optuna.Study, rows: list[dict]) -> None:
-    study.set_user_attr(_BASELINES, rows)
+def record_baselines(study: optuna.Study, baselines: list[BaselineRecord]) -> None:
+    study.set_user_attr(_BASELINES, [asdict(b) for b in baselines])
 
 
 def record_retrain(study: optuna.Study, number: int, summary: dict) -> None:

@@ -32,7 +32,7 @@ from sslc.metrics import (
 from sslc.models.teachers import describe_teacher
 from sslc.runs.inputs import prepare_inputs
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
-from sslc.runs.study import StudyRecord, baseline_row, record_baselines
+from sslc.runs.study import BaselineRecord, StudyRecord, record_baselines
 from sslc.runs.trials import count_trained, pending_retries
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
@@ -201,8 +201,8 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         result = {"status": "infeasible", "reason": "; ".join(over)} if over else train_and_measure(
             setup, config.to_dict(), None, macs=macs
         )
-        rows.append(baseline_row(name, config.to_dict(), macs, params, result, within_budget=not over,
-                                 macs_superb=count_macs_superb(arch)))
+        rows.append(BaselineRecord.measured(name, config.to_dict(), macs, params, result, within_budget=not over,
+                                            macs_superb=count_macs_superb(arch)))
         say(f"baseline {name}: {_baseline_outcome(result, macs)}")
     torch.set_num_threads(threads)
     record_baselines(study, rows)
