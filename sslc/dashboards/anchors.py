@@ -67,6 +67,6 @@ def anchors_figure(run: RunRecord) -> tuple[go.Figure, str]:
     note = ("Grey: figures published by their authors (HuBERT Base teacher, SUPERB PR), not sslc runs; sources in "
             "sslc/dashboards/anchors.json. Blue ticks: this run's Pareto points at their exact MACs (summed over "
             "SUPERB's 32 utterances) and parameters.")
-    if "hubert" not in str(teacher.get("description", "")).lower() or teacher.get("is_random"):
+    if "hubert" not in str(teacher.description or "").lower() or teacher.is_random:
         note += " This run's teacher is not a trained HuBERT Base, so only the axes are comparable."
     return figure, note

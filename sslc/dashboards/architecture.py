@@ -27,9 +27,9 @@ PANELS = (
 def teacher_architecture(run: RunRecord) -> EncoderConfig | None:
     """The teacher's sizes: recorded by the search, else a random preset's config, else the loaded teacher."""
     teacher = run.record.teacher
-    if teacher.get("architecture"):
-        return EncoderConfig.from_dict(teacher["architecture"])
-    spec = str(teacher.get("spec") or run.record.settings.get("teacher") or "")
+    if teacher.architecture:
+        return EncoderConfig.from_dict(teacher.architecture)
+    spec = str(teacher.spec or run.record.settings.get("teacher") or "")
     from sslc.models import PRESETS
 
     if spec.startswith("random:") and spec.split(":", 1)[1] in PRESETS:

@@ -132,12 +132,12 @@ def _cost_lines(figure: go.Figure, run: RunRecord, axis: str, rows: int) -> None
     budget, teacher = run.record.budget, run.record.teacher
     lines = []  # (x, colour, dash, label)
     if axis == "macs":
-        if budget.get("max_macs"):
-            lines.append((budget["max_macs"] / 1e9, COLORS["pareto"], "dash", f"budget {format_macs(budget['max_macs'])} MACs"))
-        if teacher.get("macs"):
-            lines.append((teacher["macs"] / 1e9, "black", "dot", f"teacher {format_macs(teacher['macs'])} MACs"))
-    elif budget.get("max_latency_ms"):
-        limit = budget["max_latency_ms"]
+        if budget is not None and budget.convention == "seconds":  # the axis's convention
+            lines.append((budget.max_macs / 1e9, COLORS["pareto"], "dash", f"budget {format_macs(budget.max_macs)} MACs"))
+        if teacher.macs:
+            lines.append((teacher.macs / 1e9, "black", "dot", f"teacher {format_macs(teacher.macs)} MACs"))
+    elif budget is not None and budget.max_latency_ms:
+        limit = budget.max_latency_ms
         lines.append((limit, COLORS["pareto"], "dash", f"latency limit {limit:g} ms"))
     for index, (x, color, dash, label) in enumerate(lines):
         # Through every panel, labelled once above the plot area, where no point or baseline label can sit

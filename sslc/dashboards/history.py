@@ -27,9 +27,11 @@ def reference_point(run: RunRecord) -> list[float] | None:
     complete = [t for t in run.trials(states=(TrialState.COMPLETE,)) if t.values]
     if not complete:
         return None
+    budget = run.record.budget
     limits = {
-        "macs": (run.record.budget.get("max_macs") or 0) / 1e9 or None,
-        "latency": run.record.budget.get("max_latency_ms"),
+        # The MACs objective is for the budget's seconds: a budget in another convention does not bound it.
+        "macs": budget.max_macs / 1e9 if budget is not None and budget.convention == "seconds" else None,
+        "latency": budget.max_latency_ms if budget is not None else None,
     }
     point = []
     for i, name in enumerate(run.record.objectives):

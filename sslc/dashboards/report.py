@@ -62,14 +62,16 @@ class Report:
 
 def _summary(run: RunRecord, counts: dict[str, int]) -> list[tuple[str, str]]:
     settings, teacher, budget = run.record.settings, run.record.teacher, run.record.budget
-    rows = [("run", f"{run.name} ({run.run_dir})"), ("teacher", teacher.get("description") or settings.get("teacher", "-"))]
+    rows = [("run", f"{run.name} ({run.run_dir})"), ("teacher", teacher.description or settings.get("teacher", "-"))]
     rows.append(("data", str(settings.get("data", "-"))))
-    if budget.get("max_macs"):
-        share = f" ({budget['max_macs'] / teacher['macs']:.0%} of the teacher)" if teacher.get("macs") else ""
-        rows.append(("budget", f"{format_macs(budget['max_macs'])} MACs for {run.record.budget_seconds:g} s of audio{share}"))
+    if budget is not None and budget.max_macs:
+        teacher_macs = teacher.macs_superb if budget.convention == "superb" else teacher.macs
+        share = f" ({budget.max_macs / teacher_macs:.0%} of the teacher)" if teacher_macs else ""
+        quoted = "in the SUPERB convention" if budget.convention == "superb" else f"for {budget.seconds:g} s of audio"
+        rows.append(("budget", f"{format_macs(budget.max_macs)} MACs {quoted}{share}"))
     for key, label in (("max_params", "params limit"), ("max_latency_ms", "latency limit (ms)")):
-        if budget.get(key):
-            rows.append((label, f"{budget[key]:,}"))
+        if budget is not None and getattr(budget, key):
+            rows.append((label, f"{getattr(budget, key):,}"))
     rows.append(("objectives", ", ".join(run.record.objectives) + " (all minimised)"))
     if run.record.evaluation_protocol:  # how every loss in this report was measured (baselines and retrains included)
         rows.append(("score", run.record.evaluation_protocol.describe()))
@@ -85,7 +87,7 @@ def build_report(run: RunRecord) -> Report:
     points = collect_points(run)
     counts = count_by_category(points)
     warnings = []
-    if run.record.teacher.get("is_random"):
+    if run.record.teacher.is_random:
         warnings.append("The teacher has random weights: these results only show that the pipeline works.")
     if run.record.settings.get("data") == "demo":
         warnings.append("The data is the synthetic demo corpus, not speech.")

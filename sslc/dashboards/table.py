@@ -45,10 +45,10 @@ def reference_rows(run: RunRecord) -> list[dict]:
     """The teacher and the simple baselines, in the table's columns."""
     teacher = run.record.teacher
     rows = []
-    if teacher.get("macs"):
+    if teacher.macs:
         rows.append({
-            "kind": "teacher", "trial": "teacher", "loss": None, "params": teacher.get("params"),
-            "macs": teacher["macs"], "macs_superb": teacher.get("macs_superb"), "mac_ratio": 1.0, "param_ratio": 1.0,
+            "kind": "teacher", "trial": "teacher", "loss": None, "params": teacher.params,
+            "macs": teacher.macs, "macs_superb": teacher.macs_superb, "mac_ratio": 1.0, "param_ratio": 1.0,
             "speedup": 1.0,
         })
     for b in run.record.baselines or []:
@@ -56,9 +56,9 @@ def reference_rows(run: RunRecord) -> list[dict]:
         rows.append({
             "kind": "baseline", "trial": f"baseline: {b.name}{over}", "loss": b.heldout_loss,
             "params": b.params, "macs": b.macs, "macs_superb": b.macs_superb, "latency_ms": b.latency_ms,
-            "mac_ratio": _ratio(b.macs, teacher.get("macs")),
-            "param_ratio": _ratio(b.params, teacher.get("params")),
-            "speedup": _ratio(teacher.get("macs"), b.macs),
+            "mac_ratio": _ratio(b.macs, teacher.macs),
+            "param_ratio": _ratio(b.params, teacher.params),
+            "speedup": _ratio(teacher.macs, b.macs),
         })
     return rows
 

@@ -76,13 +76,13 @@ def export_student(
         "run_dir": str(run.run_dir),
         "trial": trial,
         "weights": "retrained" if retrained else "short-trial",
-        "teacher_description": teacher.get("description"),
-        "teacher_is_random": teacher.get("is_random"),
-        "teacher_macs": teacher.get("macs"),
-        "teacher_params": teacher.get("params"),
+        "teacher_description": teacher.description,
+        "teacher_is_random": teacher.is_random,
+        "teacher_macs": teacher.macs,
+        "teacher_params": teacher.params,
         "data": run.record.settings.get("data"),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     compression = payload.get("compression") or record.config or {}
-    save_student(out_path, encoder, compression, payload.get("teacher") or teacher.get("spec", ""), provenance, metrics)
+    save_student(out_path, encoder, compression, payload.get("teacher") or teacher.spec or "", provenance, metrics)
     return {"path": str(out_path), "provenance": provenance, "metrics": metrics, "compression": compression}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .study import METRIC_NAMES
+from .study import METRIC_NAMES, TeacherRecord
 from .trials import TrialRecord
 
 
@@ -11,9 +11,9 @@ def _ratio(value, reference):
     return value / reference if value is not None and reference else None
 
 
-def front_row(trial: TrialRecord, objectives: list[str], teacher: dict) -> dict:
-    """`objectives`: the study's, in the order of the trial's values; `teacher`: the study's teacher record."""
-    teacher_macs, teacher_params = teacher.get("macs"), teacher.get("params")
+def front_row(trial: TrialRecord, objectives: list[str], teacher: TeacherRecord) -> dict:
+    """`objectives`: the study's, in the order of the trial's values; `teacher`: the study's teacher."""
+    teacher_macs, teacher_params = teacher.macs, teacher.params
     return {
         "trial": trial.number,
         "objectives": {METRIC_NAMES[name]: value for name, value in zip(objectives, trial.values or [])},

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from sslc.budget import Budget
 from sslc.compress import CompressionConfig
 from sslc.data import LengthBucketBatchSampler
 from sslc.errors import UserError
@@ -60,9 +59,8 @@ def select_trials(
     if not run.trials(states=(TrialState.COMPLETE,)):
         raise UserError(f"run '{run.name}' has no complete trial yet: nothing to retrain")
     chosen = run.front()
-    stored_budget = run.record.budget
-    if under_budget and stored_budget.get("max_macs") is not None:
-        budget = Budget(**stored_budget)
+    budget = run.record.budget
+    if under_budget and budget is not None:
         chosen = [
             t for t in chosen
             if not budget.violations(t.budgeted_macs(budget.convention) or 0, t.model_params, t.latency_ms)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import optuna
 
+from sslc.budget import Budget
 from sslc.errors import UserError
 from sslc.protocol import EvaluationProtocol
 
@@ -42,6 +43,25 @@ def metric_names(objectives: list[str]) -> list[str]:
 
 
 @dataclass
+class TeacherRecord:
+    """The teacher a search compressed, as measured when it started."""
+
+    spec: str | None = None  # what --teacher said
+    description: str | None = None
+    is_random: bool = False
+    macs: int | None = None  # for the budget's seconds of audio
+    macs_superb: int | None = None  # in the SUPERB profiler's convention
+    params: int | None = None
+    macs_breakdown: dict | None = None
+    architecture: dict | None = None  # its EncoderConfig as a dict
+
+    @classmethod
+    def from_dict(cls, stored: dict | None) -> TeacherRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (stored or {}).items() if k in known})
+
+
+@dataclass
 class StudyRecord:
     """The search-wide record of one study."""
 
@@ -49,9 +69,9 @@ class StudyRecord:
     objectives: list[str]  # from OBJECTIVES, in the order of every trial's values
     space: dict | None = None  # the search space's definition (its file's content, not only its name)
     trainer: dict | None = None  # how each short trial was trained (TrainerConfig as a dict)
-    budget: dict = field(default_factory=dict)  # Budget as a dict: max_macs, seconds, max_params, max_latency_ms
+    budget: Budget | None = None  # None: an older study that recorded none
     protocol: dict | None = None  # EvaluationProtocol as a dict; None: made by an sslc before the protocol
-    teacher: dict = field(default_factory=dict)  # spec, description, macs, params, architecture, ...
+    teacher: TeacherRecord = field(default_factory=TeacherRecord)
     baselines: list[BaselineRecord] | None = None  # None: not run yet
     retrains: dict[int, dict] = field(default_factory=dict)  # trial -> what sslc-retrain measured
     probes: dict[str, dict[int | str, dict]] = field(default_factory=dict)  # task -> {trial | "teacher": row}
@@ -59,11 +79,10 @@ class StudyRecord:
     # ---- what the study measures ---------------------------------------------------------------------------
     def identity(self) -> dict:
         """What a resumed search must not change: scores under another definition would not be comparable."""
-        budget = self.budget
+        budget = self.budget or Budget(max_macs=None, seconds=None)
         return {
             "teacher": self.settings.get("teacher"), "space": self.space, "objectives": self.objectives,
-            "budget_macs": budget.get("max_macs"), "budget_seconds": budget.get("seconds"),
-            "budget_convention": budget.get("convention", "seconds"),
+            "budget_macs": budget.max_macs, "budget_seconds": budget.seconds, "budget_convention": budget.convention,
             "data": self.settings.get("data"), "protocol": self.protocol, "trainer": self.trainer,
         }
 
@@ -97,7 +116,7 @@ class StudyRecord:
 
     @property
     def budget_seconds(self) -> float:
-        return float(self.budget.get("seconds") or 10.0)
+        return float(self.budget.seconds) if self.budget is not None else 10.0
 
     # ---- reading and writing ----------------------------------------------------------------------------------
     @classmethod
@@ -114,13 +133,15 @@ class StudyRecord:
             elif key.startswith(_PROBE_PREFIX):
                 task, _, which = key[len(_PROBE_PREFIX):].partition(":")
                 probes.setdefault(task, {})[int(which) if which.isdigit() else which] = value
-        budget = attrs.get(_BUDGET) or (
-            {"max_macs": old["budget_macs"], "seconds": old.get("budget_seconds", 10.0)} if "budget_macs" in old else {}
+        stored_budget = attrs.get(_BUDGET) or (
+            {"max_macs": old["budget_macs"], "seconds": old.get("budget_seconds", 10.0)} if "budget_macs" in old else None
         )
+        budget = Budget(**stored_budget) if stored_budget else None
         return cls(
             settings=dict(attrs.get(_SETTINGS) or {}), objectives=list(objectives),
             space=attrs.get(_SPACE, old.get("space")), trainer=attrs.get(_TRAINER, old.get("trainer")),
-            budget=budget, protocol=attrs.get(_PROTOCOL, old.get("protocol")), teacher=dict(attrs.get(_TEACHER) or {}),
+            budget=budget, protocol=attrs.get(_PROTOCOL, old.get("protocol")),
+            teacher=TeacherRecord.from_dict(attrs.get(_TEACHER)),
             baselines=None if attrs.get(_BASELINES) is None else [BaselineRecord.from_dict(b) for b in attrs[_BASELINES]],
             retrains=retrains, probes=probes,
         )
@@ -132,8 +153,9 @@ class StudyRecord:
 
     def write_definition(self, study: optuna.Study) -> None:
         """At the start of a search: the definition, the settings of this run and the teacher."""
+        budget = self.budget.to_dict() if self.budget is not None else None
         for key, value in ((_SETTINGS, self.settings), (_SPACE, self.space), (_TRAINER, self.trainer),
-                           (_BUDGET, self.budget), (_PROTOCOL, self.protocol), (_TEACHER, self.teacher)):
+                           (_BUDGET, budget), (_PROTOCOL, self.protocol), (_TEACHER, asdict(self.teacher))):
             study.set_user_attr(key, value)
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard titles axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

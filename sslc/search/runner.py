@@ -32,7 +32,7 @@ from sslc.metrics import (
 from sslc.models.teachers import describe_teacher
 from sslc.runs.inputs import prepare_inputs
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
-from sslc.runs.study import BaselineRecord, StudyRecord, record_baselines
+from sslc.runs.study import BaselineRecord, StudyRecord, TeacherRecord, record_baselines
 from sslc.runs.trials import count_trained, pending_retries
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
@@ -259,14 +259,13 @@ def run_search(
     study_name = name
     record = StudyRecord(
         settings=settings.to_dict(), objectives=list(settings.objectives), space=space.to_dict(),
-        trainer=trainer.to_dict(), budget=budget.to_dict(), protocol=protocol.to_dict(),
-        teacher={
-            "spec": settings.teacher, "description": describe_teacher(context.teacher),
-            "is_random": bool(getattr(context.teacher, "is_random", False)), "macs": teacher_macs.total,
-            "macs_superb": teacher_superb,
-            "params": count_params(context.teacher), "macs_breakdown": teacher_macs.as_dict(),
-            "architecture": teacher_config.to_dict(),
-        },
+        trainer=trainer.to_dict(), budget=budget, protocol=protocol.to_dict(),
+        teacher=TeacherRecord(
+            spec=settings.teacher, description=describe_teacher(context.teacher),
+            is_random=bool(getattr(context.teacher, "is_random", False)), macs=teacher_macs.total,
+            macs_superb=teacher_superb, params=count_params(context.teacher), macs_breakdown=teacher_macs.as_dict(),
+            architecture=teacher_config.to_dict(),
+        ),
     )
     study = open_study(
         make_storage(storage_url), study_name, ["minimize"] * len(settings.objectives), sampler, record
