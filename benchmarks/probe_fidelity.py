@@ -66,12 +66,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-probe-train", type=int, default=240, help="probe training files (every voice kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--teacher-recipe", choices=("gpu", "full"), default="gpu",
+                        help="which fixture teacher (benchmarks/fixtures/build.py; default: gpu, the committed weights)")
     args = parser.parse_args(argv)
     if args.quick:
         args.configs, args.steps, args.probe_epochs, args.max_probe_train = 3, 2, 1, 12
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    fixture = trained_teacher(quick=args.quick)
+    fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
     probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
     probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
 
