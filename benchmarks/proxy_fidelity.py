@@ -17,9 +17,10 @@ schedule, with the batch of `make demo` (2 crops of 1 s instead of 4 of 2 s: a q
 
 `--teacher fixture` runs it on the trained fixture teacher instead (`benchmarks/fixtures`, recipe gpu: 3 layers,
 192 wide, HuBERT-style pretrained on an eSpeak NG corpus), with the fixture's training voices as data.
-Measured there (12 configs, 2 workers): tau 0.815, wall 762 s on 2 shared cores. A 3-layer teacher leaves few
-depths (2 or 3 layers), and its DistilHuBERT baseline is the same config as "first 2 layers" (one tied pair);
-the two rank first in both scores (0.28 short, 0.24 long), far ahead of every width-pruned config.
+Measured there (12 configs, 2 workers): tau 0.815, wall 762 s on 2 shared cores; on the random teacher, the same
+day: tau 0.939, wall 657 s. A 3-layer teacher leaves few depths (2 or 3 layers), and its DistilHuBERT baseline is
+the same config as "first 2 layers" (one tied pair); the two rank first in both scores (0.28 short, 0.24 long),
+far ahead of every width-pruned config.
 
     python benchmarks/proxy_fidelity.py [--configs 12] [--workers 2] [--teacher random|fixture] [--quick]
 """

@@ -7,9 +7,10 @@ held-out voices. The trained teacher is only worth using in benchmarks if its er
     python benchmarks/teacher_probe.py [--quick] [--epochs 20] [--max-train N] [--teacher-recipe gpu|full]
 
 Last line: `teacher_probe: <PER trained> vs <PER random> (ratio R)`. Measured with --max-train 240, 20 epochs:
-- recipe gpu (the default; committed weights, 24000 GPU steps): 0.1852 vs 0.8623 (ratio 0.21), the probe's layer
-  weights 0.06 / 0.41 / 0.46 / 0.06 (CNN output, layers 1-3): clearly better, and its Transformer layers carry
-  what the probe uses. (271 s for the trained probe on 2 shared cores.) Masked-only pretraining: 0.3284.
+- recipe gpu (the default; committed fp16 weights, 24000 GPU steps): 0.1848 vs 0.8623 (ratio 0.21), the probe's
+  layer weights 0.06 / 0.41 / 0.46 / 0.06 (CNN output, layers 1-3; the random teacher's 0.11 / 0.47 / 0.10 / 0.32):
+  clearly better, and its Transformer layers carry what the probe uses. 137 s + 160 s on 2 shared cores. (fp32
+  weights before the fp16 copy: 0.1852; the same recipe with masked frames only in the loss: 0.3284.)
 - recipe full (250 CPU steps): 0.7099 vs 0.8623 (ratio 0.82), 0.96 of the probe's weight on the CNN output: not
   trained enough.
 """
