@@ -15,7 +15,14 @@ test when it exists). Data: the synthetic demo corpus. Trials use the search's d
 schedule, with the batch of `make demo` (2 crops of 1 s instead of 4 of 2 s: a quarter of the compute, so the
 10x longer runs fit the time limit). Configs run in WORKERS processes of one torch thread each.
 
-    python benchmarks/proxy_fidelity.py [--configs 12] [--workers 2] [--quick]
+`--teacher fixture` runs it on the trained fixture teacher instead (`benchmarks/fixtures`, recipe gpu: 3 layers,
+192 wide, HuBERT-style pretrained on an eSpeak NG corpus), with the fixture's training voices as data.
+Measured there (12 configs, 2 workers): tau 0.815, wall 762 s on 2 shared cores; on the random teacher, the same
+day: tau 0.939, wall 657 s. A 3-layer teacher leaves few depths (2 or 3 layers), and its DistilHuBERT baseline is
+the same config as "first 2 layers" (one tied pair); the two rank first in both scores (0.28 short, 0.24 long),
+far ahead of every width-pruned config.
+
+    python benchmarks/proxy_fidelity.py [--configs 12] [--workers 2] [--teacher random|fixture] [--quick]
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import tiny_config  # noqa: E402
 from sslc.models.fingerprint import model_fingerprint  # noqa: E402
-from sslc.runs.inputs import RunInputs, load_audio_split  # noqa: E402
+from sslc.runs.inputs import RunInputs, load_audio_split, prepare_inputs  # noqa: E402
 from sslc.search.baselines import baseline_configs, uniform_config  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
@@ -63,8 +70,17 @@ def teacher_architecture():
     return config.validate()
 
 
-def make_context(run_dir: Path, crop_seconds: float) -> RunInputs:
-    """What `prepare_inputs` builds for a search, for this benchmark's teacher (no preset names it)."""
+def fixture_teacher(quick: bool):
+    from benchmarks.fixtures import trained_teacher
+
+    return trained_teacher("gpu", quick=quick)
+
+
+def make_context(run_dir: Path, crop_seconds: float, teacher_kind: str = "random") -> RunInputs:
+    """What `prepare_inputs` builds for a search, for this benchmark's teacher (no preset names the random one)."""
+    if teacher_kind.startswith("fixture"):
+        fixture = fixture_teacher(quick=teacher_kind == "fixture-quick")
+        return prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), run_dir, crop_seconds, SEED)
     teacher = build_encoder(teacher_architecture(), seed=SEED).eval().requires_grad_(False)
     teacher.teacher_spec, teacher.is_random = TEACHER, True
     cache_dir = run_dir / "cache"
@@ -83,7 +99,7 @@ def choose_configs(teacher, count: int) -> list[tuple[str, CompressionConfig]]:
     then random `combined`-space configs spread over the MAC range, `count` in all."""
     depth = teacher.num_layers
     fixed = [(f"first {n} layers", CompressionConfig.first_n(teacher, n)) for n in range(2, depth + 1, 2)]
-    fixed += [(f"evenly {n} layers", CompressionConfig.evenly_spaced(teacher, n)) for n in (3, 5)]
+    fixed += [(f"evenly {n} layers", CompressionConfig.evenly_spaced(teacher, n)) for n in (3, 5) if n < depth]
     fixed += [(f"uniform keep {keep:.0%}", uniform_config(teacher, keep)) for keep in (0.35, 0.55, 0.75)]
     teacher_macs = count_macs(teacher, seconds=10).total
     fixed += [(f"baseline {name}", c) for name, c in baseline_configs(teacher, int(0.5 * teacher_macs), 10).items()]
@@ -106,9 +122,9 @@ def choose_configs(teacher, count: int) -> list[tuple[str, CompressionConfig]]:
 _WORKER: dict = {}
 
 
-def _init_worker(run_dir: str, crop_seconds: float) -> None:
+def _init_worker(run_dir: str, crop_seconds: float, teacher_kind: str = "random") -> None:
     torch.set_num_threads(1)
-    context = make_context(Path(run_dir), crop_seconds)
+    context = make_context(Path(run_dir), crop_seconds, teacher_kind)
     _WORKER.update(context=context, targets=context.targets())
 
 
@@ -141,9 +157,22 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a few configs and steps: checks the script runs")
+    parser.add_argument("--teacher", choices=("random", "fixture"), default="random",
+                        help="the random 8-layer teacher (default) or the trained fixture teacher")
     args = parser.parse_args()
 
-    teacher = teacher_architecture()
+    kind = "random"
+    if args.teacher == "fixture":
+        kind = "fixture-quick" if args.quick else "fixture"
+        fixture = fixture_teacher(quick=args.quick)  # built (or found) once, before the workers
+        from sslc import load_teacher
+
+        teacher = load_teacher(str(fixture.teacher_dir)).config
+        description = f"trained fixture teacher {fixture.teacher_dir} ({teacher.num_layers} layers, " \
+                      f"{teacher.embed_dim} wide); data: its training voices"
+    else:
+        teacher = teacher_architecture()
+        description = f"{TEACHER} (random weights); data: demo corpus"
     defaults = SearchSettings(budget="100%", batch_size=BATCH_SIZE, crop_seconds=CROP_SECONDS)
     targets = default_targets(teacher.num_layers)
     short = replace(trainer_config(defaults, targets), device="cpu", num_threads=1)
@@ -152,21 +181,21 @@ def main() -> None:
         count, short, args.workers = 4, replace(short, steps=2, log_every=1), 1
     long = replace(short, steps=short.steps * LONG_FACTOR, log_every=max(1, short.steps * LONG_FACTOR // 10))
     configs = choose_configs(teacher, count)
-    print(f"teacher: {TEACHER} (random weights); data: demo corpus, {short.crop_seconds:g} s crops")
+    print(f"teacher: {description}, {short.crop_seconds:g} s crops")
     print(f"score: mean held-out loss over teacher layers {targets}; short trial {short.steps} steps "
           f"(batch {short.batch_size}, lr {short.lr:g}), long {long.steps} steps; {len(configs)} configs, "
           f"{args.workers} workers")
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        make_context(Path(tmp), short.crop_seconds)  # the demo corpus is written once, before the workers
+        make_context(Path(tmp), short.crop_seconds, kind)  # the corpus crops are written once, before the workers
         jobs = [(name, c.to_dict(), t.to_dict()) for t in (long, short) for name, c in configs]  # long ones first
         if args.workers == 1:
-            _init_worker(tmp, short.crop_seconds)
+            _init_worker(tmp, short.crop_seconds, kind)
             results = [_report(i, len(jobs), _score(job)) for i, job in enumerate(jobs, 1)]
         else:
             spawn = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-            with spawn.Pool(args.workers, _init_worker, (tmp, short.crop_seconds)) as pool:
+            with spawn.Pool(args.workers, _init_worker, (tmp, short.crop_seconds, kind)) as pool:
                 results = [_report(i, len(jobs), r) for i, r in enumerate(pool.imap(_score, jobs), 1)]
     half = len(configs)
     long_scores = {name: score for name, score, _ in results[:half]}
