@@ -531,12 +531,21 @@ def test_torchaudio_fidelity(wavlm, large):
     model.eval()
     teacher = load_teacher(model)
     wave, lengths = audio(2), torch.tensor([16000, 12000])
-    wave[1, 12000:] = 0.0
+    if wavlm:
+        # torchaudio's WavLM attention takes no padding mask (it asserts there is none, seen on a GPU machine with
+        # torchaudio 2.11): compare an unpadded batch; padded WavLM is checked against transformers' WavLM above.
+        lengths = None
+    else:
+        wave[1, 12000:] = 0.0
     with torch.no_grad():
         layers, frames = model.extract_features(wave, lengths)
         final, _ = model(wave, lengths)
         ours = teacher(wave, lengths)
-    assert ours.frame_lengths.tolist() == frames.tolist()
+    if lengths is None:
+        assert frames is None and ours.frame_lengths is None
+        frames = torch.full((2,), layers[0].shape[1])
+    else:
+        assert ours.frame_lengths.tolist() == frames.tolist()
     for a, b in zip(ours.hidden_states[1:] + [ours.last_hidden_state], layers + [final]):
         for row, n in enumerate(frames.tolist()):
             assert max_diff(a[row, :n], b[row, :n]) < ATOL
