@@ -59,6 +59,9 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from search_overhead import (
+    assign_slots,  # the sibling benchmark's slot assignment (this script's folder is on the path)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -143,16 +146,6 @@ def run_search(address: str, run_dir: Path, trials: int, steps: int, env: dict) 
     if done.returncode != 0:
         raise RuntimeError(f"the search failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return wall
-
-
-def assign_slots(trials, slots: int) -> list[list]:
-    """Which trials ran one after the other on the same slot: greedy by start time (at most `slots` overlap)."""
-    lanes: list[list] = [[] for _ in range(slots)]
-    for trial in sorted(trials, key=lambda t: t.datetime_start):
-        free = [lane for lane in lanes if not lane or lane[-1].datetime_complete <= trial.datetime_start]
-        lane = min(free or lanes, key=lambda ln: ln[-1].datetime_complete if ln else trial.datetime_start)
-        lane.append(trial)
-    return lanes
 
 
 def measure(run_dir: Path, wall: float) -> dict:

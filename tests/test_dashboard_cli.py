@@ -36,6 +36,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_studies(process: subprocess.Popen, port: int, timeout: float = 60) -> list[dict] | None:
+    """The dashboard's study summaries once it answers; None if it exits or does not answer within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            return json.loads(fetch(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
+        except OSError:
+            time.sleep(0.2)
+    return None
+
+
 def fetch(url: str) -> tuple[int, bytes]:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a configured proxy
     with direct.open(url, timeout=5) as response:
@@ -51,13 +62,7 @@ def test_serves_the_study_and_stops_on_ctrl_c(study_dir, target):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        studies, deadline = None, time.monotonic() + 60
-        while studies is None and process.poll() is None and time.monotonic() < deadline:
-            try:
-                status, body = fetch(f"http://127.0.0.1:{port}/api/studies")
-                studies = json.loads(body)["study_summaries"]
-            except OSError:
-                time.sleep(0.2)
+        studies = wait_for_studies(process, port)
         assert studies is not None, "the dashboard never answered"
         assert [s["study_name"] for s in studies] == ["tiny-dash"]
         assert studies[0]["directions"] == ["minimize", "minimize"]
@@ -102,12 +107,7 @@ def test_the_dashboard_names_a_searchs_objectives(tiny_run):
     process = subprocess.Popen([sys.executable, "-m", "sslc.cli.dashboard", str(tiny_run), "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        studies, deadline = None, time.monotonic() + 60
-        while studies is None and process.poll() is None and time.monotonic() < deadline:
-            try:
-                studies = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
-            except OSError:
-                time.sleep(0.2)
+        studies = wait_for_studies(process, port)
         assert studies is not None, "the dashboard never answered"
         (summary,) = studies
         detail = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")[1])

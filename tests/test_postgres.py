@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 
 from optuna.trial import TrialState
@@ -15,7 +14,7 @@ from optuna.trial import TrialState
 from sslc.cli.search import main as search_main
 from sslc.runs.storage import load_study
 from sslc.runs.student_file import load_student
-from tests.test_dashboard_cli import fetch, free_port
+from tests.test_dashboard_cli import fetch, free_port, wait_for_studies
 from tests.test_search import (
     _counts,
     _search_env,
@@ -57,12 +56,7 @@ def test_search_report_and_dashboard_on_postgres(postgres_url, tmp_path):
     dashboard = subprocess.Popen([sys.executable, "-m", "sslc.cli.dashboard", str(run_dir), "--port", str(port)],
                                  env=_search_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        studies, deadline = None, time.monotonic() + 60
-        while studies is None and dashboard.poll() is None and time.monotonic() < deadline:
-            try:
-                studies = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
-            except OSError:
-                time.sleep(0.2)
+        studies = wait_for_studies(dashboard, port)
         assert studies is not None, "the dashboard never answered"
         (ours,) = [s for s in studies if s["study_name"] == run_dir.name]
         status, body = fetch(f"http://127.0.0.1:{port}/api/studies/{ours['study_id']}")

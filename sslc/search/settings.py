@@ -7,7 +7,7 @@ Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sslc.budget import parse_budget, parse_count
@@ -103,6 +103,4 @@ class SearchSettings:
             )
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
