@@ -112,12 +112,14 @@ def zero_outside(kept: torch.Tensor, size: int, group: int = 1, dim: int = -1):
     return hook
 
 
-def random_config(teacher_config, rng: random.Random) -> CompressionConfig:
+def random_config(teacher_config, rng: random.Random, thin: bool = False) -> CompressionConfig:
+    """A config mixing every size knob; `thin`: also a hidden width below the teacher's (sometimes the full one)."""
     total = teacher_config.num_layers
     layers = sorted(rng.sample(range(total), rng.randint(1, total)))
     heads = [rng.randint(1, teacher_config.layers[t].heads) for t in layers]
     ffn = [rng.randint(1, teacher_config.layers[t].ffn_dim) for t in layers]
-    embed, head_dim = teacher_config.embed_dim, teacher_config.head_dim
+    groups, head_dim = teacher_config.pos_conv_groups, teacher_config.head_dim
+    embed = rng.randrange(groups, teacher_config.embed_dim + 1, groups) if thin else teacher_config.embed_dim
     return CompressionConfig(
         layers=layers,
         heads=heads,
@@ -125,11 +127,14 @@ def random_config(teacher_config, rng: random.Random) -> CompressionConfig:
         attn_rank=[rng.choice([None, rng.randint(1, min(embed, h * head_dim))]) for h in heads],
         ffn_rank=[rng.choice([None, rng.randint(1, min(embed, f))]) for f in ffn],
         conv_channels=[rng.randint(1, conv.channels) for conv in teacher_config.conv_layers],
+        hidden=embed if thin else None,
     )
 
 
 def without_head_index(config):
+    """The config without what only the importance scores decide (which heads and residual channels)."""
     config = config.copy()
+    config.residual_index = None
     for layer in config.layers:
         layer.head_index = None
     return config
@@ -253,6 +258,132 @@ def test_random_configs_analytic_costs_match_the_built_student(teacher):
         assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
             k: v.shape for k, v in student.state_dict().items()
         }
+
+
+# ---- hidden (residual) width ---------------------------------------------------------------------------------
+def pre_ln_tiny():
+    """The large models' layout (pre-LN, LayerNorm on every conv, conv bias) at the tiny size."""
+    return dataclasses.replace(
+        tiny_config(), layer_norm_first=True, extractor_norm="layer", conv_bias=True
+    ).validate()
+
+
+@pytest.mark.parametrize("layout", ["tiny", "tiny-wavlm", "pre-ln"])
+def test_thin_students_analytic_costs_match_the_built_student(layout):
+    teacher = random_teacher(pre_ln_tiny() if layout == "pre-ln" else PRESETS[layout]())
+    rng = random.Random(layout)
+    for _ in range(5):
+        config = random_config(teacher.config, rng, thin=True)
+        architecture = config.student_architecture(teacher.config)
+        student = compress(teacher, config)
+        assert student.config.embed_dim == config.hidden
+        assert without_head_index(student.config) == without_head_index(architecture)
+        # The reference: torch's FlopCounterMode on the built student and its parameter count.
+        assert count_macs(architecture, num_samples=SAMPLES).total == count_macs_of_model(student, SAMPLES)
+        assert count_params_from_config(architecture) == count_params(student)
+        rebuilt = build_encoder(student.config)
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+            k: v.shape for k, v in student.state_dict().items()
+        }
+
+
+@pytest.mark.parametrize("layout", ["tiny", "tiny-wavlm", "pre-ln"])
+def test_keeping_every_residual_channel_reproduces_the_teacher(layout, batch):
+    """keep_hidden with every channel (identity importance) is a no-op, the weight-norm rescale included."""
+    from sslc.compress.slicing import keep_hidden
+
+    teacher = random_teacher(pre_ln_tiny() if layout == "pre-ln" else PRESETS[layout]())
+    state = teacher.state_dict()
+    keep_hidden(state, torch.arange(teacher.config.embed_dim), teacher.config.pos_conv_groups)
+    student = build_encoder(teacher.config)
+    student.load_state_dict(state, strict=True)
+    assert max_difference(hidden(student.eval(), batch), hidden(teacher, batch)) < TOL
+
+
+def test_thin_student_keeps_the_teachers_weights_on_the_kept_channels(batch):
+    """Slicing is exact where it can be: the positional conv of a thin student equals the teacher's conv on the
+    kept channels (weight norm rescaled), and the feature projection's outputs are the kept rows."""
+    teacher = random_teacher(tiny_config())
+    config = CompressionConfig.identity(teacher.config)
+    config.hidden = 32
+    student = compress(teacher, config)
+    kept = slicing_top_k_per_group(teacher)
+    with torch.no_grad():
+        features = torch.randn(1, 50, 64, generator=torch.Generator().manual_seed(4))
+        full = teacher.pos_conv(features)[..., kept]
+        thin = student.pos_conv(features[..., kept])
+        # The thin conv reads only kept inputs: zero the pruned inputs in the teacher's for the reference.
+        zeroed = features.clone()
+        mask = torch.ones(64, dtype=torch.bool)
+        mask[kept] = False
+        zeroed[..., mask] = 0.0
+        reference = teacher.pos_conv(zeroed)[..., kept]
+        assert float((thin - reference).abs().max()) < TOL
+        assert float((full - reference).abs().max()) > 1e-3  # the pruned channels did matter
+        assert torch.equal(
+            student.feature_projection.projection.weight, teacher.feature_projection.projection.weight[kept]
+        )
+
+
+def slicing_top_k_per_group(teacher):
+    from sslc.compress.slicing import top_k_per_group
+
+    (scores,) = importance_scores(teacher, "hidden-l1")
+    return top_k_per_group(scores, 32, teacher.config.pos_conv_groups)
+
+
+def test_thin_wavlm_gate_reads_the_kept_channels_at_their_teacher_positions(batch):
+    """A WavLM student at the teacher's width but with its gate told the channels moved equals the teacher
+    with the unkept channels zeroed: checked through the gate on a layer input with zeros at pruned channels."""
+    teacher = random_teacher(tiny_config("wavlm"))
+    config = CompressionConfig.identity(teacher.config)
+    config.hidden = 48
+    student = compress(teacher, config)
+    kept = torch.tensor(student.config.residual_index)
+    assert len(kept) == 48 and kept.unique().numel() == 48
+    x = torch.randn(2, 30, 48, generator=torch.Generator().manual_seed(5))
+    wide = torch.zeros(2, 30, 64).index_copy(2, kept, x)
+    bias = teacher.relative_position(30)
+    with torch.no_grad():
+        ours = student.layers[0].attention._gated_bias(x, bias)
+        reference = teacher.layers[0].attention._gated_bias(wide, bias)
+    assert float((ours - reference).abs().max()) < TOL
+
+
+def test_hidden_data_scores_follow_activation_size(data, tmp_path):
+    """Scale one residual channel of the feature projection up: its data score rises to the top, the score is
+    cached, and a thin student is built from it."""
+    rebuilt = random_teacher(pre_ln_tiny())  # pre-LN: the raw residual stream reaches the hidden states
+    with torch.no_grad():
+        rebuilt.feature_projection.projection.weight[7] *= 50.0
+        rebuilt.feature_projection.projection.bias[7] *= 50.0
+    (scores,) = importance_scores(rebuilt, "hidden-data", data, tmp_path)
+    assert int(scores.argmax()) == 7
+    (cached,) = importance_scores(rebuilt, "hidden-data", data, tmp_path)
+    assert torch.equal(scores, cached)
+    config = CompressionConfig.identity(rebuilt.config)
+    config.hidden, config.hidden_importance = 16, "data"
+    student = compress(rebuilt, config, data=data, cache_dir=tmp_path)
+    assert student.config.embed_dim == 16
+
+
+def test_hidden_width_is_checked():
+    config = CompressionConfig.identity(tiny_config())
+    for bad in (30, 0, 128, 8.0):
+        config.hidden = bad
+        with pytest.raises(ConfigError, match="hidden"):
+            config.validate(tiny_config())
+    config.hidden = 32
+    config.attn_rank = [40, None]
+    with pytest.raises(ConfigError, match="attn_rank must be 1..32"):
+        config.validate(tiny_config())
+
+
+def test_a_config_without_hidden_keeps_its_old_dict_and_a_thin_one_round_trips():
+    config = CompressionConfig.identity(tiny_config())
+    assert "hidden" not in config.to_dict() and "hidden_importance" not in config.to_dict()
+    config.hidden, config.hidden_importance = 32, "data"
+    assert CompressionConfig.from_json(config.to_json()) == config
 
 
 # ---- low rank -----------------------------------------------------------------------------------------------
@@ -482,3 +613,27 @@ def test_every_importance_criterion_builds_a_valid_student(tiny, data, batch, tm
     assert count_params(student) == count_params_from_config(config.student_architecture(tiny.config))
     states = hidden(student, batch)
     assert len(states) == 3 and all(torch.isfinite(s).all() for s in states)
+
+
+def test_the_hidden_knob_is_a_trial_param_rounded_to_the_positional_conv_groups():
+    import optuna
+
+    from sslc.spaces import SearchSpace
+
+    space = SearchSpace.from_dict({"hidden": {"min": 0.5, "max": 1.0, "step": 0.125},
+                                   "hidden_importance": ["l1", "data"]})
+    teacher = tiny_config()  # 64 wide, 4 groups
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    widths = set()
+    for _ in range(16):
+        trial = study.ask()
+        config = space.suggest(trial, teacher)
+        width = config.width(teacher)
+        assert width == round(trial.params["hidden"] * 64 / 4) * 4 and width % 4 == 0
+        assert (config.hidden is None) == (width == 64)
+        assert trial.params["hidden_importance"] == config.hidden_importance
+        widths.add(width)
+        study.tell(trial, 0.0)
+    assert widths == {32, 40, 48, 56, 64}
+    assert space.smallest(teacher).hidden == 32 and space.largest(teacher).hidden is None
+    assert "hidden" in space.to_dict() and "hidden" not in SearchSpace.from_dict({}).to_dict()

@@ -30,11 +30,13 @@ space files (YAML or JSON): each knob is a fixed value, a list of choices, or a 
   attn_rank: [full, 0.75, 0.5]          # low rank, as a share of the break-even rank
   ffn_rank: [full, 0.75, 0.5]
   conv_keep: {min: 0.25, max: 1.0, step: 0.125}   # CNN front-end channels kept
+  hidden: {min: 0.5, max: 1.0, step: 0.0625}      # hidden (residual) width kept, rounded to the pos conv's groups
   sparsity: 0.0
   quantize: [none, int8]
   head_importance: [l1, data, diagonal]  # which heads are kept (l1: weights; data: |activation x gradient|;
   ffn_importance: l1                     #   diagonal: attention mass near the diagonal); data-driven scores are
   conv_importance: l1                    #   computed once per teacher and data and cached
+  hidden_importance: [l1, data]          # which residual channels (data: mean |activation| over the stream)
 The presets are in %(presets)s."""
 
 

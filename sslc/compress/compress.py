@@ -1,7 +1,7 @@
 """`compress(teacher, config)`: build the student a `CompressionConfig` describes, with the teacher's weights.
 
 Order: depth (keep the chosen layers) -> heads and FFN units (ranked on the teacher's layer) -> CNN channels
--> low-rank factorisation of the sliced linears -> unstructured sparsity -> int8. The structured steps slice
+-> hidden (residual) channels -> low-rank factorisation of the sliced linears -> unstructured sparsity -> int8. The structured steps slice
 the teacher's state dict; the student is then built empty from its `EncoderConfig` and loaded strictly, so the
 config rebuilds it exactly (any shape mismatch is an error here, not a silent difference).
 """
@@ -45,6 +45,13 @@ def _kept(teacher, method: str, sizes: list[int], full: list[int], entries: list
     ]
 
 
+def _kept_residual(teacher, criterion: str, width: int, data, cache) -> torch.Tensor:
+    """The `width` residual channels to keep, the same count from each positional-conv group (so the grouped
+    conv keeps equal groups)."""
+    (scores,) = importance_scores(teacher, f"hidden-{criterion}", data, cache)
+    return slicing.top_k_per_group(scores, width, teacher.config.pos_conv_groups)
+
+
 def compress(
     teacher: SpeechEncoder,
     config: CompressionConfig,
@@ -56,7 +63,7 @@ def compress(
     data: a few `(waveforms [B, S], lengths [B])` batches, needed only by the "data" and "diagonal" importance
     methods (a `ConfigError` says so when they are missing). cache_dir: where importance scores are cached.
     Returns a `SpeechEncoder` whose `.config` equals `config.student_architecture(teacher.config)` except for
-    WavLM's `head_index`; with quantize="int8" it is the dynamically quantized copy (on CPU) of that model.
+    WavLM's `head_index` and `residual_index`; with quantize="int8" it is the dynamically quantized copy (on CPU) of that model.
     """
     spec = teacher.config
     config.validate(spec)
@@ -83,9 +90,17 @@ def compress(
         if spec.relative_position is not None:  # WavLM: which teacher head (gate slice, bias row) each one is
             sources = teacher_layer.head_sources()
             student_layer.head_index = [sources[h] for h in heads[i].tolist()]
+    slicing.keep_channels(state, channels)
+    width = config.width(spec)
+    if width < spec.embed_dim:
+        residual = _kept_residual(teacher, config.hidden_importance, width, data, cache_dir)
+        slicing.keep_hidden(state, residual, spec.pos_conv_groups)
+        if spec.relative_position is not None:  # WavLM's gate reads these channels at their teacher positions
+            sources = spec.residual_sources()
+            arch.residual_index = [sources[c] for c in residual.tolist()]
+    for i, student_layer in enumerate(arch.layers):  # factorise the sliced linears
         for name, rank in student_layer.ranks.items():
             lowrank.factorize_state(state, f"layers.{i}.{_LINEAR_PATHS[name]}.", rank)
-    slicing.keep_channels(state, channels)
 
     parameter = next(teacher.parameters())
     student = build_encoder(arch.validate())

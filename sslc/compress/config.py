@@ -19,6 +19,10 @@ QUANTIZE_MODES = ("none", "int8")
 HEAD_IMPORTANCE = ("l1", "data", "diagonal")
 FFN_IMPORTANCE = ("l1", "data")
 CONV_IMPORTANCE = ("l1", "data")
+HIDDEN_IMPORTANCE = ("l1", "data")
+# Fields added after configs were first recorded: left out of `to_dict` at their defaults, so a config written
+# before they existed keeps its identity (repeats of it are still recognised when a study resumes).
+_LATER_FIELDS = {"hidden": None, "hidden_importance": "l1"}
 ATTENTION_LINEARS = ("q", "k", "v", "out")
 FFN_LINEARS = ("fc1", "fc2")
 _PER_LAYER = ("heads", "ffn", "attn_rank", "ffn_rank")
@@ -35,6 +39,13 @@ def break_even_rank(in_features: int, out_features: int) -> int:
     dense one; a search space should stay at or below this value.
     """
     return (in_features * out_features) // (in_features + out_features)
+
+
+def hidden_width(share: float, teacher: EncoderConfig) -> int:
+    """A share of the teacher's hidden width, rounded to a multiple of its positional conv's groups (the widths
+    a `hidden` config can have)."""
+    groups = teacher.pos_conv_groups
+    return max(groups, min(teacher.embed_dim, round(share * teacher.embed_dim / groups) * groups))
 
 
 def _is_int(value) -> bool:
@@ -54,6 +65,11 @@ class CompressionConfig:
         tensors stay dense, so it lowers the non-zero count but not MACs or latency).
     quantize: "none" or "int8" (dynamic quantization of the linears, for CPU inference).
     head_importance / ffn_importance / conv_importance: the score that ranks heads / units / channels.
+    hidden: the student's hidden (residual) width, a multiple of the teacher's positional-conv groups so the
+        grouped conv keeps equal groups (None = the teacher's width). Head dim is kept: heads * head_dim is
+        the attention's inner width whatever the hidden width.
+    hidden_importance: the score that ranks residual channels ("l1": weights that read and write each
+        channel; "data": its mean activation magnitude over the residual stream).
     """
 
     layers: list[int]
@@ -67,6 +83,8 @@ class CompressionConfig:
     head_importance: str = "l1"
     ffn_importance: str = "l1"
     conv_importance: str = "l1"
+    hidden: int | None = None
+    hidden_importance: str = "l1"
 
     # ---- constructors ------------------------------------------------------------------------------------
     @classmethod
@@ -148,10 +166,23 @@ class CompressionConfig:
             ("head_importance", HEAD_IMPORTANCE),
             ("ffn_importance", FFN_IMPORTANCE),
             ("conv_importance", CONV_IMPORTANCE),
+            ("hidden_importance", HIDDEN_IMPORTANCE),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.hidden is not None and not (_is_int(self.hidden) and self.hidden >= 1):
+            problems.append(f"hidden must be a positive integer or null, got {self.hidden!r}")
         return problems
+
+    def needs_data(self) -> bool:
+        """Whether `compress` needs scoring data: a data-driven criterion ranks something that is pruned (the
+        criteria of sizes kept whole are not computed, but the check stays simple: by name only)."""
+        criteria = (self.head_importance, self.ffn_importance, self.conv_importance, self.hidden_importance)
+        return "data" in criteria or self.head_importance == "diagonal"
+
+    def width(self, teacher: EncoderConfig) -> int:
+        """The student's hidden width."""
+        return teacher.embed_dim if self.hidden is None else self.hidden
 
     def problems(self, teacher: EncoderConfig) -> list[str]:
         """Every way this config does not fit `teacher` (empty when it is valid)."""
@@ -161,6 +192,12 @@ class CompressionConfig:
         bad = [t for t in self.layers if not 0 <= t < teacher.num_layers]
         if bad:
             return [_unknown_layers(bad, teacher)]
+        width, groups = self.width(teacher), teacher.pos_conv_groups
+        if not groups <= width <= teacher.embed_dim or width % groups:
+            problems.append(
+                f"hidden must be a multiple of {groups} (the positional conv's groups) in {groups}.."
+                f"{teacher.embed_dim}, got {width}"
+            )
         for i, t in enumerate(self.layers):
             spec = teacher.layers[t]
             where = f"layer {i}" if i == t else f"layer {i} (teacher layer {t})"
@@ -173,8 +210,8 @@ class CompressionConfig:
             if not 1 <= self.ffn[i] <= spec.ffn_dim:
                 problems.append(f"{where}: ffn must be 1..{spec.ffn_dim}, got {self.ffn[i]}")
             limits = (
-                ("attn_rank", self.attn_rank[i], min(teacher.embed_dim, self.heads[i] * teacher.head_dim)),
-                ("ffn_rank", self.ffn_rank[i], min(teacher.embed_dim, self.ffn[i])),
+                ("attn_rank", self.attn_rank[i], min(width, self.heads[i] * teacher.head_dim)),
+                ("ffn_rank", self.ffn_rank[i], min(width, self.ffn[i])),
             )
             for name, rank, limit in limits:
                 if rank is not None and not 1 <= rank <= limit:
@@ -205,7 +242,8 @@ class CompressionConfig:
         """The student's `EncoderConfig` from sizes alone (no weights, no importance scores).
 
         Everything the MACs and parameter counts depend on matches the model `compress` builds; only WavLM's
-        `head_index` (which teacher heads were kept) is left to `compress`, since it depends on the scores.
+        `head_index` and `residual_index` (which teacher heads and channels were kept) are left to `compress`,
+        since they depend on the scores.
         """
         self.validate(teacher)
         layers = []
@@ -220,11 +258,17 @@ class CompressionConfig:
             ConvLayerSpec(kept, conv.kernel, conv.stride)
             for kept, conv in zip(self.conv_channels, teacher.conv_layers)
         ]
-        return dataclasses.replace(teacher.copy(), conv_layers=conv_layers, layers=layers).validate()
+        return dataclasses.replace(
+            teacher.copy(), conv_layers=conv_layers, layers=layers, embed_dim=self.width(teacher)
+        ).validate()
 
     # ---- (de)serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if all(out[name] == default for name, default in _LATER_FIELDS.items()):
+            for name in _LATER_FIELDS:
+                del out[name]
+        return out
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)

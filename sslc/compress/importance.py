@@ -8,6 +8,8 @@ Weight scores (L1) need only the teacher. Data scores need a few batches `(wavef
   the feature projection (HuBERT-style masking, seeded). Heads, units and channels that carry the context needed
   to fill the masked frames then get large scores.
 * "diagonal": the share of each head's attention mass within 2 frames of the diagonal (diagonal heads matter).
+* "hidden-data": each residual channel's mean |activation| over the residual stream (every hidden state, real
+  frames), as structured LLM pruning scores embedding channels (Minitron); "hidden-l1" is the data-free fallback.
 * "layer": the mean relative size ||layer(x) - x|| / ||x|| of each layer's residual update over real frames;
   a layer that barely changes its input is the cheapest to drop.
 
@@ -31,7 +33,8 @@ from .config import ConfigError
 MASK_RATIO = 0.1  # share of frames masked when scoring with data
 MASK_SPAN = 10  # frames per masked span (HuBERT's mask length)
 DIAGONAL_BAND = 2  # |query - key| <= this many frames counts as "near the diagonal"
-METHODS = ("head-l1", "head-data", "head-diagonal", "ffn-l1", "ffn-data", "conv-l1", "conv-data", "layer")
+METHODS = ("head-l1", "head-data", "head-diagonal", "ffn-l1", "ffn-data", "conv-l1", "conv-data", "hidden-l1",
+           "hidden-data", "layer")
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -145,6 +148,40 @@ def conv_scores_l1(teacher) -> list[torch.Tensor]:
             score = score + teacher.feature_projection.projection.weight.abs().sum(0)
         scores.append(score.cpu())
     return scores
+
+
+@torch.no_grad()
+def hidden_scores_l1(teacher) -> list[torch.Tensor]:
+    """[[embed_dim]]: per residual channel, L1 of every weight that writes it (feature projection, out
+    projections, fc2, with biases) or reads it (q/k/v, fc1), plus its LayerNorm weights."""
+    projection = teacher.feature_projection.projection
+    score = projection.weight.abs().sum(1) + projection.bias.abs()
+    for layer in teacher.layers:
+        att, ff = layer.attention, layer.feed_forward
+        for reader in (att.q_proj, att.k_proj, att.v_proj, ff.fc1):
+            score = score + reader.weight.abs().sum(0)
+        for writer in (att.out_proj, ff.fc2):
+            score = score + writer.weight.abs().sum(1) + writer.bias.abs()
+        score = score + layer.layer_norm.weight.abs() + layer.final_layer_norm.weight.abs()
+    return [score.cpu()]
+
+
+@torch.no_grad()
+def hidden_scores_data(teacher, batches: list[Batch]) -> list[torch.Tensor]:
+    """[[embed_dim]]: per residual channel, the mean over hidden states of its mean |activation| on real frames
+    (each hidden state weighs the same, whatever its scale)."""
+    device = _device(teacher)
+    sums = None
+    with _scoring_mode(teacher):
+        for waveforms, lengths in batches:
+            waveforms = waveforms.to(device)
+            lengths = None if lengths is None else lengths.to(device)
+            output = teacher(waveforms, lengths)
+            real = _frame_mask(teacher, waveforms, lengths)[..., None].to(waveforms.dtype)
+            per_state = torch.stack([(h.abs() * real).sum((0, 1)) for h in output.hidden_states]).double().cpu()
+            sums = per_state if sums is None else sums + per_state
+    means = sums / sums.mean(1, keepdim=True).clamp_min(1e-12)  # each hidden state normalised to mean 1
+    return [means.mean(0).float()]
 
 
 # ---- data scores --------------------------------------------------------------------------------------------
@@ -298,7 +335,8 @@ def layer_scores(teacher, batches: list[Batch]) -> torch.Tensor:
 
 
 # ---- dispatch and caching -----------------------------------------------------------------------------------
-_WEIGHT_SCORES = {"head-l1": head_scores_l1, "ffn-l1": ffn_scores_l1, "conv-l1": conv_scores_l1}
+_WEIGHT_SCORES = {"head-l1": head_scores_l1, "ffn-l1": ffn_scores_l1, "conv-l1": conv_scores_l1,
+                  "hidden-l1": hidden_scores_l1}
 
 
 def importance_scores(
@@ -307,7 +345,8 @@ def importance_scores(
     """Scores for `method` (one of METHODS): per-layer lists of tensors, or one tensor for "layer".
 
     Data methods need `data` (a list of batches; see `as_batches`); with `cache` (an `ImportanceCache` or a
-    directory) their result is read from / written to disk. All three "-data" methods share one computation.
+    directory) their result is read from / written to disk. The head, FFN and conv "-data" methods share one
+    computation.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown importance method {method!r}; expected one of {', '.join(METHODS)}")
@@ -318,6 +357,8 @@ def importance_scores(
     batches = as_batches(data)
     if method == "layer":
         key, compute = "layer-v1", lambda: layer_scores(teacher, batches)
+    elif method == "hidden-data":
+        key, compute = "hidden-v1", lambda: hidden_scores_data(teacher, batches)
     elif method == "head-diagonal":
         key, compute = f"diagonal-v1-band{DIAGONAL_BAND}", lambda: head_scores_diagonal(teacher, batches)
     else:

@@ -1,4 +1,5 @@
-"""Structured pruning as physical slicing of a teacher's state dict: depth, heads, FFN units, conv channels.
+"""Structured pruning as physical slicing of a teacher's state dict: depth, heads, FFN units, conv channels and
+hidden (residual) channels.
 
 Every operator takes the indices to keep (in the teacher's order) and returns smaller tensors, so the student
 has no masks: its parameters, MACs and latency all drop, and `build_encoder(student_config)` has exactly the
@@ -74,3 +75,48 @@ def keep_channels(state: State, channels: list[torch.Tensor]) -> None:
     _select(state, "feature_projection.layer_norm.weight", 0, last)
     _select(state, "feature_projection.layer_norm.bias", 0, last)
     _select(state, "feature_projection.projection.weight", 1, last)
+
+
+def top_k_per_group(scores: torch.Tensor, k: int, groups: int) -> torch.Tensor:
+    """The top k scores taken evenly from `groups` equal contiguous blocks (k // groups each), ascending."""
+    size, per_group = scores.numel() // groups, k // groups
+    return torch.cat([top_k(scores[g * size : (g + 1) * size], per_group) + g * size for g in range(groups)])
+
+
+def keep_hidden(state: State, channels: torch.Tensor, groups: int) -> None:
+    """Keep residual `channels` everywhere the residual stream is read or written: the feature projection's
+    outputs, the positional conv (per group; `channels` holds the same count from each of its `groups`), every
+    LayerNorm, q/k/v and fc1 inputs, out-projection and fc2 outputs. WavLM's gate is placed by
+    `EncoderConfig.residual_index`, not sliced.
+
+    The positional conv is weight-normed over its kernel positions (weight = g * v / ||v||, norm over all but
+    dim 2): g is rescaled by ||v_kept|| / ||v|| so the kept weights equal the teacher's exactly.
+    """
+    width = state["layer_norm.weight"].shape[0]
+    outputs = ["feature_projection.projection.weight", "feature_projection.projection.bias", "pos_conv.conv.bias",
+               "layer_norm.weight", "layer_norm.bias"]
+    inputs = []
+    for key in state:
+        if not key.startswith("layers."):
+            continue
+        name = key.split(".", 2)[2]
+        if name in ("attention.q_proj.weight", "attention.k_proj.weight", "attention.v_proj.weight",
+                    "feed_forward.fc1.weight"):
+            inputs.append(key)
+        elif name in ("attention.out_proj.weight", "attention.out_proj.bias", "feed_forward.fc2.weight",
+                      "feed_forward.fc2.bias") or "layer_norm." in name:
+            outputs.append(key)
+    for key in outputs:
+        _select(state, key, 0, channels)
+    for key in inputs:
+        _select(state, key, 1, channels)
+    g_key, v_key = "pos_conv.conv.parametrizations.weight.original0", "pos_conv.conv.parametrizations.weight.original1"
+    v = state[v_key]
+    size = width // groups
+    kept_in_group = (channels % size).view(groups, -1)  # [groups, kept per group]: positions inside the group
+    sliced = torch.stack([v[channels[g * kept_in_group.shape[1] : (g + 1) * kept_in_group.shape[1]]]
+                          .index_select(1, kept_in_group[g].to(v.device)) for g in range(groups)])
+    sliced = sliced.reshape(-1, kept_in_group.shape[1], v.shape[2])
+    norm = v.norm(dim=(0, 1), keepdim=True)
+    state[g_key] = state[g_key] * sliced.norm(dim=(0, 1), keepdim=True) / norm.clamp_min(1e-12)
+    state[v_key] = sliced

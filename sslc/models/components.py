@@ -148,7 +148,8 @@ class SelfAttention(nn.Module):
     call in `last_attention` (computed explicitly then, since the fused kernel does not return them).
     """
 
-    def __init__(self, embed_dim: int, spec: LayerSpec, head_dim: int, relative: bool, dropout: float = 0.0):
+    def __init__(self, embed_dim: int, spec: LayerSpec, head_dim: int, relative: bool, dropout: float = 0.0,
+                 gate_channels: list[int] | None = None, gate_width: int | None = None):
         super().__init__()
         self.heads, self.head_dim, self.dropout = spec.heads, head_dim, dropout
         inner = spec.heads * head_dim
@@ -166,10 +167,20 @@ class SelfAttention(nn.Module):
             self.register_buffer("head_index", torch.tensor(spec.head_sources(), dtype=torch.long), persistent=False)
             self.gru_rel_pos_linear = nn.Linear(head_dim, 8)
             self.gru_rel_pos_const = nn.Parameter(torch.ones(1, spec.heads, 1, 1))
+            # A thin student: where its channels sit in the teacher-width stream the gate reads (see
+            # EncoderConfig.residual_index); None when the stream is the teacher's own.
+            self.gate_width = gate_width
+            if gate_channels is not None:
+                self.register_buffer("gate_channels", torch.tensor(gate_channels, dtype=torch.long), persistent=False)
+            else:
+                self.gate_channels = None
 
     def _gated_bias(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        chunks = x.view(batch, length, width // self.head_dim, self.head_dim)[:, :, self.head_index]
+        if self.gate_channels is not None:  # pruned residual channels read as zero
+            x = x.new_zeros(batch, length, self.gate_width).index_copy(2, self.gate_channels, x)
+            width = self.gate_width
+        chunks = x.reshape(batch, length, width // self.head_dim, self.head_dim)[:, :, self.head_index]
         proj = self.gru_rel_pos_linear(chunks.permute(0, 2, 1, 3))  # [B, H, T, 8]
         gate_a, gate_b = torch.sigmoid(proj.view(*proj.shape[:-1], 2, 4).sum(-1)).chunk(2, dim=-1)
         gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0  # [B, H, T, 1]
@@ -228,10 +239,11 @@ class EncoderLayer(nn.Module):
     """Attention + FFN with residuals; post-LN (base models) or pre-LN (`layer_norm_first`, large models)."""
 
     def __init__(self, embed_dim: int, spec: LayerSpec, head_dim: int, layer_norm_first: bool, eps: float,
-                 relative: bool, dropout: float = 0.0):
+                 relative: bool, dropout: float = 0.0, gate_channels: list[int] | None = None,
+                 gate_width: int | None = None):
         super().__init__()
         self.layer_norm_first = layer_norm_first
-        self.attention = SelfAttention(embed_dim, spec, head_dim, relative, dropout)
+        self.attention = SelfAttention(embed_dim, spec, head_dim, relative, dropout, gate_channels, gate_width)
         self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.feed_forward = FeedForward(embed_dim, spec, dropout)
         self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)

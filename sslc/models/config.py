@@ -67,6 +67,10 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-5
     relative_position: RelativePositionSpec | None = None
     dropout: float = 0.0
+    # A thin (hidden-width) WavLM student: the teacher's residual channel each of its channels came from. WavLM's
+    # gate reads a head's slice of the teacher-width stream, so the student puts its channels back there (pruned
+    # ones read as zero). None: channels 0..embed_dim-1, as in a teacher.
+    residual_index: list[int] | None = None
 
     # ---- derived sizes -------------------------------------------------------------------------------------
     @property
@@ -76,6 +80,9 @@ class EncoderConfig:
     @property
     def conv_out_channels(self) -> int:
         return self.conv_layers[-1].channels
+
+    def residual_sources(self) -> list[int]:
+        return list(self.residual_index) if self.residual_index is not None else list(range(self.embed_dim))
 
     def frames_for(self, num_samples: int) -> int:
         """Frames the conv front end emits for `num_samples` input samples."""
@@ -110,8 +117,17 @@ class EncoderConfig:
                 problems.append(f"layer {i}: head_index has {len(layer.head_index)} entries for {layer.heads} heads")
             if self.relative_position is not None:
                 bad = [h for h in layer.head_sources() if not 0 <= h < self.relative_position.heads]
-                if bad or self.embed_dim // self.head_dim < self.relative_position.heads:
+                if bad:
                     problems.append(f"layer {i}: head_index {bad} outside the relative position table")
+        if self.relative_position is not None:
+            width = self.relative_position.heads * self.head_dim  # the teacher's residual width
+            sources = self.residual_sources()
+            if len(sources) != self.embed_dim or any(b <= a for a, b in zip(sources, sources[1:])) or not all(
+                0 <= c < width for c in sources
+            ):
+                problems.append(
+                    f"residual_index must be {self.embed_dim} increasing channels of the teacher's {width}"
+                )
         if problems:
             raise ValueError("invalid encoder config: " + "; ".join(problems))
         return self

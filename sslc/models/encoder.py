@@ -60,9 +60,14 @@ class SpeechEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         relative = config.relative_position is not None
         self.relative_position = RelativePositionBias(config.relative_position) if relative else None
+        gate_width = gate_channels = None
+        if relative:
+            gate_width = config.relative_position.heads * config.head_dim
+            if config.residual_sources() != list(range(gate_width)):  # a thin student
+                gate_channels = config.residual_sources()
         self.layers = nn.ModuleList(
             EncoderLayer(config.embed_dim, spec, config.head_dim, config.layer_norm_first, config.layer_norm_eps,
-                         relative, config.dropout)
+                         relative, config.dropout, gate_channels, gate_width)
             for spec in config.layers
         )
         self.dropout = nn.Dropout(config.dropout)

@@ -130,10 +130,7 @@ class RunInputs:
         """The student `config` describes, from this run's teacher (int8 applied only when `quantize`)."""
         if not quantize and config.quantize != "none":
             config = CompressionConfig.from_dict({**config.to_dict(), "quantize": "none"})
-        needs_data = "data" in (config.head_importance, config.ffn_importance, config.conv_importance) or (
-            config.head_importance == "diagonal"
-        )
-        data = self.importance_batches() if needs_data else None
+        data = self.importance_batches() if config.needs_data() else None
         return compress(self.teacher, config, data=data, cache_dir=self.cache_dir / "importance")
 
 

@@ -17,7 +17,14 @@ from typing import Any
 import yaml
 
 from sslc.compress import CompressionConfig
-from sslc.compress.config import CONV_IMPORTANCE, FFN_IMPORTANCE, HEAD_IMPORTANCE, break_even_rank
+from sslc.compress.config import (
+    CONV_IMPORTANCE,
+    FFN_IMPORTANCE,
+    HEAD_IMPORTANCE,
+    HIDDEN_IMPORTANCE,
+    break_even_rank,
+    hidden_width,
+)
 from sslc.errors import UserError, first_line
 from sslc.models import EncoderConfig
 
@@ -32,22 +39,28 @@ KNOBS = {
     "conv_keep": "float",
     "sparsity": "float",
     "quantize": "choice",
-    # Which score ranks the heads / FFN units / CNN channels a smaller size keeps (sslc.compress.importance).
+    # The student's hidden (residual) width as a share of the teacher's, rounded to a multiple of the positional
+    # conv's groups (16 in the released models: 0.5 of 768 is LightHuBERT Small's 384, 0.625 FitHuBERT's 480).
+    "hidden": "float",
+    # Which score ranks the heads / FFN units / CNN channels / residual channels a smaller size keeps
+    # (sslc.compress.importance).
     "head_importance": "choice",
     "ffn_importance": "choice",
     "conv_importance": "choice",
+    "hidden_importance": "choice",
 }
 # Knobs added after studies were first recorded: written into a space's definition only when not at their default.
-LATER_KNOBS = ("head_importance", "ffn_importance", "conv_importance")
+LATER_KNOBS = ("hidden", "head_importance", "ffn_importance", "conv_importance", "hidden_importance")
 DEFAULTS = {
     "depth": "all", "layer_selection": "first", "heads": "all", "ffn_keep": 1.0, "attn_rank": "full",
-    "ffn_rank": "full", "conv_keep": 1.0, "sparsity": 0.0, "quantize": "none",
-    "head_importance": "l1", "ffn_importance": "l1", "conv_importance": "l1",
+    "ffn_rank": "full", "conv_keep": 1.0, "sparsity": 0.0, "quantize": "none", "hidden": 1.0,
+    "head_importance": "l1", "ffn_importance": "l1", "conv_importance": "l1", "hidden_importance": "l1",
 }
 LAYER_SELECTIONS = ("evenly", "first")
 QUANTIZE = ("none", "int8")
 CHOICES = {"layer_selection": LAYER_SELECTIONS, "quantize": QUANTIZE, "head_importance": HEAD_IMPORTANCE,
-           "ffn_importance": FFN_IMPORTANCE, "conv_importance": CONV_IMPORTANCE}
+           "ffn_importance": FFN_IMPORTANCE, "conv_importance": CONV_IMPORTANCE,
+           "hidden_importance": HIDDEN_IMPORTANCE}
 
 
 class SpaceError(UserError):
@@ -77,7 +90,7 @@ def _parse_knob(name: str, raw: Any, where: str) -> Knob:
     def check_value(value, label=key):
         if kind == "int" and value != "all" and not (isinstance(value, int) and value >= 1):
             raise SpaceError(f"{label} must be a positive integer or 'all', got {value!r}")
-        if name in ("ffn_keep", "conv_keep") and not (isinstance(value, (int, float)) and 0 < value <= 1):
+        if name in ("ffn_keep", "conv_keep", "hidden") and not (isinstance(value, (int, float)) and 0 < value <= 1):
             raise SpaceError(f"{label} must be a fraction in (0, 1], got {value!r}")
         if name == "sparsity" and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise SpaceError(f"{label} must be a fraction in [0, 1), got {value!r}")
@@ -176,6 +189,7 @@ class SearchSpace:
         return self._build(_TrialPicker(_RandomTrial(rng)), teacher)
 
     def _build(self, pick, teacher: EncoderConfig) -> CompressionConfig:
+        width = hidden_width(pick.float(self.knobs["hidden"], "hidden"), teacher)
         depth = pick.int(self.knobs["depth"], "depth", teacher.num_layers)
         selection = pick.choice(self.knobs["layer_selection"], "layer_selection")
         if selection == "evenly":
@@ -189,8 +203,8 @@ class SearchSpace:
             keep = pick.float(self.knobs["ffn_keep"], f"ffn_keep_{k}")
             ffn.append(max(1, round(keep * spec.ffn_dim)))
             inner = heads[-1] * teacher.head_dim
-            attn_rank.append(_rank(pick.rank(self.knobs["attn_rank"], f"attn_rank_{k}"), teacher.embed_dim, inner))
-            ffn_rank.append(_rank(pick.rank(self.knobs["ffn_rank"], f"ffn_rank_{k}"), teacher.embed_dim, ffn[-1]))
+            attn_rank.append(_rank(pick.rank(self.knobs["attn_rank"], f"attn_rank_{k}"), width, inner))
+            ffn_rank.append(_rank(pick.rank(self.knobs["ffn_rank"], f"ffn_rank_{k}"), width, ffn[-1]))
         conv_channels = []
         for i, conv in enumerate(teacher.conv_layers):
             keep = pick.float(self.knobs["conv_keep"], f"conv_keep_{i}")
@@ -199,9 +213,11 @@ class SearchSpace:
             layers=list(layers), heads=heads, ffn=ffn, attn_rank=attn_rank, ffn_rank=ffn_rank,
             conv_channels=conv_channels, sparsity=float(pick.float(self.knobs["sparsity"], "sparsity")),
             quantize=pick.choice(self.knobs["quantize"], "quantize"),
+            hidden=width if width < teacher.embed_dim else None,
             **{name: pick.choice(self.knobs[name], name) for name in ("head_importance", "ffn_importance",
-                                                                     "conv_importance")},
+                                                                     "conv_importance", "hidden_importance")},
         )
+
 
 
 def _rank(share, in_features: int, out_features: int) -> int | None:
