@@ -321,3 +321,22 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teac
     assert again.steps_done == 6 and again.heldout_loss == reference.heldout_loss
     with pytest.raises(UserError, match="lr"):
         train_full(small_student(), targets, train, heldout, trial_config(lr=0.1), tmp_path / "b", progress=False)
+
+
+def test_a_thin_students_heads_start_by_placing_its_channels_back():
+    """Heads of a thin student start as the scatter onto the teacher channels it kept (pruned ones predicted as
+    zero): on the teacher's own states restricted to the kept channels, the prediction is those states there."""
+    from sslc.trainers.heads import PredictionHeads
+
+    teacher = build_encoder(PRESETS["tiny"](), seed=0).eval()
+    config = CompressionConfig.identity(teacher.config)
+    config.hidden = 40
+    student = compress(teacher, config)
+    kept = student.config.residual_index
+    assert len(kept) == 40 and sorted(set(kept)) == kept
+    heads = PredictionHeads([(1, 1), (2, 2)], 40, 64, kept)
+    states = torch.randn(2, 7, 64)
+    predicted = heads([None, states[..., kept], states[..., kept]])
+    expected = torch.zeros_like(states)
+    expected[..., kept] = states[..., kept]
+    assert all(torch.equal(p, expected) for p in predicted)

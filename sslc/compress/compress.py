@@ -95,9 +95,8 @@ def compress(
     if width < spec.embed_dim:
         residual = _kept_residual(teacher, config.hidden_importance, width, data, cache_dir)
         slicing.keep_hidden(state, residual, spec.pos_conv_groups)
-        if spec.relative_position is not None:  # WavLM's gate reads these channels at their teacher positions
-            sources = spec.residual_sources()
-            arch.residual_index = [sources[c] for c in residual.tolist()]
+        sources = spec.residual_sources()  # WavLM's gate reads the kept channels at their teacher positions
+        arch.residual_index = [sources[c] for c in residual.tolist()]
     for i, student_layer in enumerate(arch.layers):  # factorise the sliced linears
         for name, rank in student_layer.ranks.items():
             lowrank.factorize_state(state, f"layers.{i}.{_LINEAR_PATHS[name]}.", rank)

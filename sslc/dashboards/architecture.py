@@ -64,7 +64,7 @@ def layer_cells(config: dict, teacher: EncoderConfig | None, panel: str) -> list
             rank = config[panel][k]
             if teacher:  # the full rank of the kept projection, as CompressionConfig defines it
                 inner = heads * teacher.head_dim if panel == "attn_rank" else ffn
-                full = min(teacher.embed_dim, inner)
+                full = min(config.get("hidden") or teacher.embed_dim, inner)
             else:
                 full = None
             if rank is None:

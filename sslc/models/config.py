@@ -67,9 +67,9 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-5
     relative_position: RelativePositionSpec | None = None
     dropout: float = 0.0
-    # A thin (hidden-width) WavLM student: the teacher's residual channel each of its channels came from. WavLM's
-    # gate reads a head's slice of the teacher-width stream, so the student puts its channels back there (pruned
-    # ones read as zero). None: channels 0..embed_dim-1, as in a teacher.
+    # A thin (hidden-width) student: the teacher's residual channel each of its channels came from. WavLM's gate
+    # reads a head's slice of the teacher-width stream, so the student puts its channels back there (pruned ones
+    # read as zero); distillation heads start by placing them there too. None: channels 0..embed_dim-1.
     residual_index: list[int] | None = None
 
     # ---- derived sizes -------------------------------------------------------------------------------------
@@ -119,15 +119,13 @@ class EncoderConfig:
                 bad = [h for h in layer.head_sources() if not 0 <= h < self.relative_position.heads]
                 if bad:
                     problems.append(f"layer {i}: head_index {bad} outside the relative position table")
-        if self.relative_position is not None:
-            width = self.relative_position.heads * self.head_dim  # the teacher's residual width
-            sources = self.residual_sources()
-            if len(sources) != self.embed_dim or any(b <= a for a, b in zip(sources, sources[1:])) or not all(
-                0 <= c < width for c in sources
-            ):
-                problems.append(
-                    f"residual_index must be {self.embed_dim} increasing channels of the teacher's {width}"
-                )
+        sources = self.residual_sources()
+        # The teacher's residual width: known to WavLM's relative position table, unbounded otherwise.
+        width = self.relative_position.heads * self.head_dim if self.relative_position is not None else None
+        if len(sources) != self.embed_dim or any(b <= a for a, b in zip(sources, sources[1:])) or not all(
+            0 <= c and (width is None or c < width) for c in sources
+        ):
+            problems.append(f"residual_index must be {self.embed_dim} increasing teacher channels")
         if problems:
             raise ValueError("invalid encoder config: " + "; ".join(problems))
         return self

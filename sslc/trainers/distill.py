@@ -268,7 +268,9 @@ class _Scorer:
         )
         self.heldout_targets = _targets_for(targets, heldout_data, self.layer_map, exact=True)
         self.heldout_data, self.config = heldout_data, config
-        self.heads = PredictionHeads(self.layer_map, student.config.embed_dim, targets.dim)
+        self.heads = PredictionHeads(
+            self.layer_map, student.config.embed_dim, targets.dim, student.config.residual_index
+        )
         self.student, self.device = student, config.resolve_device()
 
     def score(self) -> tuple[float, dict[str, float]]:

@@ -12,17 +12,24 @@ class PredictionHeads(nn.Module):
     """Head i maps student hidden state `layer_map[i][0]` to a prediction of teacher hidden `layer_map[i][1]`.
 
     With equal widths a head starts as the identity, so a student copied from the teacher starts at the loss's
-    minimum instead of at whatever a random projection would give.
+    minimum instead of at whatever a random projection would give. A thin student's heads start by placing each
+    channel back at the teacher channel it was cut from (`placement`, its `residual_index`; pruned channels are
+    predicted as zero), the same start as near as its width allows.
     """
 
-    def __init__(self, layer_map: Sequence[tuple[int, int]], student_dim: int, teacher_dim: int):
+    def __init__(self, layer_map: Sequence[tuple[int, int]], student_dim: int, teacher_dim: int,
+                 placement: Sequence[int] | None = None):
         super().__init__()
         self.layer_map = [(int(s), int(t)) for s, t in layer_map]
         self.heads = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in self.layer_map)
-        if student_dim == teacher_dim:
+        if placement is None and student_dim == teacher_dim:
+            placement = range(teacher_dim)
+        if placement is not None and len(placement) == student_dim and max(placement) < teacher_dim:
+            start = torch.zeros(teacher_dim, student_dim)
+            start[torch.as_tensor(list(placement)), torch.arange(student_dim)] = 1.0
             with torch.no_grad():
                 for head in self.heads:
-                    head.weight.copy_(torch.eye(teacher_dim))
+                    head.weight.copy_(start)
                     head.bias.zero_()
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
