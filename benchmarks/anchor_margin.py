@@ -1,0 +1,165 @@
+"""The claim sslc exists for, in miniature: does a search beat the anchors' shapes at equal compute?
+
+On the trained fixture teacher (benchmarks/fixtures, recipe gpu: 3 layers, 192 wide, pretrained on synthesized
+English speech), a real `sslc-search` (in-process `run_search`: Ray Tune trials, the default sampler, the
+`combined` space, its short trials and evaluation protocol) runs at 40% of the teacher's MACs. Its best point
+(the lowest held-out score on the front) is retrained with sslc-retrain's `retrain_trial` for RETRAIN_STEPS steps.
+Every anchor-shaped baseline the search knows (`sslc.search.baselines`: uniform pruning to the budget,
+DistilHuBERT's 2 layers, LightHuBERT Small's shape, a FitHuBERT-like thin-deep shape) that fits the budget (or
+exceeds it by at most OVER_BUDGET_ALLOWANCE: such a baseline is flagged, and its extra MACs favour it) is built
+from the same teacher and trained by the same trainer (`train_full`, the retrain's settings) for the same
+steps. All of them are then compared by a downstream measurement outside the search: sslc-probe's phoneme CTC
+probe (frozen features, weighted sum of hidden states), trained on the fixture's training voices and scored by
+phoneme error rate on its held-out voices. The held-out distillation loss after retraining is printed too.
+
+Last line: `anchor_margin: X` = the best baseline's PER / the sslc point's PER (goal > 1.0: the searched
+student is better than every anchor shape at the same budget). Baselines over the budget are listed, not trained.
+
+Run time: about 9 minutes on 2 cores with the defaults; `--quick` (the quick fixture, 2 trials, a few steps)
+only checks that the benchmark runs (CI runs it).
+
+    python benchmarks/anchor_margin.py [--trials 8] [--steps 40] [--retrain-steps 300] [--probe-epochs 10]
+                                       [--max-probe-train 120] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from benchmarks.fixtures import trained_teacher  # noqa: E402
+from sslc.budget import parse_budget  # noqa: E402
+from sslc.compress import CompressionConfig  # noqa: E402
+from sslc.metrics import count_macs, count_params  # noqa: E402
+from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
+from sslc.probes.results import encode_fn  # noqa: E402
+from sslc.runs.record import open_run  # noqa: E402
+from sslc.runs.retrain import full_trainer_config, prepare_context, retrain_trial  # noqa: E402
+from sslc.runs.student_file import ExportedStudent  # noqa: E402
+from sslc.search.baselines import baseline_configs  # noqa: E402
+from sslc.search.runner import SearchSettings, run_search  # noqa: E402
+from sslc.trainers import train_full  # noqa: E402
+
+BUDGET = "40%"
+TRIALS = 8
+STEPS = 40
+RETRAIN_STEPS = 300
+PROBE_EPOCHS = 10
+MAX_PROBE_TRAIN = 120
+# The anchors' shapes are fixed shares of the teacher; at the fixture's size (3 layers of 3 heads) LightHuBERT
+# Small's and FitHuBERT's land at 42-44% of its MACs. Shapes up to this factor over the budget are compared too.
+OVER_BUDGET_ALLOWANCE = 1.15
+
+
+def probe_error(student, probe_train, probe_heldout, epochs: int) -> float:
+    student = student.cpu().eval().requires_grad_(False)
+    extractor = ExportedStudent(student, student.config)
+    outcome = run_probe(encode_fn(extractor), student.config.num_layers + 1, student.config.embed_dim,
+                        probe_train, probe_heldout, ProbeSettings("ctc", epochs=epochs))
+    return outcome.metric
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--steps", type=int, default=STEPS, help="short-trial steps of the search")
+    parser.add_argument("--retrain-steps", type=int, default=RETRAIN_STEPS)
+    parser.add_argument("--probe-epochs", type=int, default=PROBE_EPOCHS)
+    parser.add_argument("--max-probe-train", type=int, default=MAX_PROBE_TRAIN)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="quick fixture, 2 trials, few steps (smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.steps, args.retrain_steps, args.probe_epochs, args.max_probe_train = 2, 2, 2, 1, 8
+    logging.getLogger("sslc").setLevel(logging.WARNING)
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    fixture = trained_teacher("gpu", quick=args.quick)
+    probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
+    probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
+
+    with tempfile.TemporaryDirectory(prefix="sslc-anchor-") as tmp:
+        settings = SearchSettings(
+            teacher=str(fixture.teacher_dir), data=str(fixture.train_dir), budget=BUDGET, trials=args.trials,
+            steps=args.steps, name="anchor-margin", run_dir=Path(tmp) / "run", baselines=False, report=False,
+            seed=args.seed, quiet=True,
+        )
+        result = run_search(settings)
+        searched = time.perf_counter() - started
+        run = open_run(result.run_dir)
+        front = run.front()
+        best = min(front, key=lambda t: (t.heldout_loss, t.number))
+        context = prepare_context(run)
+        trainer = full_trainer_config(run, steps=args.retrain_steps)
+        teacher_config = context.teacher.config
+        teacher_macs = count_macs(teacher_config, seconds=10.0).total
+        budget = parse_budget(BUDGET).resolve(teacher_macs)
+        print(f"teacher: fixture ({teacher_config.num_layers} layers, {teacher_config.embed_dim} wide, "
+              f"{teacher_macs / 1e9:.3f} GMACs / 10 s); budget {BUDGET} = {budget / 1e9:.3f} GMACs; search of "
+              f"{args.trials} trials x {args.steps} steps in {searched:.0f} s, front of {len(front)}, best trial "
+              f"{best.number} (score {best.heldout_loss:.4f}); everything retrained for {trainer.steps} steps")
+
+        rows = []
+        t0 = time.perf_counter()
+        summary = retrain_trial(run, best, trainer, context, progress=False)
+        student = context.build_student(CompressionConfig.from_dict(best.config), quantize=False)
+        student.load_state_dict(_retrained_weights(run, best.number))
+        rows.append((f"sslc search, trial {best.number}", CompressionConfig.from_dict(best.config),
+                     summary["heldout_loss"], student, time.perf_counter() - t0))
+
+        for name, config in baseline_configs(teacher_config, budget, 10.0).items():
+            arch = config.student_architecture(teacher_config)
+            macs = count_macs(arch, seconds=10.0).total
+            if macs > OVER_BUDGET_ALLOWANCE * budget:
+                print(f"baseline {name}: {macs / teacher_macs:.0%} of the teacher's MACs, over budget: not trained")
+                continue
+            if macs > budget:
+                print(f"baseline {name}: {macs / teacher_macs:.1%} of the teacher's MACs, over the {BUDGET} budget "
+                      f"but within {OVER_BUDGET_ALLOWANCE:g}x of it: compared anyway (the extra MACs favour it)")
+            t0 = time.perf_counter()
+            student = context.build_student(config, quantize=False)
+            trained = train_full(student, context.targets(), context.data.train, context.data.heldout, trainer,
+                                 Path(tmp) / "baselines" / name, progress=False, kept_layers=config.layers)
+            rows.append((f"baseline {name}", config, trained.heldout_loss, student, time.perf_counter() - t0))
+
+        print(f"{'student':34s} {'MACs':>6s} {'params':>8s} {'width':>5s} {'depth':>5s} {'loss':>7s} {'PER':>7s}")
+        errors = {}
+        for label, config, loss, student, seconds in rows:
+            t0 = time.perf_counter()
+            errors[label] = probe_error(student, probe_train, probe_heldout, args.probe_epochs)
+            arch = config.student_architecture(teacher_config)
+            share = count_macs(arch, seconds=10.0).total / teacher_macs
+            print(f"{label:34s} {share:6.1%} {count_params(student) / 1e6:7.3f}M {arch.embed_dim:5d} "
+                  f"{arch.num_layers:5d} {loss:7.4f} {errors[label]:7.4f}  (train {seconds:.0f} s, probe "
+                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+
+    ours = errors[rows[0][0]]
+    baselines = {k: v for k, v in errors.items() if k != rows[0][0]}
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if not baselines:
+        print("no baseline fits the budget")
+        print("anchor_margin: nan")
+        return 0
+    best_baseline = min(baselines, key=baselines.get)
+    print(f"best baseline: {best_baseline} (PER {baselines[best_baseline]:.4f}) vs sslc's {ours:.4f}")
+    print(f"anchor_margin: {baselines[best_baseline] / ours:.3f}")
+    return 0
+
+
+def _retrained_weights(run, number: int) -> dict:
+    """The retrained student's weights, from the file sslc-retrain wrote."""
+    from sslc.runs.student_file import WEIGHTS_FILE, read_student_file
+
+    return read_student_file(run.retrain_dir(number) / WEIGHTS_FILE)["state_dict"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
