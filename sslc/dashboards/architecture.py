@@ -79,7 +79,11 @@ def architecture_figure(run: RunRecord, points: list[TrialPoint], teacher: Encod
     front = sorted((p for p in points if p.pareto and p.config), key=lambda p: (p.macs or 0, p.number))
     if not front:
         return None
-    labels = [f"#{p.number} ({p.gmacs:.3g} GMACs)" if p.gmacs is not None else f"#{p.number}" for p in front]
+    def label(p: TrialPoint) -> str:
+        width = f", width {p.config['hidden']}" if p.config.get("hidden") else ""  # a thin student
+        return f"#{p.number} ({p.gmacs:.3g} GMACs{width})" if p.gmacs is not None else f"#{p.number}{width}"
+
+    labels = [label(p) for p in front]
     figure = make_subplots(rows=len(PANELS), cols=1, subplot_titles=[title for _, title in PANELS],
                            vertical_spacing=0.35 / len(PANELS))
     for row, (panel, _) in enumerate(PANELS, 1):
