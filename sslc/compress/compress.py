@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslc.models import SpeechEncoder, build_encoder
+from sslc.models import EncoderConfig, SpeechEncoder, build_encoder
 
 from . import lowrank, slicing
 from .cache import ImportanceCache
@@ -52,6 +52,44 @@ def _kept_residual(teacher, criterion: str, width: int, data, cache) -> torch.Te
     return slicing.top_k_per_group(scores, width, teacher.config.pos_conv_groups)
 
 
+def slice_student(
+    state: dict[str, torch.Tensor],
+    spec: EncoderConfig,
+    config: CompressionConfig,
+    heads: list[torch.Tensor],
+    units: list[torch.Tensor],
+    channels: list[torch.Tensor],
+    residual: torch.Tensor | None,
+) -> SpeechEncoder:
+    """The float student (before sparsity and int8) that `config` describes, sliced from `state`, a state dict in
+    the layout of the teacher `spec`, keeping the given indices (ascending, per kept layer / conv layer; `residual`:
+    the kept residual channels, the same count per positional-conv group, or None for the full width).
+
+    `compress` passes the teacher's own state and its top-k indices; an elastic student passes its shared weights
+    put back in the teacher's layout and its importance prefixes (`sslc.compress.elastic`).
+    """
+    arch = config.student_architecture(spec)
+    teacher_layers = [spec.layers[t] for t in config.layers]
+    state = slicing.keep_layers(state, config.layers)
+    for i, (student_layer, teacher_layer) in enumerate(zip(arch.layers, teacher_layers)):
+        slicing.keep_heads(state, f"layers.{i}.attention.", heads[i], spec.head_dim)
+        slicing.keep_units(state, f"layers.{i}.feed_forward.", units[i])
+        if spec.relative_position is not None:  # WavLM: which teacher head (gate slice, bias row) each one is
+            sources = teacher_layer.head_sources()
+            student_layer.head_index = [sources[h] for h in heads[i].tolist()]
+    slicing.keep_channels(state, channels)
+    if residual is not None:
+        slicing.keep_hidden(state, residual, spec.pos_conv_groups)
+        sources = spec.residual_sources()  # WavLM's gate reads the kept channels at their teacher positions
+        arch.residual_index = [sources[c] for c in residual.tolist()]
+    for i, student_layer in enumerate(arch.layers):  # factorise the sliced linears
+        for name, rank in student_layer.ranks.items():
+            lowrank.factorize_state(state, f"layers.{i}.{_LINEAR_PATHS[name]}.", rank)
+    student = build_encoder(arch.validate())
+    student.load_state_dict(state, strict=True)
+    return student
+
+
 def compress(
     teacher: SpeechEncoder,
     config: CompressionConfig,
@@ -69,7 +107,6 @@ def compress(
     config.validate(spec)
     if data is not None:
         data = as_batches(data)  # once: it may be a one-shot iterator, and up to three scores read it
-    arch = config.student_architecture(spec)
     teacher_layers = [spec.layers[t] for t in config.layers]
     conv_full = [c.channels for c in spec.conv_layers]
     # (what is pruned, its importance criterion, kept sizes, full sizes, which teacher entries rank them)
@@ -83,27 +120,12 @@ def compress(
         for kind, criterion, sizes, full, entries in plans
     )
 
-    state = slicing.keep_layers(teacher.state_dict(), config.layers)
-    for i, (student_layer, teacher_layer) in enumerate(zip(arch.layers, teacher_layers)):
-        slicing.keep_heads(state, f"layers.{i}.attention.", heads[i], spec.head_dim)
-        slicing.keep_units(state, f"layers.{i}.feed_forward.", units[i])
-        if spec.relative_position is not None:  # WavLM: which teacher head (gate slice, bias row) each one is
-            sources = teacher_layer.head_sources()
-            student_layer.head_index = [sources[h] for h in heads[i].tolist()]
-    slicing.keep_channels(state, channels)
     width = config.width(spec)
+    residual = None
     if width < spec.embed_dim:
         residual = _kept_residual(teacher, config.hidden_importance, width, data, cache_dir)
-        slicing.keep_hidden(state, residual, spec.pos_conv_groups)
-        sources = spec.residual_sources()  # WavLM's gate reads the kept channels at their teacher positions
-        arch.residual_index = [sources[c] for c in residual.tolist()]
-    for i, student_layer in enumerate(arch.layers):  # factorise the sliced linears
-        for name, rank in student_layer.ranks.items():
-            lowrank.factorize_state(state, f"layers.{i}.{_LINEAR_PATHS[name]}.", rank)
-
     parameter = next(teacher.parameters())
-    student = build_encoder(arch.validate())
-    student.load_state_dict(state, strict=True)
+    student = slice_student(teacher.state_dict(), spec, config, heads, units, channels, residual)
     student.to(device=parameter.device, dtype=parameter.dtype).eval()
     if config.sparsity > 0:
         magnitude_prune_(student, config.sparsity)

@@ -22,6 +22,7 @@ from sslc.models import EncoderConfig, build_encoder
 FORMAT = "sslc-student"
 VERSION = 1
 WEIGHTS_FILE = "student.pt"
+ANYTIME_FORMAT = "sslc-anytime"  # see sslc.runs.anytime_file
 # = sslc.data.SAMPLE_RATE, not imported: loading a student must not pull in the data pipeline.
 SAMPLE_RATE = 16000
 
@@ -52,8 +53,9 @@ def save_student(
     return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_student_file(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The contents of a student file (ours, or a trial's `student.pt`); UserError for anything else."""
+def read_payload(path: str | os.PathLike, map_location="cpu") -> dict:
+    """What torch.save wrote to a sslc file (a student or an anytime file), unchecked; UserError for anything
+    else."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"student file {path} does not exist")
@@ -64,12 +66,23 @@ def read_student_file(path: str | os.PathLike, map_location="cpu") -> dict:
         raise UserError(f"{path} is not a sslc student file (not something torch.save wrote)") from None
     if not isinstance(payload, dict) or not {"architecture", "state_dict"} <= set(payload):
         raise UserError(f"{path} is not a sslc student file (no architecture and weights in it)")
+    return payload
+
+
+def check_student_payload(payload: dict, path: str | os.PathLike) -> dict:
     if payload.get("format", FORMAT) != FORMAT or int(payload.get("version", VERSION)) > VERSION:
+        hint = (" (an anytime file: load it with sslc.load_student(path, budget=...) or sslc.load_anytime)"
+                if payload.get("format") == ANYTIME_FORMAT else "")
         raise UserError(
             f"{path} is a {payload.get('format')} file of version {payload.get('version')}: "
-            f"this sslc reads {FORMAT} up to version {VERSION}"
+            f"this sslc reads {FORMAT} up to version {VERSION}{hint}"
         )
     return payload
+
+
+def read_student_file(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The contents of a student file (ours, or a trial's `student.pt`); UserError for anything else."""
+    return check_student_payload(read_payload(path, map_location), path)
 
 
 def build_from_payload(payload: dict, quantize: bool = True) -> nn.Module:
@@ -170,10 +183,28 @@ class ExportedStudent(nn.Module):
         return self.extract_features(waveforms, lengths, sample_rate)["hidden_states"]
 
 
-def load_student(path: str | os.PathLike, map_location="cpu", quantize: bool = True) -> ExportedStudent:
+def load_student(
+    path: str | os.PathLike, map_location="cpu", quantize: bool = True, budget: str | float | None = None
+) -> ExportedStudent:
     """An exported student in eval mode on `map_location`; int8 students are re-quantized (on CPU) unless
-    `quantize=False`. It takes 16 kHz mono waveforms and returns hidden states: see `ExportedStudent`."""
-    payload = read_student_file(path, map_location=map_location)
+    `quantize=False`. It takes 16 kHz mono waveforms and returns hidden states: see `ExportedStudent`.
+
+    budget: only for an anytime file (`sslc.runs.anytime_file`), which holds every size: the student of its front
+    point with the best score within the budget ("20GMACs", "3e10", or "40%" of the teacher's MACs; MACs of one
+    10 s waveform), extracted as an ordinary student.
+    """
+    payload = read_payload(path, map_location=map_location)
+    if payload.get("format") == ANYTIME_FORMAT:
+        if budget is None:
+            raise UserError(f"{path} is an anytime file holding every size: pass budget= (e.g. '20GMACs' or '40%') "
+                            "to get one student, or use sslc.load_anytime(path) for the whole model")
+        from sslc.runs.anytime_file import anytime_from_payload  # the elastic model needs sslc.compress
+
+        return anytime_from_payload(payload, path).student(budget)
+    if budget is not None:
+        raise UserError(f"{path} is an ordinary student file of one fixed size: budget= applies only to anytime "
+                        "files (sslc-anytime); load it without budget=")
+    check_student_payload(payload, path)
     encoder = build_from_payload(payload, quantize=quantize)
     quantized = quantize and (payload.get("compression") or {}).get("quantize") == "int8"
     if isinstance(map_location, (str, torch.device)) and not quantized:  # int8 kernels run on CPU only
