@@ -7,8 +7,10 @@ from pathlib import Path
 
 from sslc.cli.common import ArgumentParser, cli_entry
 from sslc.search.settings import (
+    ANYTIME_SPACE,
     DEMO_DATA,
     MACS_CONVENTIONS,
+    MODES,
     OBJECTIVE_SETS,
     PRESET_DIR,
     SAMPLERS,
@@ -73,10 +75,18 @@ def build_parser():
                         "HuBERT Base 1669G)")
     parser.add_argument("--max-params", help="also cap parameters (e.g. 25M)")
     parser.add_argument("--max-latency-ms", type=float, help="also cap measured latency for --budget-seconds of audio")
-    parser.add_argument("--space", default=DEFAULTS.space,
-                        help=f"a preset ({', '.join(presets)}) or a YAML/JSON space file (format below)")
-    parser.add_argument("--trials", type=int, default=DEFAULTS.trials, help="trained trials (over-budget configs do not count)")
+    parser.add_argument("--space", default=None,
+                        help=f"a preset ({', '.join(presets)}) or a YAML/JSON space file (format below; default: "
+                        f"{DEFAULTS.space}, or {ANYTIME_SPACE} with --mode anytime)")
+    parser.add_argument("--mode", default=DEFAULTS.mode, choices=MODES,
+                        help="trials: a short distillation per config; anytime: one elastic student distilled once "
+                        f"(once-for-all), every config scored on its shared weights (default space there: "
+                        f"{ANYTIME_SPACE}; export the whole front as one model with sslc-export --anytime)")
+    parser.add_argument("--trials", type=int, default=DEFAULTS.trials,
+                        help="trained trials (over-budget configs do not count); with --mode anytime, configs scored")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="distillation steps per short trial")
+    parser.add_argument("--anytime-steps", type=int,
+                        help="--mode anytime: once-for-all distillation steps (default: 10 x --steps)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="training crops per step")
     parser.add_argument("--crop-seconds", type=float, default=DEFAULTS.crop_seconds, help="training crop length in seconds")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the short trials")
@@ -107,11 +117,14 @@ def build_parser():
 def settings_from_args(args) -> SearchSettings:
     """The parsed options as `SearchSettings`, checked (before any heavy import: a typo fails in a fraction of a
     second)."""
+    space = args.space
+    if space is None:
+        space = ANYTIME_SPACE if args.mode == "anytime" else DEFAULTS.space
     settings = SearchSettings(
         teacher=args.teacher, data=args.data, budget=args.budget, budget_seconds=args.budget_seconds,
         macs_convention=args.macs_convention,
-        max_params=args.max_params, max_latency_ms=args.max_latency_ms, space=args.space, trials=args.trials,
-        steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
+        max_params=args.max_params, max_latency_ms=args.max_latency_ms, space=space, mode=args.mode,
+        trials=args.trials, steps=args.steps, anytime_steps=args.anytime_steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
         targets=args.targets, name=args.name,
         run_dir=args.run_dir, storage=args.storage, objectives=args.objectives.split(","), sampler=args.sampler,
         ray_address=args.ray_address, storage_path=args.storage_path,

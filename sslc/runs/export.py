@@ -86,3 +86,33 @@ def export_student(
     compression = payload.get("compression") or record.config or {}
     save_student(out_path, encoder, compression, payload.get("teacher") or teacher.spec or "", provenance, metrics)
     return {"path": str(out_path), "provenance": provenance, "metrics": metrics, "compression": compression}
+
+
+def export_anytime(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> dict:
+    """Write the shared weights of an anytime run (`sslc-search --mode anytime`) and its Pareto front as one anytime
+    file: `sslc.load_student(path, budget=...)` then extracts the best front point within any budget."""
+    from sslc.trainers.once_for_all import load_once_for_all
+
+    from .anytime_file import save_anytime
+
+    run = open_run(run_dir)
+    if run.record.mode != "anytime":
+        raise UserError(f"run '{run.name}' was searched with --mode {run.record.mode}: only an anytime run "
+                        "(sslc-search --mode anytime) has shared weights to export; export one trial with --trial")
+    if run.record.anytime is None:
+        raise UserError(f"run '{run.name}' has not finished its once-for-all training: run the search again to resume")
+    front = [t for t in run.front() if t.heldout_loss is not None]
+    if not front:
+        raise UserError(f"run '{run.name}' has no complete trial yet: no front to export")
+    trained = load_once_for_all(run.anytime_dir)
+    teacher = run.record.teacher
+    provenance = {
+        "run": run.name, "run_dir": str(run.run_dir), "trials": [t.number for t in front],
+        "once_for_all_steps": trained.step, "teacher_description": teacher.description,
+        "teacher_is_random": teacher.is_random, "data": run.record.settings.get("data"),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    # MACs are recounted by the anytime file in its own convention (one 10 s waveform), whatever the run's.
+    points = [(t.config, None, t.heldout_loss) for t in front]
+    save_anytime(out_path, trained.elastic, points, teacher=teacher.spec or "", provenance=provenance)
+    return {"path": str(out_path), "provenance": provenance, "points": len(points)}

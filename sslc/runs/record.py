@@ -20,6 +20,7 @@ from .study import StudyRecord
 from .trials import Outcome, TrialRecord, front_trials, read_trials
 
 TRIALS_DIR, RETRAIN_DIR = "trials", "retrain"
+ANYTIME_DIR = "anytime"  # --mode anytime: the once-for-all checkpoint of the shared weights
 
 
 @dataclass
@@ -77,6 +78,10 @@ class RunRecord:
 
     def retrain_dir(self, number: int) -> Path:
         return self.run_dir / RETRAIN_DIR / str(number)
+
+    @property
+    def anytime_dir(self) -> Path:
+        return self.run_dir / ANYTIME_DIR
 
 
 def open_run(run_dir: str | Path) -> RunRecord:

@@ -1,7 +1,8 @@
 """Retrain chosen points of a search to completion: the full distillation schedule, resumable, measured again.
 
 Each student is rebuilt exactly as its trial built it (`prepare_inputs(...).build_student`, same teacher, data,
-importance scores and trainer settings), then trained by `train_full` with its checkpoint under
+importance scores and trainer settings; in an anytime run, extracted from the shared weights it was scored on),
+then trained by `train_full` with its checkpoint under
 `<run_dir>/retrain/<trial>/`, so an interrupted retrain continues where it stopped when run again. At the end the
 held-out loss, params, MACs and latency are written to `result.json` there, recorded on the study (user attr
 "retrain:<trial>"), and the weights saved in the export format (`student.pt`).
@@ -160,7 +161,12 @@ def retrain_trial(
 
     config = CompressionConfig.from_dict(trial.config)
     # int8 cannot be trained: like the search, distil the float student and measure its int8 copy.
-    student = context.build_student(config, quantize=False)
+    if run.record.mode == "anytime":  # from the shared weights the trial was scored on
+        from sslc.trainers.once_for_all import load_once_for_all
+
+        student = load_once_for_all(run.anytime_dir).elastic.extract(config)
+    else:
+        student = context.build_student(config, quantize=False)
 
     def on_report(step: int, loss: float) -> bool:
         return bool(should_stop()) if should_stop is not None else False

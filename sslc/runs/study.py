@@ -23,8 +23,8 @@ from sslc.protocol import EvaluationProtocol
 OBJECTIVES = ("loss", "macs", "latency")
 METRIC_NAMES = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
 
-_SETTINGS, _SPACE, _TRAINER, _BUDGET, _PROTOCOL, _TEACHER, _BASELINES = (
-    "settings", "space", "trainer", "budget", "protocol", "teacher", "baselines",
+_SETTINGS, _SPACE, _TRAINER, _BUDGET, _PROTOCOL, _TEACHER, _BASELINES, _ANYTIME = (
+    "settings", "space", "trainer", "budget", "protocol", "teacher", "baselines", "anytime",
 )
 _RETRAIN_PREFIX, _PROBE_PREFIX = "retrain:", "probe:"
 _V1_IDENTITY, _V1_OBJECTIVES = "identity", "objective_names"  # how sslc before the run record stored them
@@ -75,6 +75,11 @@ class StudyRecord:
     baselines: list[BaselineRecord] | None = None  # None: not run yet
     retrains: dict[int, dict] = field(default_factory=dict)  # trial -> what sslc-retrain measured
     probes: dict[str, dict[int | str, dict]] = field(default_factory=dict)  # task -> {trial | "teacher": row}
+    anytime: dict | None = None  # --mode anytime: what the once-for-all training did (None: not done yet)
+
+    @property
+    def mode(self) -> str:
+        return self.settings.get("mode", "trials")
 
     # ---- what the study measures ---------------------------------------------------------------------------
     def identity(self) -> dict:
@@ -84,6 +89,9 @@ class StudyRecord:
             "teacher": self.settings.get("teacher"), "space": self.space, "objectives": self.objectives,
             "budget_macs": budget.max_macs, "budget_seconds": budget.seconds, "budget_convention": budget.convention,
             "data": self.settings.get("data"), "protocol": self.protocol, "trainer": self.trainer,
+            # Studies from before --mode are trial searches; an anytime study's scores depend on its shared
+            # weights' training too.
+            "mode": self.settings.get("mode", "trials"), "anytime_steps": self.settings.get("anytime_steps"),
         }
 
     def check_same_search(self, new: StudyRecord, name: str) -> None:
@@ -143,7 +151,7 @@ class StudyRecord:
             budget=budget, protocol=attrs.get(_PROTOCOL, old.get("protocol")),
             teacher=TeacherRecord.from_dict(attrs.get(_TEACHER)),
             baselines=None if attrs.get(_BASELINES) is None else [BaselineRecord.from_dict(b) for b in attrs[_BASELINES]],
-            retrains=retrains, probes=probes,
+            retrains=retrains, probes=probes, anytime=attrs.get(_ANYTIME),
         )
 
     @staticmethod
@@ -201,6 +209,10 @@ class BaselineRecord:
 
 def record_baselines(study: optuna.Study, baselines: list[BaselineRecord]) -> None:
     study.set_user_attr(_BASELINES, [asdict(b) for b in baselines])
+
+
+def record_anytime(study: optuna.Study, summary: dict) -> None:
+    study.set_user_attr(_ANYTIME, summary)
 
 
 def record_retrain(study: optuna.Study, number: int, summary: dict) -> None:

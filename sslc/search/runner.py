@@ -32,11 +32,12 @@ from sslc.metrics import (
 from sslc.models.teachers import describe_teacher
 from sslc.runs.inputs import prepare_inputs
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
-from sslc.runs.study import BaselineRecord, StudyRecord, TeacherRecord, record_baselines
+from sslc.runs.study import BaselineRecord, StudyRecord, TeacherRecord, record_anytime, record_baselines
 from sslc.runs.trials import count_trained, pending_retries
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 
+from .anytime import anytime_dir, check_space, train_shared_weights
 from .artifacts import start_sink
 from .baselines import baseline_configs
 from .pareto import pareto_table, write_pareto
@@ -193,7 +194,11 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
     rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
     budget = setup.budget
     configs = baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
-    say(f"baselines, for comparison: {', '.join(configs)} ({setup.trainer.steps} steps each, like a trial)")
+    if setup.shared is not None:  # --mode anytime: scored on the shared weights, like the trials
+        configs = {name: setup.shared.in_its_order(config) for name, config in configs.items()}
+        say(f"baselines, for comparison: {', '.join(configs)} (scored on the shared weights, like a trial)")
+    else:
+        say(f"baselines, for comparison: {', '.join(configs)} ({setup.trainer.steps} steps each, like a trial)")
     for name, config in configs.items():
         arch = config.student_architecture(teacher_config)
         macs, params = count_macs(arch, seconds=budget.seconds).total, count_params_from_config(arch)
@@ -231,6 +236,10 @@ def run_search(
     if settings.storage:
         check_driver(settings.storage)  # and a database driver that is not installed
     space = SearchSpace.load(settings.space)
+    if settings.mode == "anytime":
+        check_space(space)
+        # Resolved into the settings the study records: a resumed anytime search must train the same way.
+        settings = replace(settings, anytime_steps=settings.once_for_all_steps)
     name, run_dir = _run_dir(settings)
     console = SearchProgress.make_console(settings.quiet)
     say = console.print
@@ -284,7 +293,16 @@ def run_search(
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training)
     interrupted, failure = False, None
     try:
-        if count_trained(study) < settings.trials:
+        if settings.mode == "anytime":
+            say(f"anytime: one elastic student distilled for every size ({settings.anytime_steps} once-for-all "
+                f"steps, resumable in {anytime_dir(run_dir)}), then each config scored on its shared weights")
+            shared, summary = train_shared_weights(context, space, budget, trainer, settings.anytime_steps, run_dir,
+                                                   progress=not settings.quiet)
+            interrupted = shared is None
+            if shared is not None:
+                record_anytime(study, summary)
+                setup = replace(setup, shared=shared)
+        if not interrupted and count_trained(study) < settings.trials:
             interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console)
         if settings.baselines and not interrupted:
             try:

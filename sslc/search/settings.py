@@ -17,6 +17,10 @@ from sslc.protocol import parse_targets
 # The objectives a search can minimise (see sslc.runs.study), in the combinations offered.
 OBJECTIVE_SETS = ("loss,macs", "loss,latency", "loss,macs,latency")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+# "trials": every config is distilled in its own short trial. "anytime": one elastic student is distilled once
+# (once-for-all, the sandwich rule) and every config is scored on its shared weights, without training.
+MODES = ("trials", "anytime")
+ANYTIME_SPACE = "anytime"  # the default space of --mode anytime: only what an elastic student can share
 MACS_CONVENTIONS = ("seconds", "superb")  # = sslc.metrics.MACS_CONVENTIONS (not imported: it would pull in torch)
 DEMO_DATA = "demo"
 # The presets ship as files beside the space module; listed from disk so `--help` needs no torch import.
@@ -41,8 +45,11 @@ class SearchSettings:
     max_params: str | None = None
     max_latency_ms: float | None = None
     space: str = "combined"
+    mode: str = "trials"
     trials: int = 20
     steps: int = 100
+    # --mode anytime: once-for-all distillation steps of the elastic student (None: 10 x steps).
+    anytime_steps: int | None = None
     batch_size: int = 4
     crop_seconds: float = 2.0
     lr: float = 2e-4
@@ -80,9 +87,14 @@ class SearchSettings:
             raise UserError(f"objectives must be one of {', '.join(OBJECTIVE_SETS)}, got {','.join(self.objectives)}")
         if self.macs_convention not in MACS_CONVENTIONS:
             raise UserError(f"--macs-convention must be one of {', '.join(MACS_CONVENTIONS)}, got {self.macs_convention!r}")
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.anytime_steps is not None and self.mode != "anytime":
+            raise UserError("--anytime-steps is for --mode anytime")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: choose from {', '.join(SAMPLERS)}")
-        counts = {"--trials": self.trials, "--steps": self.steps, "--batch-size": self.batch_size,
+        counts = {"--trials": self.trials, "--steps": self.steps, "--anytime-steps": self.anytime_steps,
+                  "--batch-size": self.batch_size,
                   "--latency-repeats": self.latency_repeats, "--concurrency": self.concurrency}
         amounts = {"--crop-seconds": self.crop_seconds, "--lr": self.lr, "--budget-seconds": self.budget_seconds,
                    "--cpus-per-trial": self.cpus_per_trial, "--max-latency-ms": self.max_latency_ms}
@@ -101,6 +113,10 @@ class SearchSettings:
             raise UserError(
                 f"space {self.space!r} is neither a preset ({', '.join(preset_names())}) nor an existing YAML/JSON file"
             )
+
+    @property
+    def once_for_all_steps(self) -> int:
+        return self.anytime_steps if self.anytime_steps is not None else 10 * self.steps
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sslc.runs.record import TRIALS_DIR
 from sslc.runs.student_file import WEIGHTS_FILE, save_student
 from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 
+from .anytime import SharedWeights
 from .artifacts import node_name, send_trial_files
 
 # Called with (trial number, the student just built) before a trial trains it: a seam for tests of failure
@@ -49,6 +51,8 @@ class TrialSetup:
     # `run_dir` through it. None: the files are copied into `run_dir` directly (same machine, no Ray).
     sink: object | None = None
     before_training: BeforeTraining | None = None
+    # --mode anytime: the once-for-all trained weights every config is scored on instead of being trained.
+    shared: SharedWeights | None = None
 
 
 def _targets(setup: TrialSetup) -> TeacherTargets:
@@ -74,7 +78,10 @@ def train_and_measure(
         trial_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(trial_dir / "config.json", config.to_dict(), indent=2)
     # int8 models cannot be trained: the float student is distilled, latency is measured on its int8 copy.
-    student = setup.run.build_student(config, quantize=False)
+    if setup.shared is not None:
+        student = setup.shared.student(config)
+    else:
+        student = setup.run.build_student(config, quantize=False)
     if setup.before_training is not None and trial_number is not None:
         setup.before_training(trial_number, student)
     deployed = quantize_int8(student) if config.quantize == "int8" else student
@@ -84,6 +91,9 @@ def train_and_measure(
     over = setup.budget.violations(None, latency_ms=latency.median_ms)  # MACs and params were checked when asked
     if over:
         return {**base, "final": True, "status": "infeasible", "reason": "; ".join(over)}
+
+    if setup.shared is not None:
+        return {**base, **_scored_on_shared_weights(setup, config, student, trial_dir, trial_number)}
 
     def on_report(step: int, train_loss: float) -> bool:
         if report is not None:
@@ -108,6 +118,21 @@ def train_and_measure(
         "steps_done": result.steps_done,
         "seconds_training": result.seconds_training,
         "loss_measured_before_int8": config.quantize == "int8",
+    }
+
+
+def _scored_on_shared_weights(setup: TrialSetup, config: CompressionConfig, student, trial_dir: Path | None,
+                              trial_number: int | None) -> dict:
+    """--mode anytime: the held-out score of `config` on the shared weights (no training step)."""
+    started = time.perf_counter()
+    loss, by_target = setup.shared.score(config, _targets(setup), setup.run.data.heldout, setup.trainer)
+    if trial_dir is not None:
+        provenance = {"trial": trial_number, "weights": "shared (once-for-all)", "steps": 0}
+        save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
+    return {
+        "final": True, "status": "completed", "reason": None, "heldout_loss": loss, "heldout_loss_by_target": by_target,
+        "train_curve": [], "steps_done": 0, "seconds_training": 0.0, "seconds_scoring": time.perf_counter() - started,
+        "loss_measured_before_int8": False,
     }
 
 

@@ -171,6 +171,19 @@ class SearchSpace:
                 out[name] = {"min": knob.low, "max": knob.high, **({"step": knob.step} if knob.step else {})}
         return out
 
+    def elastic_problems(self) -> list[str]:
+        """Why an elastic (anytime) student could not serve every config of this space; empty when it can.
+
+        Its sizes are prefixes of one model: the first n layers, and heads, FFN units, CNN channels and hidden
+        channels in one importance order (so the criteria are fixed); low rank, sparsity and int8 are not shared."""
+        required = {"layer_selection": "first", "attn_rank": "full", "ffn_rank": "full", "sparsity": 0.0,
+                    "quantize": "none"}
+        problems = [f"{name} must be {value!r}" for name, value in required.items()
+                    if self.knobs[name].fixed != value]
+        problems += [f"{name} must be fixed" for name in CHOICES if name.endswith("_importance")
+                     and self.knobs[name].searched]
+        return problems
+
     # ---- sampling ----------------------------------------------------------------------------------------
     def suggest(self, trial, teacher: EncoderConfig) -> CompressionConfig:
         """Ask `trial` (an optuna.Trial) for every searched knob and build the config for `teacher`."""
