@@ -1,4 +1,5 @@
-"""Distilling a student from its teacher: short search trials and full (resumable) training share one loop."""
+"""Distilling a student from its teacher: short search trials and full (resumable) training share one loop
+(`TrainingLoop`, also the loop of once-for-all training) and one scorer (`Scorer`, the evaluation protocol)."""
 
 from __future__ import annotations
 
