@@ -14,6 +14,18 @@ from sslc.trainers.distill import (
 from sslc.trainers.fingerprint import segments_fingerprint
 from sslc.trainers.heads import PredictionHeads
 from sslc.trainers.layer_map import default_layer_map, resolve_layer_map, spread_layers, target_layer_map
+from sslc.trainers.once_for_all import (
+    OnceForAllCheckpoint,
+    OnceForAllResult,
+    SharedHeads,
+    SubNetwork,
+    SubNetworkHeads,
+    load_once_for_all,
+    make_shared_heads,
+    score_subnetwork,
+    subnetwork_layer_map,
+    train_once_for_all,
+)
 from sslc.trainers.step import DistillationStep, StepOutcome
 from sslc.trainers.target_batch import TargetBatch, TargetSource
 from sslc.trainers.targets import LiveTeacherTargets, TeacherTargets
@@ -23,9 +35,14 @@ __all__ = [
     "EvaluationProtocol",
     "FullTrainResult",
     "LiveTeacherTargets",
+    "OnceForAllCheckpoint",
+    "OnceForAllResult",
     "PredictionHeads",
+    "SharedHeads",
     "ShortTrialResult",
     "StepOutcome",
+    "SubNetwork",
+    "SubNetworkHeads",
     "TargetBatch",
     "TargetSource",
     "TeacherTargetCache",
@@ -34,15 +51,20 @@ __all__ = [
     "default_layer_map",
     "default_targets",
     "load_checkpoint",
+    "load_once_for_all",
+    "make_shared_heads",
     "mean_score",
     "parse_targets",
     "resolve_layer_map",
     "run_short_trial",
     "save_checkpoint",
     "score_student",
+    "score_subnetwork",
     "segments_fingerprint",
     "spread_layers",
+    "subnetwork_layer_map",
     "target_key",
     "target_layer_map",
     "train_full",
+    "train_once_for_all",
 ]

@@ -1,4 +1,5 @@
-"""Distilling a student from its teacher: short search trials and full (resumable) training share one loop."""
+"""Distilling a student from its teacher: short search trials and full (resumable) training share one loop
+(`TrainingLoop`, also the loop of once-for-all training) and one scorer (`Scorer`, the evaluation protocol)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from sslc.trainers.heads import PredictionHeads
 from sslc.trainers.layer_map import resolve_layer_map, teacher_layers
 from sslc.trainers.progress import TrainingProgress
 from sslc.trainers.schedule import warmup_decay
-from sslc.trainers.step import DistillationStep
+from sslc.trainers.step import DistillationStep, StepOutcome
 from sslc.trainers.targets import TeacherTargets
 
 log = logging.getLogger("sslc.trainers")
@@ -104,17 +105,20 @@ def train_full(
     """Train `student` for `config.epochs` epochs (or `config.steps` steps), checkpointing every
     `config.checkpoint_every` steps and at the end; when `checkpoint_dir` already holds a checkpoint, training
     resumes from it exactly (weights, heads, optimizer, schedule, RNG and data position)."""
-    probe = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
-    total = config.epochs * len(probe) if config.epochs is not None else config.steps
+    total = full_run_steps(train_data, config)
     run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
-    state = _State()
-    saved = load_checkpoint(checkpoint_path(checkpoint_dir))
-    if saved is not None:
-        run.restore(saved, state)
-        log.info("resuming from step %d of %d (%s)", state.step, total, checkpoint_dir)
+    state = run.resume_from(checkpoint_dir)
     result = run.train(state, on_report, progress, Path(checkpoint_dir), result_type=FullTrainResult)
     result.resumed_from_step = state.resumed_from
     return result
+
+
+def full_run_steps(train_data: SegmentDataset, config: TrainerConfig) -> int:
+    """The length of a full run: `config.epochs` passes over `train_data` when set, else `config.steps`."""
+    if config.epochs is None:
+        return config.steps
+    probe = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
+    return config.epochs * len(probe)
 
 
 @dataclass
@@ -126,37 +130,67 @@ class _State:
     resumed_from: int = 0
 
 
-class _TrainingLoop:
-    """The pieces of one training run, built the same way for fresh starts and resumes."""
+def start_run(config: TrainerConfig) -> torch.device:
+    """What every training run does first: check the settings, set the thread count, seed every generator
+    (before any head is made: a head that cannot start as identity is random). Returns the device."""
+    config.validate()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    device = config.resolve_device()
+    _seed_everything(config.seed)
+    return device
 
-    def __init__(self, student, targets, train_data, heldout_data, config, kept_layers, total_steps):
-        config.validate()
-        if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
+
+class TrainingLoop:
+    """The loop every distillation run shares: batches in bucketed order, one optimizer step per batch, the
+    progress bar, reports, checkpoints and exact resumes. It trains `model` + `heads` (one AdamW over both, the
+    warm-up/decay schedule) against `train_targets`; a subclass decides what one step does (`train_on`) and
+    which model state a checkpoint holds (`model_state`, `load_model_state`, `resume_problems`).
+
+    Call `start_run(config)` before building the heads and this loop."""
+
+    kind: str | None = None  # recorded in checkpoints when set: a run never resumes another kind's checkpoint
+    description = "distilling"  # the progress bar's label
+
+    def __init__(self, model, heads, train_targets, train_data, config: TrainerConfig, total_steps: int):
         self.config, self.total = config, total_steps
         self.device = config.resolve_device()
-        _seed_everything(config.seed)  # before the heads are made: a head that cannot start as identity is random
-        self.scorer = _Scorer(student, targets, heldout_data, config, kept_layers)
-        self.layer_map = self.scorer.layer_map
-        # Built before training starts, so cache building never counts as training time.
-        self.train_targets = _targets_for(targets, train_data, self.layer_map)
+        self.train_targets = train_targets
         self.train_data = train_data
-
-        self.heads = self.scorer.heads
-        self.student = student.to(self.device).train()
-        self.heads.to(self.device).train()
-        self.optimizer = make_optimizer([self.student, self.heads], config.lr, config.weight_decay)
+        self.model = model.to(self.device).train()
+        self.heads = heads.to(self.device).train()
+        self.optimizer = make_optimizer([self.model, self.heads], config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_decay(total_steps, config.warmup_fraction, config.decay)
         )
         self.sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
         self.step = DistillationStep(
-            self.student, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device
+            self.model, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device
         )
+
+    # ---- what a subclass decides ------------------------------------------------------------------------------
+    def train_on(self, indices: list[int]) -> StepOutcome:
+        """One optimizer step on the training segments `indices`."""
+        return self.step.train(*self.batch(indices))
+
+    def model_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_model_state(self, saved: dict) -> None:
+        raise NotImplementedError
+
+    def resume_problems(self, saved: dict) -> list[str]:
+        """What differs between this run and the checkpoint `saved` (besides `_RESUME_INVARIANTS`)."""
+        return []
+
+    def batch(self, indices: list[int]):
+        """(waves, lengths, targets) of the training segments `indices`."""
+        waves, lengths = collate([self.train_data[i] for i in indices])
+        return waves, lengths, self.train_targets.get(indices, waves, lengths)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def snapshot(self, state: _State) -> dict:
-        return {
+        saved = {
             "format": CHECKPOINT_FORMAT,
             "step": state.step,
             "total_steps": self.total,
@@ -164,29 +198,32 @@ class _TrainingLoop:
             "pending": list(state.pending),
             "seconds": state.seconds,
             "config": self.config.to_dict(),
-            "layer_map": [list(pair) for pair in self.layer_map],
-            "student_config": self.student.config.to_json(),
-            "student": self.student.state_dict(),
+            **self.model_state(),
             "heads": self.heads.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng(),
         }
+        if self.kind is not None:
+            saved["kind"] = self.kind
+        return saved
 
     def restore(self, saved: dict, state: _State) -> None:
+        if saved.get("kind") != self.kind:
+            raise UserError(
+                f"cannot resume: the checkpoint is of a {saved.get('kind') or 'single-student'} run, not of a "
+                f"{self.kind or 'single-student'} run; use a new checkpoint directory"
+            )
         old = saved["config"]
         changed = [name for name in _RESUME_INVARIANTS if old.get(name) != self.config.to_dict()[name]]
-        if saved["student_config"] != self.student.config.to_json():
-            changed.append("student architecture")
-        if [tuple(p) for p in saved["layer_map"]] != self.layer_map:
-            changed.append("resolved layer map")
+        changed += self.resume_problems(saved)
         if changed:
             raise UserError(
                 f"cannot resume: the checkpoint was trained with different {', '.join(sorted(set(changed)))}; "
                 "use a new checkpoint directory or the original settings"
             )
-        self.student.load_state_dict(saved["student"])
+        self.load_model_state(saved)
         self.heads.load_state_dict(saved["heads"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -197,19 +234,28 @@ class _TrainingLoop:
         state.pending = [float(v) for v in saved["pending"]]
         state.seconds = float(saved["seconds"])
 
+    def resume_from(self, checkpoint_dir: str | os.PathLike | None) -> _State:
+        """A fresh state, or the state of the checkpoint in `checkpoint_dir` (everything restored from it)."""
+        state = _State()
+        saved = load_checkpoint(checkpoint_path(checkpoint_dir)) if checkpoint_dir is not None else None
+        if saved is not None:
+            self.restore(saved, state)
+            log.info("resuming from step %d of %d (%s)", state.step, self.total, checkpoint_dir)
+        return state
+
     # ---- the loop -------------------------------------------------------------------------------------------
-    def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
+    def run(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None):
+        """Train until `self.total` steps, a stop asked by `on_report` or a non-finite step: (status, reason,
+        the last checkpoint written or None)."""
         config = self.config
         status, reason = "completed", None
         written = None
         batches = _endless(self.sampler)
-        bar = TrainingProgress(self.total, completed=state.step, enabled=progress)
+        bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
         with bar:
             while state.step < self.total:
-                indices = next(batches)
-                waves, lengths = collate([self.train_data[i] for i in indices])
-                outcome = self.step.train(waves, lengths, self.train_targets.get(indices, waves, lengths))
+                outcome = self.train_on(next(batches))
                 if not outcome.finite:
                     status, reason = "nonfinite", f"{outcome.problem()} at step {state.step + 1}"
                     log.warning("stopping: %s", reason)
@@ -235,8 +281,42 @@ class _TrainingLoop:
                     status = "stopped"
                     break
         state.seconds += time.perf_counter() - started
-        self.step.release_gradients()  # the student outlives the run: it should not keep a step's gradients
+        self.step.release_gradients()  # the model outlives the run: it should not keep a step's gradients
+        return status, reason, written
 
+
+class _TrainingLoop(TrainingLoop):
+    """One student and its prediction heads, trained and then scored by the evaluation protocol."""
+
+    def __init__(self, student, targets, train_data, heldout_data, config, kept_layers, total_steps):
+        start_run(config)
+        self.scorer = Scorer.for_student(student, targets, heldout_data, config, kept_layers)
+        self.layer_map = self.scorer.layer_map
+        # Built before training starts, so cache building never counts as training time.
+        train_targets = _targets_for(targets, train_data, self.layer_map)
+        super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps)
+        self.student = self.model
+
+    def model_state(self) -> dict:
+        return {
+            "layer_map": [list(pair) for pair in self.layer_map],
+            "student_config": self.student.config.to_json(),
+            "student": self.student.state_dict(),
+        }
+
+    def resume_problems(self, saved: dict) -> list[str]:
+        changed = []
+        if saved["student_config"] != self.student.config.to_json():
+            changed.append("student architecture")
+        if [tuple(p) for p in saved["layer_map"]] != self.layer_map:
+            changed.append("resolved layer map")
+        return changed
+
+    def load_model_state(self, saved: dict) -> None:
+        self.student.load_state_dict(saved["student"])
+
+    def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
+        status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
         heldout, by_target = None, None
         if status == "completed":
             heldout, by_target = self.scorer.score()
@@ -257,28 +337,44 @@ class _TrainingLoop:
         return result
 
 
+class Scorer:
+    """The evaluation protocol applied to one model: its layer map onto the targets, its prediction heads, and
+    the exact held-out targets. Training and scoring share the heads, so what is trained is what is measured.
 
-class _Scorer:
-    """The evaluation protocol applied to one student: its layer map onto the targets, its prediction heads, and
-    the exact held-out targets. Training and scoring share the heads, so what is trained is what is measured."""
+    `model(waves, lengths)` returns an `EncoderOutput`; `heads(hidden_states)` one prediction per pair of
+    `layer_map` (in that order)."""
 
-    def __init__(self, student, targets: TeacherTargets, heldout_data, config: TrainerConfig, kept_layers):
-        self.layer_map = resolve_layer_map(
+    def __init__(self, model, heads, layer_map, heldout_targets, heldout_data, config: TrainerConfig):
+        self.layer_map = layer_map
+        self.heldout_targets = heldout_targets
+        self.heldout_data, self.config = heldout_data, config
+        self.heads = heads
+        self.student, self.device = model, config.resolve_device()
+
+    @classmethod
+    def for_layer_map(cls, model, heads, layer_map, targets: TeacherTargets, heldout_data, config) -> Scorer:
+        return cls(model, heads, layer_map, _targets_for(targets, heldout_data, layer_map, exact=True),
+                   heldout_data, config)
+
+    @classmethod
+    def for_student(cls, student, targets: TeacherTargets, heldout_data, config: TrainerConfig, kept_layers):
+        """A student's scorer, with fresh heads (identity where widths match, see `PredictionHeads`)."""
+        layer_map = resolve_layer_map(
             config.layer_map, kept_layers, student.config.num_layers, targets.depth, config.targets
         )
-        self.heldout_targets = _targets_for(targets, heldout_data, self.layer_map, exact=True)
-        self.heldout_data, self.config = heldout_data, config
-        self.heads = PredictionHeads(
-            self.layer_map, student.config.embed_dim, targets.dim, student.config.residual_index
-        )
-        self.student, self.device = student, config.resolve_device()
+        heldout_targets = _targets_for(targets, heldout_data, layer_map, exact=True)
+        heads = PredictionHeads(layer_map, student.config.embed_dim, targets.dim, student.config.residual_index)
+        return cls(student, heads, layer_map, heldout_targets, heldout_data, config)
 
     def score(self) -> tuple[float, dict[str, float]]:
         """(mean over targets, {target layer: held-out loss})."""
+        self.student.to(self.device)
+        self.heads.to(self.device)
         step = DistillationStep(self.student, self.heads, device=self.device)
         losses = step.evaluate(self.heldout_data, self.heldout_targets, self.config.batch_size, self.config.eval_batches)
         by_target = {target_key(t): loss for (_, t), loss in zip(self.layer_map, losses)}
         return mean_score(by_target), by_target
+
 
 
 def score_student(
@@ -290,10 +386,7 @@ def score_student(
 ) -> tuple[float, dict[str, float]]:
     """The held-out score of `student` as it is, with fresh (identity where widths match) heads and no training:
     (mean over targets, {target layer: loss}). A student copied whole from the teacher scores 0."""
-    scorer = _Scorer(student, targets, heldout_data, config, kept_layers)
-    student.to(scorer.device)
-    scorer.heads.to(scorer.device)
-    return scorer.score()
+    return Scorer.for_student(student, targets, heldout_data, config, kept_layers).score()
 
 
 def _targets_for(targets: TeacherTargets, dataset: SegmentDataset, layer_map, exact: bool = False) -> _Columns:

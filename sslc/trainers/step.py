@@ -93,9 +93,15 @@ class DistillationStep:
         loss, _, _ = self.loss(waves, lengths, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return self.update(loss.detach(), lengths)
+
+    def update(self, loss: torch.Tensor, lengths: torch.Tensor) -> StepOutcome:
+        """Clip the gradients accumulated since the optimizer's last `zero_grad` and apply them (optimizer and
+        scheduler step), unless `loss` (the step's loss, detached) or the gradient norm is non-finite; `lengths`:
+        the batch's lengths in samples (for the throughput)."""
         # An infinite max_norm still returns the norm (without scaling), which tells us the gradients are finite.
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip or math.inf)
-        loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.device)]).tolist()  # one host sync
+        loss_value, norm_value = torch.stack([loss, norm.to(loss.device)]).tolist()  # one host sync
         outcome = StepOutcome(loss_value, norm_value, float(lengths.sum()) / SAMPLE_RATE)
         if outcome.finite:
             self.optimizer.step()
