@@ -19,6 +19,7 @@ from sslc.compress import CompressionConfig
 from sslc.compress.elastic import ElasticStudent, make_elastic
 from sslc.errors import UserError
 from sslc.metrics import count_params_from_config, macs_in_convention
+from sslc.models import EncoderConfig
 from sslc.runs.inputs import RunInputs
 from sslc.runs.record import ANYTIME_DIR
 from sslc.spaces import SearchSpace
@@ -35,6 +36,22 @@ class SharedWeights:
 
     elastic: ElasticStudent
     heads: SharedHeads
+
+    # Pickled (Ray's object store) as state dicts: a weight-normed module pickles only through its state dict.
+    def __getstate__(self) -> dict:
+        return {
+            "config": self.elastic.config.to_dict(), "criteria": dict(self.elastic.criteria),
+            "elastic": self.elastic.state_dict(), "targets": list(self.heads.targets), "heads": self.heads.state_dict(),
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        config = EncoderConfig.from_dict(state["config"])
+        self.elastic = ElasticStudent(config, state["criteria"])
+        self.elastic.load_state_dict(state["elastic"])
+        self.heads = SharedHeads(state["targets"], config.embed_dim)
+        self.heads.load_state_dict(state["heads"])
+        self.elastic.eval()
+        self.heads.eval()
 
     def in_its_order(self, config: CompressionConfig) -> CompressionConfig:
         """`config` with this elastic student's importance criteria (a baseline's sizes, ranked as it ranks them)."""
