@@ -1,0 +1,193 @@
+"""Anytime search vs trial search for the same CPU time: whose front is better? (issue 14's headline)
+
+On the trained fixture teacher (benchmarks/fixtures, recipe gpu: 3 layers, 192 wide), the `anytime` space (the
+sizes one elastic student can share) and a budget of 50% of the teacher's MACs, with one CPU thread:
+
+(a) a trial search: TRIALS configs asked by the search's default sampler (`OptunaAskTellSearcher.next_feasible`,
+    budget rules as in a search), each short-trained for STEPS steps (`run_short_trial`) and scored on the
+    held-out crops (the protocol). Its wall time T is the CPU time both get.
+(b) the anytime mode in the same T: `make_elastic` + `train_once_for_all` (the sandwich rule, configs within the
+    budget) for OFA_SHARE of T, then configs asked by the same sampler are scored on the shared weights
+    (`score_subnetwork`: the held-out protocol on the extracted sub-network with the shared heads, no training)
+    until T is used up.
+
+Printed: how many configs each evaluated, each front, and the hypervolume of each front (objectives held-out loss
+and GMACs per 10 s, normalised together, reference = worst + 10%). Also:
+- rank agreement: Kendall tau between (a)'s short-trained scores and the shared-weight scores of the same configs
+  (goal >= 0.7);
+- extraction fidelity: three of (b)'s front points extracted and fine-tuned for STEPS steps, against the same
+  configs short-trained from the teacher (`compress`) for as long.
+
+Last line: `anytime_front: R` = hypervolume(b) / hypervolume(a) (goal >= 1.0).
+`--quick` (the quick fixture, 3 trials, 2 steps) only checks that it runs (CI runs it).
+
+    python benchmarks/anytime_front.py [--trials 12] [--steps 30] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from sampler_quality import hypervolume_2d, pareto_2d  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+from sslc.budget import Budget, parse_budget  # noqa: E402
+from sslc.compress.elastic import make_elastic  # noqa: E402
+from sslc.metrics import count_macs  # noqa: E402
+from sslc.runs.inputs import prepare_inputs  # noqa: E402
+from sslc.search.runner import SearchSettings  # noqa: E402
+from sslc.search.samplers import make_sampler  # noqa: E402
+from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
+from sslc.spaces import SearchSpace  # noqa: E402
+from sslc.trainers import TrainerConfig, run_short_trial  # noqa: E402
+from sslc.trainers.once_for_all import load_once_for_all, score_subnetwork, train_once_for_all  # noqa: E402
+
+BUDGET = "50%"
+TRIALS = 12
+STEPS = 30
+BATCH = 4
+CROP_SECONDS = 1.0
+OFA_SHARE = 0.8  # of the trial search's time, for the once-for-all training; the rest scores configs
+REFERENCE_MARGIN = 0.1
+SAMPLER = SearchSettings.__dataclass_fields__["sampler"].default
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def searcher_for(space, teacher_config, budget, trials: int, seed: int):
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(SAMPLER, seed, trials, 1))
+    return study, OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], trials)
+
+
+def short_trained(student, config, inputs, targets, trainer) -> float:
+    return run_short_trial(student, targets, inputs.data.train, inputs.data.heldout, trainer,
+                           kept_layers=config.layers).heldout_loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="3 trials, 2 steps: does the benchmark still run?")
+    args = parser.parse_args()
+    trials, steps = (3, 2) if args.quick else (args.trials, args.steps)
+    torch.set_num_threads(1)
+    wall = time.perf_counter()
+    from benchmarks.fixtures import trained_teacher
+
+    fixture = trained_teacher("gpu", quick=args.quick)
+    trainer = TrainerConfig(steps=steps, batch_size=BATCH, crop_seconds=CROP_SECONDS, device="cpu", seed=args.seed)
+    space = SearchSpace.load("anytime")
+    with tempfile.TemporaryDirectory(prefix="sslc-anytime-") as tmp:
+        inputs = prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), CROP_SECONDS, args.seed)
+        targets, teacher_config = inputs.targets(), inputs.teacher.config
+        teacher_macs = count_macs(teacher_config, seconds=10.0).total
+        budget = Budget(parse_budget(BUDGET).resolve(teacher_macs), 10.0, None, None)
+        print(f"teacher: fixture ({teacher_config.num_layers} layers, {teacher_config.embed_dim} wide); space "
+              f"'anytime', budget {BUDGET}; sampler {SAMPLER}; {steps}-step short trials; one thread")
+
+        # (a) the trial search
+        started = time.perf_counter()
+        study, searcher = searcher_for(space, teacher_config, budget, trials, args.seed)
+        trial_points = []
+        for _ in range(trials):
+            candidate = searcher.next_feasible()
+            student = inputs.build_student(candidate.config, quantize=False)
+            loss = short_trained(student, candidate.config, inputs, targets, trainer)
+            study.tell(candidate.trial, [loss, candidate.macs / 1e9])
+            trial_points.append((candidate.config, loss, candidate.macs / 1e9))
+        given = time.perf_counter() - started
+        print(f"(a) trial search: {len(trial_points)} configs trained in {given:.0f} s")
+
+        # (b) the anytime mode in the same time
+        started = time.perf_counter()
+        elastic = make_elastic(inputs.teacher, criteria={k: "l1" for k in ("head", "ffn", "conv", "hidden")})
+
+        def fits(config) -> bool:
+            return count_macs(config.student_architecture(teacher_config), seconds=10.0).total <= budget.max_macs
+
+        def sample_config(rng: random.Random):
+            for _ in range(1000):
+                config = space.sample(teacher_config, rng)
+                if fits(config):
+                    return config
+            return space.smallest(teacher_config)
+
+        def out_of_time(step: int, loss: float) -> bool:
+            return time.perf_counter() - started > OFA_SHARE * given
+
+        schedule = TrainerConfig(steps=100_000, batch_size=BATCH, crop_seconds=CROP_SECONDS, device="cpu",
+                                 seed=args.seed, log_every=1, checkpoint_every=100_000)
+        result = train_once_for_all(elastic, targets, inputs.data.train, inputs.data.heldout, schedule,
+                                    Path(tmp) / "ofa", sample_config, space.smallest(teacher_config),
+                                    space.largest(teacher_config), progress=False, on_report=out_of_time)
+        shared = load_once_for_all(Path(tmp) / "ofa")
+        trained_for = time.perf_counter() - started
+        study_b, searcher_b = searcher_for(space, teacher_config, budget, 10_000, args.seed)
+        anytime_points = []
+        while time.perf_counter() - started < given or not anytime_points:
+            candidate = searcher_b.next_feasible()
+            loss, _ = score_subnetwork(shared.elastic, shared.heads, candidate.config, targets, inputs.data.heldout,
+                                       trainer)
+            study_b.tell(candidate.trial, [loss, candidate.macs / 1e9])
+            anytime_points.append((candidate.config, loss, candidate.macs / 1e9))
+        print(f"(b) anytime: {result.steps_done} once-for-all steps in {trained_for:.0f} s, then "
+              f"{len(anytime_points)} configs scored on the shared weights in {time.perf_counter() - started - trained_for:.0f} s")
+
+        # fronts and hypervolume
+        runs = {"trials": [(loss, g) for _, loss, g in trial_points],
+                "anytime": [(loss, g) for _, loss, g in anytime_points]}
+        every = [p for points in runs.values() for p in points]
+        low = [min(p[i] for p in every) for i in range(2)]
+        high = [max(p[i] for p in every) for i in range(2)]
+
+        def normalise(p):
+            return tuple((p[i] - low[i]) / ((high[i] - low[i]) or 1.0) for i in range(2))
+
+        reference = (1.0 + REFERENCE_MARGIN, 1.0 + REFERENCE_MARGIN)
+        volumes = {name: hypervolume_2d([normalise(p) for p in points], reference) for name, points in runs.items()}
+        for name, points in runs.items():
+            front = sorted(pareto_2d(points), key=lambda p: p[1])
+            print(f"  {name:7s} front (GMACs, loss): " + "; ".join(f"{g:.3f} G {loss:.4f}" for loss, g in front)
+                  + f"  hypervolume {volumes[name]:.4f}")
+
+        # rank agreement on (a)'s configs
+        shared_scores = [score_subnetwork(shared.elastic, shared.heads, config, targets, inputs.data.heldout,
+                                          trainer)[0] for config, _, _ in trial_points]
+        tau = kendalltau([loss for _, loss, _ in trial_points], shared_scores).statistic
+        print(f"rank agreement: Kendall tau {tau:.3f} between {len(trial_points)} short-trained scores and the "
+              f"shared-weight scores of the same configs (goal >= 0.7)")
+
+        # extraction fidelity on three of (b)'s front points
+        front_b = set(pareto_2d(runs["anytime"]))
+        chosen = [c for c, loss, g in anytime_points if (loss, g) in front_b][:3]
+        for config in chosen:
+            extracted = short_trained(shared.elastic.extract(config), config, inputs, targets, trainer)
+            independent = short_trained(inputs.build_student(config, quantize=False), config, inputs, targets, trainer)
+            shared_score = score_subnetwork(shared.elastic, shared.heads, config, targets, inputs.data.heldout,
+                                            trainer)[0]
+            print(f"extraction fidelity: {count_macs(config.student_architecture(teacher_config)).total / 1e9:.3f} G: "
+                  f"shared-weight score {shared_score:.4f}, extracted + {steps} steps {extracted:.4f}, "
+                  f"from the teacher + {steps} steps {independent:.4f}")
+    ratio = volumes["anytime"] / volumes["trials"] if volumes["trials"] > 0 else float("inf")
+    print(f"configs evaluated: trial search {len(trial_points)}, anytime {len(anytime_points)}; total "
+          f"{time.perf_counter() - wall:.0f} s")
+    print(f"anytime_front: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        main()
