@@ -21,7 +21,7 @@ and GMACs per 10 s, normalised together, reference = worst + 10%). Also:
 Last line: `anytime_front: R` = hypervolume(b) / hypervolume(a) (goal >= 1.0).
 `--quick` (the quick fixture, 3 trials, 2 steps) only checks that it runs (CI runs it).
 
-    python benchmarks/anytime_front.py [--trials 12] [--steps 30] [--quick]
+    python benchmarks/anytime_front.py [--trials 20] [--steps 60] [--quick]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from sslc.budget import Budget, parse_budget  # noqa: E402
 from sslc.compress.elastic import make_elastic  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.runs.inputs import prepare_inputs  # noqa: E402
+from sslc.search.anytime import RANDOM_PER_STEP  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
 from sslc.search.samplers import make_sampler  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
@@ -54,8 +55,8 @@ from sslc.trainers import TrainerConfig, run_short_trial  # noqa: E402
 from sslc.trainers.once_for_all import load_once_for_all, score_subnetwork, train_once_for_all  # noqa: E402
 
 BUDGET = "50%"
-TRIALS = 12
-STEPS = 30
+TRIALS = 20
+STEPS = 60
 BATCH = 4
 CROP_SECONDS = 1.0
 OFA_SHARE = 0.8  # of the trial search's time, for the once-for-all training; the rest scores configs
@@ -128,11 +129,16 @@ def main() -> None:
         def out_of_time(step: int, loss: float) -> bool:
             return time.perf_counter() - started > OFA_SHARE * given
 
-        schedule = TrainerConfig(steps=100_000, batch_size=BATCH, crop_seconds=CROP_SECONDS, device="cpu",
-                                 seed=args.seed, log_every=1, checkpoint_every=100_000)
+        # The schedule (warm-up, cosine decay) must end when the time does: plan the steps from (a)'s time per
+        # training step, a sandwich step costing 2 + RANDOM_PER_STEP of them; the time check stays as a guard.
+        per_step = given / (trials * steps)
+        planned = max(2, int(OFA_SHARE * given / (per_step * (2 + RANDOM_PER_STEP))))
+        schedule = TrainerConfig(steps=planned, batch_size=BATCH, crop_seconds=CROP_SECONDS, device="cpu",
+                                 seed=args.seed, log_every=1, checkpoint_every=planned)
         result = train_once_for_all(elastic, targets, inputs.data.train, inputs.data.heldout, schedule,
                                     Path(tmp) / "ofa", sample_config, space.smallest(teacher_config),
-                                    space.largest(teacher_config), progress=False, on_report=out_of_time)
+                                    space.largest(teacher_config), RANDOM_PER_STEP, progress=False,
+                                    on_report=out_of_time)
         shared = load_once_for_all(Path(tmp) / "ofa")
         trained_for = time.perf_counter() - started
         study_b, searcher_b = searcher_for(space, teacher_config, budget, 10_000, args.seed)
@@ -143,8 +149,9 @@ def main() -> None:
                                        trainer)
             study_b.tell(candidate.trial, [loss, candidate.macs / 1e9])
             anytime_points.append((candidate.config, loss, candidate.macs / 1e9))
-        print(f"(b) anytime: {result.steps_done} once-for-all steps in {trained_for:.0f} s, then "
-              f"{len(anytime_points)} configs scored on the shared weights in {time.perf_counter() - started - trained_for:.0f} s")
+        scoring = time.perf_counter() - started - trained_for
+        print(f"(b) anytime: {result.steps_done} of {planned} planned once-for-all steps in {trained_for:.0f} s, "
+              f"then {len(anytime_points)} configs scored on the shared weights in {scoring:.0f} s")
 
         # fronts and hypervolume
         runs = {"trials": [(loss, g) for _, loss, g in trial_points],

@@ -104,3 +104,19 @@ def test_a_trial_run_is_not_an_anytime_run(tmp_path, capsys):
     code = export_main([str(settings.run_dir), "--anytime", "-o", str(tmp_path / "m.pt")])
     assert code == 2 and "--mode trials" in capsys.readouterr().err
     assert json.loads((settings.run_dir / "pareto.json").read_text())["points"]
+
+
+def test_sslc_retrain_starts_an_anytime_trial_from_its_shared_weights(anytime_run, spy):
+    """sslc-retrain extracts the chosen point from the shared weights (not `compress` from the teacher) and keeps
+    its shared-weight score beside the retrained one."""
+    import sslc.compress.elastic as elastic_module
+    from sslc.cli.retrain import main as retrain_main
+
+    settings, result, study = anytime_run
+    number = result.pareto[0]["trial"]
+    extracted = spy(elastic_module.ElasticStudent, "extract")
+    assert retrain_main([str(settings.run_dir), "--trial", str(number), "--steps", "1", "--no-progress"]) == 0
+    assert extracted, "the retrained student did not come from the shared weights"
+    summary = json.loads((settings.run_dir / "retrain" / str(number) / "result.json").read_text())
+    assert summary["short_trial_heldout_loss"] == pytest.approx(study.trials[number].values[0])
+    assert summary["steps"] == 1
