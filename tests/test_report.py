@@ -37,7 +37,8 @@ def points_of(figure, kind) -> list:
 def by_category(run):
     trials = run.study.get_trials()
     return {
-        "complete": [t for t in trials if t.state == TrialState.COMPLETE],
+        # An over-budget trial is COMPLETE in Optuna too (placeholder values, positive constraint), never trained.
+        "complete": [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")],
         "pruned": [t for t in trials if t.state == TrialState.PRUNED],
         "infeasible": [t for t in trials if t.user_attrs.get("infeasible")],
         "failed": [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("infeasible")],
@@ -143,7 +144,7 @@ def _hypervolume_2d(points, reference) -> float:
 
 def test_hypervolume_history_matches_an_independent_computation(run, report):
     figure = report.section("hypervolume").figure
-    complete = run.study.get_trials(states=(TrialState.COMPLETE,))
+    complete = [t for t in run.study.get_trials(states=(TrialState.COMPLETE,)) if not t.user_attrs.get("infeasible")]
     reference = reference_point(run)
     assert reference[1] == pytest.approx(run.study.user_attrs["budget"]["max_macs"] / 1e9)  # the budget bounds the MACs axis
     trace = figure.data[0]
