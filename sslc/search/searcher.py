@@ -140,9 +140,10 @@ class OptunaAskTellSearcher(Searcher):
             record.write_asked(trial, config.to_dict(), macs, breakdown, params, self.budget.max_macs - budgeted, superb)
             if self.constrained:
                 record.write_constraints(trial, self.budget.constraints(budgeted, params))
+            violations = self.budget.violations(budgeted, params)
             earlier = self.answers.get(config_key(config.to_dict()))
             if earlier is not None:
-                self._answer_repeat(trial, earlier)
+                self._answer_repeat(trial, earlier, macs if violations else None)
                 repeats += 1
                 if repeats >= MAX_REPEATS_IN_A_ROW:
                     raise UserError(
@@ -151,7 +152,6 @@ class OptunaAskTellSearcher(Searcher):
                     )
                 continue
             repeats = 0
-            violations = self.budget.violations(budgeted, params)
             if not violations:
                 return Candidate(trial, config, macs, breakdown, params, superb)
             record.write_infeasible(trial, "infeasible (not trained): " + "; ".join(violations))
@@ -206,16 +206,18 @@ class OptunaAskTellSearcher(Searcher):
         if earlier.config is not None and (earlier.outcome.trained or earlier.outcome == Outcome.INFEASIBLE):
             self.answers.setdefault(config_key(earlier.config), trial)
 
-    def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+    def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, over_budget_macs: int | None) -> None:
         """The config of `earlier` again: answer from its result instead of training it twice.
 
         The repeat is told to Optuna in the earlier trial's state and, when COMPLETE, with its values: the
         sampler then sees the point as already measured and moves on (a FAIL would be invisible to the GP and
         TPE models, which could propose the same point again and again). Its outcome is REPEAT: off the front and
-        out of the trained count."""
+        out of the trained count. `over_budget_macs`: its MACs when the config is over budget (known before training),
+        told like any over-budget config (placeholders as of now); one over the latency limit (measured by its
+        trial) is FAIL like its original."""
         record.write_repeat(trial, earlier)
-        if record.outcome_of(earlier) == Outcome.INFEASIBLE:
-            self._tell_infeasible(trial, earlier.user_attrs[record.MACS])  # placeholders as of now
+        if over_budget_macs is not None:
+            self._tell_infeasible(trial, over_budget_macs)
         elif earlier.state == TrialState.COMPLETE:
             self.study.tell(trial, list(earlier.values))
         else:
