@@ -29,13 +29,18 @@ def _scored(run: RunRecord) -> list[TrialRecord]:
 
 
 def _scored_study(run: RunRecord) -> optuna.Study:
-    """The study as Optuna's plots should see it: an in-memory copy without the over-budget trials (their
-    placeholder losses were never measured; Optuna's hypervolume history would skip them by their constraint
-    values but still list them on its trial axis, the importances and parallel coordinates would use them)."""
+    """The study as Optuna's importance and parallel-coordinate plots should see it: an in-memory copy (trials
+    renumbered) without the over-budget trials, whose placeholder losses were never measured. The hypervolume
+    history needs none: Optuna leaves infeasible trials (positive constraint values) out of the volume itself."""
     kept = [t for t in run.study.get_trials(deepcopy=False) if outcome_of(t) != Outcome.INFEASIBLE]
     if len(kept) == len(run.study.get_trials(deepcopy=False)):
         return run.study
-    copy = optuna.create_study(directions=run.study.directions, study_name=run.study.study_name)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line in the report's output
+    try:
+        copy = optuna.create_study(directions=run.study.directions, study_name=run.study.study_name)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     copy.add_trials(kept)
     return copy
 
@@ -72,7 +77,7 @@ def hypervolume_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
         return None, "no complete trial yet"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        figure = optuna.visualization.plot_hypervolume_history(_scored_study(run), point)
+        figure = optuna.visualization.plot_hypervolume_history(run.study, point)
     described = ", ".join(f"{UNITS.get(n, n)} {v:.4g}" for n, v in zip(run.record.objectives, point))
     figure.update_layout(title=f"hypervolume over trials (reference point: {described})", height=420)
     for trace in figure.data:
