@@ -5,7 +5,7 @@ distillation loss of the teacher-initialised student (its prediction heads start
 well the compressed student reproduces the teacher's layers before any training) and its GMACs for 10 s of audio.
 Everything else is the search's own machinery, in-process and without Ray: the `combined` space, the MAC budget,
 `make_sampler`, and `OptunaAskTellSearcher.next_feasible` (over-budget configs are recorded as infeasible, never
-evaluated, and do not count as trials). The teacher is a random HuBERT-Base at half width (12 post-LN layers,
+evaluated, and do not count as trials; the samplers see the budget as constraint values, see issue 13). The teacher is a random HuBERT-Base at half width (12 post-LN layers,
 384 wide, 6 heads, FFN 1536, 256 conv channels: the same split of MACs between CNN and transformer as Base): 12
 layers make configs differ a lot, and half the width keeps the SVDs of low-rank configs cheap enough to evaluate
 hundreds of configs on 2 cores (on Base a config with many low-rank layers takes 10-30 s). The held-out set is the demo corpus's, in 1 s
@@ -15,7 +15,8 @@ Both samplers run TRIALS trials for each of SEEDS seeds. Objectives are normalis
 values seen over all runs, and the reference point is the worst value plus 10% of the range in each objective;
 the hypervolume (2-D, exact) of each run's Pareto front is computed against it. The headline is the median over
 seeds of the per-seed ratio hypervolume(default sampler) / hypervolume(random), goal >= 1.1; `--also gp,nsga2`
-adds other samplers to the table (not to the headline).
+adds other samplers to the table (not to the headline). Also printed, per sampler: the share of asked configs that
+were over budget (over-budget asks / all asks, over all seeds), which constraint-aware sampling should keep low.
 
 Run time: seeds run one after another (every sampler on a seed), and no new seed starts once `--time-limit`
 seconds have passed since launch (at least MIN_SEEDS run), so a slower machine compares fewer seeds rather
@@ -136,9 +137,11 @@ def run_search(name: str, seed: int, space, teacher_config, budget, objective) -
         values = [objective(candidate.config), candidate.macs / 1e9]
         study.tell(candidate.trial, values)
         points.append(tuple(values))
-    infeasible = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("infeasible"))
+    asked = study.get_trials(deepcopy=False)
+    infeasible = sum(1 for t in asked if t.user_attrs.get("infeasible"))
     seconds = time.perf_counter() - started
-    return {"points": points, "infeasible": infeasible, "seconds": seconds, "evaluating": objective.seconds - evaluating}
+    return {"points": points, "infeasible": infeasible, "asked": len(asked), "seconds": seconds,
+            "evaluating": objective.seconds - evaluating}
 
 
 def pareto_2d(points):
@@ -232,6 +235,11 @@ def main() -> None:
         for seed in range(SEEDS):
             print(f"seed {seed}: hypervolume " + "  ".join(f"{n} {volumes[n][seed]:.4f}" for n in samplers)
                   + f"  ratio {DEFAULT}/random {ratios[DEFAULT][seed]:.3f}")
+        for name in samplers:
+            over = sum(run["infeasible"] for run in runs[name])
+            asked = sum(run["asked"] for run in runs[name])
+            print(f"{name:6s}: {over} of {asked} asked configs over budget ({over / asked:.1%}; per seed "
+                  f"{', '.join(str(run['infeasible']) for run in runs[name])})")
         for name in samplers:
             print(f"{name:6s}: median hypervolume {statistics.median(volumes[name]):.4f}, median ratio to random "
                   f"{statistics.median(ratios[name]):.3f} (per seed {', '.join(f'{r:.3f}' for r in ratios[name])})")

@@ -83,6 +83,16 @@ class Budget:
             out.append(f"latency {latency_ms:.1f} ms > limit {self.max_latency_ms:.1f} ms")
         return out
 
+    def constraints(self, macs: int, params: int) -> dict[str, float]:
+        """The constraint values Optuna's samplers are given for a config (`Trial.set_constraint`: feasible when
+        every value is <= 0): by how much it is over each limit known before training, as a share of that limit.
+        "macs" always (`macs` in the budget's convention), "params" when there is a --max-params limit; positive
+        exactly when `violations` names that limit. Latency is measured only by training, so it is not one."""
+        out = {"macs": (macs - self.max_macs) / self.max_macs}
+        if self.max_params is not None:
+            out["params"] = (params - self.max_params) / self.max_params
+        return out
+
     def to_dict(self) -> dict:
         return asdict(self)
 

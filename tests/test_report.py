@@ -37,7 +37,8 @@ def points_of(figure, kind) -> list:
 def by_category(run):
     trials = run.study.get_trials()
     return {
-        "complete": [t for t in trials if t.state == TrialState.COMPLETE],
+        # An over-budget trial is COMPLETE in Optuna too (placeholder values, positive constraint), never trained.
+        "complete": [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")],
         "pruned": [t for t in trials if t.state == TrialState.PRUNED],
         "infeasible": [t for t in trials if t.user_attrs.get("infeasible")],
         "failed": [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("infeasible")],
@@ -148,8 +149,11 @@ def test_hypervolume_history_matches_an_independent_computation(run, report):
     assert reference[1] == pytest.approx(run.study.user_attrs["budget"]["max_macs"] / 1e9)  # the budget bounds the MACs axis
     trace = figure.data[0]
     assert list(trace.x) == [t.number for t in complete]
+    # An over-budget trial is COMPLETE with placeholder values and a positive constraint: it adds no volume.
+    assert any(t.user_attrs.get("infeasible") for t in complete), "the 40% budget rules some configs out"
     for i in range(len(complete)):
-        expected = _hypervolume_2d([tuple(t.values) for t in complete[: i + 1]], reference)
+        counted = [tuple(t.values) for t in complete[: i + 1] if not t.user_attrs.get("infeasible")]
+        expected = _hypervolume_2d(counted, reference) if counted else 0.0
         assert trace.y[i] == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 

@@ -26,6 +26,7 @@ from sslc.metrics import count_macs
 from sslc.models import tiny_config
 from sslc.runs.storage import load_study
 from sslc.runs.study import StudyRecord
+from sslc.runs.trials import Outcome, outcome_of
 from sslc.search.runner import SearchSettings, run_search
 
 FAULTS_SCRIPT = Path(__file__).with_name("faults.py")
@@ -61,7 +62,7 @@ def test_end_to_end_trials_budget_and_pareto(finished_search):
     settings, result, study = finished_search
     trials = study.get_trials(deepcopy=False)
     budget = int(0.7 * TEACHER_MACS)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
     assert not result.interrupted
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     trained = [t for t in trials if not t.user_attrs.get("infeasible")]
@@ -71,9 +72,14 @@ def test_end_to_end_trials_budget_and_pareto(finished_search):
         config = CompressionConfig.from_dict(t.user_attrs["config"])
         macs = count_macs(config.student_architecture(tiny_config()), seconds=10).total
         assert macs == t.user_attrs["macs"]
+        # The budget as the samplers see it: a constraint value on every trial, positive exactly when over budget.
+        assert t.constraints["macs"] == pytest.approx((macs - budget) / budget)
         if t.user_attrs.get("infeasible"):
-            assert t.state == TrialState.FAIL and macs > budget  # recognised before training
+            assert macs > budget  # recognised before training
             assert not (settings.run_dir / "trials" / str(t.number)).exists()
+            # FAIL until some trial was trained, then COMPLETE with placeholder values; never on the front.
+            assert t.state in (TrialState.FAIL, TrialState.COMPLETE)
+            assert outcome_of(t) == Outcome.INFEASIBLE
         else:
             assert macs <= budget
     for t in complete:
@@ -109,7 +115,7 @@ def test_every_candidate_is_scored_on_the_protocol_targets(finished_search):
     protocol = study.user_attrs["protocol"]
     assert protocol["targets"] == [1, 2] and protocol["heldout_segments"] > 0  # the 2-layer teacher's default
     assert StudyRecord.read(study).identity()["protocol"] == protocol  # what a resumed search must keep
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    complete = [t for t in study.get_trials(deepcopy=False) if outcome_of(t) == Outcome.COMPLETE]
     assert complete
     for t in complete:
         by_target = t.user_attrs["heldout_loss_by_target"]
@@ -225,7 +231,7 @@ def _wait_for_trials(process, run_dir, stderr_path, ready, what: str, timeout: f
 def _two_done_one_training(trials) -> bool:
     # Kill while a trial trains (its config chosen), so there is a config to run again.
     training = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
-    return sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and bool(training)
+    return sum(outcome_of(t) == Outcome.COMPLETE for t in trials) >= 2 and bool(training)
 
 
 def test_resume_after_sigkill_keeps_completed_trials(tmp_path):

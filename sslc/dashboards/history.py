@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from sslc.runs.record import RunRecord
+from sslc.runs.trials import Outcome, TrialRecord, outcome_of
 
 log = logging.getLogger("sslc.dashboards")
 UNITS = {"loss": "held-out loss", "macs": "GMACs", "latency": "latency (ms)"}
@@ -21,10 +22,33 @@ MARGIN = 1.1  # a reference point 10% beyond the worst complete trial
 PARALLEL_PARAMS = 8
 
 
+def _scored(run: RunRecord) -> list[TrialRecord]:
+    """The COMPLETE trials with measured values: an over-budget trial is COMPLETE in Optuna too (placeholder
+    values, positive constraint; see `sslc.runs.trials.Outcome`) but was never trained."""
+    return [t for t in run.trials(states=(TrialState.COMPLETE,)) if t.values and t.outcome != Outcome.INFEASIBLE]
+
+
+def _scored_study(run: RunRecord) -> optuna.Study:
+    """The study as Optuna's importance and parallel-coordinate plots should see it: an in-memory copy (trials
+    renumbered) without the over-budget trials, whose placeholder losses were never measured. The hypervolume
+    history needs none: Optuna leaves infeasible trials (positive constraint values) out of the volume itself."""
+    kept = [t for t in run.study.get_trials(deepcopy=False) if outcome_of(t) != Outcome.INFEASIBLE]
+    if len(kept) == len(run.study.get_trials(deepcopy=False)):
+        return run.study
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line in the report's output
+    try:
+        copy = optuna.create_study(directions=run.study.directions, study_name=run.study.study_name)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials(kept)
+    return copy
+
+
 def reference_point(run: RunRecord) -> list[float] | None:
     """Per objective, the point every counted trial must beat: the budget for MACs and latency when there is one
     (and no complete trial exceeds it), else 10% beyond the worst complete trial. None without complete trials."""
-    complete = [t for t in run.trials(states=(TrialState.COMPLETE,)) if t.values]
+    complete = _scored(run)
     if not complete:
         return None
     budget = run.record.budget
@@ -68,14 +92,14 @@ def _loss_target(run: RunRecord):
 
 def importance_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
     """Which searched knobs explain the held-out loss (Optuna's default importance evaluator)."""
-    complete = run.trials(states=(TrialState.COMPLETE,))
+    complete = _scored(run)
     if len(complete) < 2:
         return None, f"needs at least 2 complete trials ({len(complete)} so far)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # PED-ANOVA's reminder that low targets are the good ones
             figure = optuna.visualization.plot_param_importances(
-                run.study, target=_loss_target(run), target_name="held-out loss"
+                _scored_study(run), target=_loss_target(run), target_name="held-out loss"
             )
     except (RuntimeError, ValueError, ZeroDivisionError) as error:  # e.g. every parameter constant so far
         return None, f"not available yet: {error}"
@@ -88,17 +112,18 @@ def importance_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
 
 def parallel_figure(run: RunRecord, max_params: int = PARALLEL_PARAMS) -> tuple[go.Figure | None, str]:
     """Every complete trial as a line through its most important knobs, coloured by held-out loss."""
-    complete = run.trials(states=(TrialState.COMPLETE,))
+    complete = _scored(run)
     if len(complete) < 2:
         return None, f"needs at least 2 complete trials ({len(complete)} so far)"
+    study = _scored_study(run)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             # A big space has dozens of per-layer knobs: keep the axes that explain the loss best.
-            ranked = optuna.importance.get_param_importances(run.study, target=_loss_target(run))
+            ranked = optuna.importance.get_param_importances(study, target=_loss_target(run))
             params = list(ranked)[:max_params] or None
             figure = optuna.visualization.plot_parallel_coordinate(
-                run.study, params=params, target=_loss_target(run), target_name="held-out loss"
+                study, params=params, target=_loss_target(run), target_name="held-out loss"
             )
     except (RuntimeError, ValueError, ZeroDivisionError) as error:
         return None, f"not available yet: {error}"

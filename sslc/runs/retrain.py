@@ -32,7 +32,7 @@ from .inputs import RunInputs, prepare_inputs
 from .record import RunRecord, open_run
 from .student_file import WEIGHTS_FILE, save_student
 from .study import record_retrain
-from .trials import TrialRecord
+from .trials import Outcome, TrialRecord
 
 log = logging.getLogger("sslc.retrain")
 
@@ -57,7 +57,7 @@ def select_trials(
         raise UserError("--under-budget goes with --pareto")
     if numbers:
         return [run.complete_trial(n) for n in dict.fromkeys(numbers)]  # order kept, duplicates dropped
-    if not run.trials(states=(TrialState.COMPLETE,)):
+    if not any(t.outcome == Outcome.COMPLETE for t in run.trials(states=(TrialState.COMPLETE,))):
         raise UserError(f"run '{run.name}' has no complete trial yet: nothing to retrain")
     chosen = run.front()
     budget = run.record.budget

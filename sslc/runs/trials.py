@@ -23,7 +23,7 @@ MACS_BREAKDOWN = "macs_breakdown"
 MACS_SUPERB = "macs_superb"  # MACs in the SUPERB profiler's convention (the published tables')
 PARAMS = "params"
 BUDGET_SLACK = "budget_slack_macs"  # the budget minus the MACs, in the budget's convention
-INFEASIBLE = "infeasible"  # True: over budget, never trained
+INFEASIBLE = "infeasible"  # True: over budget, never trained (whatever its Optuna state: see `outcome_of`)
 FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"  # True: the search stopped while it ran; its config runs again on resume
 RETRY_PARAMS = "retry_params"  # the params of an interrupted trial, to run again on resume
@@ -45,7 +45,9 @@ CRASHED_REASON = "the trial's process crashed (see the Ray logs in the run direc
 
 
 class Outcome(enum.Enum):
-    """What became of a trial. FAIL in Optuna is three outcomes here (infeasible, failed, interrupted)."""
+    """What became of a trial. FAIL in Optuna is three outcomes here (infeasible, failed, interrupted), and
+    COMPLETE two or three (complete, repeat, and infeasible: an over-budget config is told to Optuna as COMPLETE
+    with a positive constraint value, see `write_infeasible`, so the samplers learn where the budget ends)."""
 
     COMPLETE = "complete"
     PRUNED = "pruned"  # stopped early by the scheduler: partial scores, never on the front
@@ -64,7 +66,9 @@ class Outcome(enum.Enum):
 def outcome_of(trial: FrozenTrial) -> Outcome:
     attrs = trial.user_attrs
     if attrs.get(INFEASIBLE):
-        return Outcome.INFEASIBLE  # an over-budget repeat too: it was never trained either way
+        # Never trained, whether Optuna holds it as COMPLETE (placeholder values, positive constraint) or as FAIL
+        # (sslc before constraints, or over budget before any trial was trained); an over-budget repeat too.
+        return Outcome.INFEASIBLE
     if attrs.get(REPEAT_OF) is not None:
         return Outcome.REPEAT
     if trial.state == TrialState.COMPLETE:
@@ -107,6 +111,7 @@ class TrialRecord:
     retry_of: int | None = None
     repeat_of: int | None = None
     retry_params: dict | None = None
+    constraints: dict[str, float] = field(default_factory=dict)  # what the samplers see: > 0 is over a limit
 
     @classmethod
     def read(cls, trial: FrozenTrial) -> TrialRecord:
@@ -123,7 +128,7 @@ class TrialRecord:
             stopped_at_step=a.get(STOPPED_AT_STEP), last_train_loss=a.get(LAST_TRAIN_LOSS),
             artifact_bytes=a.get("artifact_bytes"), artifact_seconds=a.get("artifact_seconds"), node=a.get("node"),
             fail_reason=a.get(FAIL_REASON), retry_of=a.get(RETRY_OF), repeat_of=a.get(REPEAT_OF),
-            retry_params=a.get(RETRY_PARAMS),
+            retry_params=a.get(RETRY_PARAMS), constraints=dict(trial.constraints),
         )
 
     @property
@@ -164,10 +169,28 @@ def write_asked(
     trial.set_user_attr(BUDGET_SLACK, slack)
 
 
+def write_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> None:
+    """The budget's constraint values (`Budget.constraints`), on every asked trial, feasible or not: Optuna's
+    GP, TPE and NSGA-II samplers read them from the trial (`Trial.set_constraint`)."""
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
+
+
+def has_constraints(trial: FrozenTrial) -> bool:
+    return bool(trial.constraints)
+
+
 def write_failed(trial: optuna.Trial, reason: str, infeasible: bool = False) -> None:
     trial.set_user_attr(FAIL_REASON, reason)
     if infeasible:
         trial.set_user_attr(INFEASIBLE, True)
+
+
+def write_infeasible(trial: optuna.Trial, reason: str) -> None:
+    """Over budget, never trained. The trial may then be told to Optuna as COMPLETE with placeholder values (the
+    samplers see its positive constraint value); the INFEASIBLE mark keeps it out of everything sslc reads as
+    trained: the front, the trained count, retries, the report."""
+    write_failed(trial, reason, infeasible=True)
 
 
 def write_measurements(trial: optuna.Trial, result: dict) -> None:

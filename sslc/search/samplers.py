@@ -6,6 +6,11 @@ benchmarks/sampler_quality.py (32 trials, 5 seeds, zero-step trials on a half-wi
 1.22x the hypervolume of random search; multi-objective TPE (tried multivariate/grouped, univariate, fewer
 start-up trials) and NSGA-II stayed at 0.9-1.0x. A GP suggestion costs seconds instead of milliseconds, which
 is small against trials of minutes. `--sampler tpe|nsga2|random` remain available.
+
+The budget reaches the samplers as constraint values the searcher sets on every trial (`Trial.set_constraint`),
+which Optuna 5's GP (constrained LogEHVI), TPE (infeasible trials ranked by violation) and NSGA-II (constrained
+domination) read from the trials themselves: no `constraints_func` (deprecated in Optuna 5) is passed. Random
+search ignores them.
 """
 
 from __future__ import annotations

@@ -31,12 +31,23 @@ from sslc.runs.trials import (
 )
 from sslc.spaces import SearchSpace
 
-# How many over-budget configs in a row before the space is judged hopeless for this budget (each is a FAIL trial
-# in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
+# How many over-budget configs in a row before the space is judged hopeless for this budget (each is an infeasible
+# trial in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
 # accepts 300 misses in a row are unlikely while the sampler still draws at random (0.98^300 < 0.3%).
 MAX_INFEASIBLE_IN_A_ROW = 300
 # How many already-tried configs in a row before the space is judged exhausted (a small discrete space).
 MAX_REPEATS_IN_A_ROW = 200
+# The placeholder objective values of an over-budget config (see `OptunaAskTellSearcher.placeholder_values`), from
+# those of the trained trials: the MACs objective is measured, never a placeholder.
+PLACEHOLDER = {"loss": min, "latency": max}
+
+
+def uses_constraints(study: optuna.Study) -> bool:
+    """Whether the study gives its samplers the budget as constraint values (sslc since issue 13). A study an
+    older sslc wrote holds COMPLETE trials without them, and Optuna's GPSampler refuses a mix (every complete
+    trial must carry the same constraints; a finished trial cannot be given them afterwards), so such a study is
+    resumed the old way: over-budget configs told as FAIL, no constraint values."""
+    return all(record.has_constraints(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def fault(what: str, error: Exception) -> SearchFailed:
@@ -78,6 +89,7 @@ class OptunaAskTellSearcher(Searcher):
         self.study, self.space, self.teacher_config = study, space, teacher_config
         self.budget, self.objectives, self.target_trials = budget, objectives, target_trials
         self.on_event = on_event or (lambda kind, trial: None)
+        self.constrained = uses_constraints(study)
         self.running: dict[str, optuna.Trial] = {}
         self.early_stopped = early_stopped
         self.started = count_trained(study)
@@ -112,7 +124,8 @@ class OptunaAskTellSearcher(Searcher):
 
     def next_feasible(self) -> Candidate:
         """Ask until a config fits the budget and was not tried before. Over-budget ones are recorded as
-        infeasible, repeats are answered from the earlier trial; neither is trained."""
+        infeasible, repeats are answered from the earlier trial; neither is trained. Every asked trial carries
+        the budget's constraint values (negative: within it), so the samplers learn where the budget ends."""
         infeasible = repeats = 0
         while True:
             try:
@@ -125,9 +138,12 @@ class OptunaAskTellSearcher(Searcher):
             macs, breakdown, params, superb = self.measure(config)
             budgeted = superb if self.budget.convention == "superb" else macs
             record.write_asked(trial, config.to_dict(), macs, breakdown, params, self.budget.max_macs - budgeted, superb)
+            if self.constrained:
+                record.write_constraints(trial, self.budget.constraints(budgeted, params))
+            violations = self.budget.violations(budgeted, params)
             earlier = self.answers.get(config_key(config.to_dict()))
             if earlier is not None:
-                self._answer_repeat(trial, earlier)
+                self._answer_repeat(trial, earlier, macs if violations else None)
                 repeats += 1
                 if repeats >= MAX_REPEATS_IN_A_ROW:
                     raise UserError(
@@ -136,11 +152,10 @@ class OptunaAskTellSearcher(Searcher):
                     )
                 continue
             repeats = 0
-            violations = self.budget.violations(budgeted, params)
             if not violations:
                 return Candidate(trial, config, macs, breakdown, params, superb)
-            record.write_failed(trial, "infeasible (not trained): " + "; ".join(violations), infeasible=True)
-            self._remember(self.study.tell(trial, state=TrialState.FAIL))
+            record.write_infeasible(trial, "infeasible (not trained): " + "; ".join(violations))
+            self._remember(self._tell_infeasible(trial, macs))
             self.on_event("infeasible", None)
             infeasible += 1
             if infeasible >= MAX_INFEASIBLE_IN_A_ROW:
@@ -149,6 +164,41 @@ class OptunaAskTellSearcher(Searcher):
                     f"space '{self.space.name}' (raise --budget or use a space with smaller configs)"
                 )
 
+    def _tell_infeasible(self, trial: optuna.Trial, macs: int) -> optuna.trial.FrozenTrial:
+        """An over-budget config, never trained, told to Optuna: COMPLETE with placeholder values when the
+        study has constraints and something was trained (its positive constraint value marks it infeasible to
+        the samplers, its INFEASIBLE mark to sslc), else FAIL as before."""
+        values = self.placeholder_values(macs) if self.constrained else None
+        if values is None:
+            return self.study.tell(trial, state=TrialState.FAIL)
+        return self.study.tell(trial, values)
+
+    def placeholder_values(self, macs: int) -> list[float] | None:
+        """Objective values for an over-budget config, which is never trained (None: nothing trained yet).
+
+        TPE and NSGA-II never look at an infeasible trial's values (TPE ranks it by its constraint violation,
+        NSGA-II's constrained domination puts every feasible trial first), and no hypervolume counts them; only
+        GPSampler fits its objective models on every COMPLETE trial, feasible or not, so the values shape what
+        it believes about configs near the budget's edge. The MACs are exact. The loss and latency are unknown;
+        an over-budget config is bigger than what the budget allows, and bigger students lose less and run
+        slower, so each gets the extreme of the trained trials that the size trend points to (PLACEHOLDER): the
+        lowest loss and the highest latency so far. The opposite, a worst-loss placeholder, would tell the GP
+        that losses rise towards the edge, where the best within-budget students are; the constraint model,
+        not the loss model, is what keeps the sampler inside the budget."""
+        trained = [
+            t.values for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if record.outcome_of(t) == Outcome.COMPLETE and t.values
+        ]
+        if not trained:
+            return None
+        values = []
+        for i, name in enumerate(self.objectives):
+            if name == "macs":
+                values.append(macs / 1e9)
+            else:
+                values.append(PLACEHOLDER[name](v[i] for v in trained))
+        return values
+
     def _remember(self, trial: optuna.trial.FrozenTrial) -> None:
         """Keep a finished trial that can answer later repeats of its config: trained ones (complete, pruned,
         failed) and over-budget ones. Interrupted trials never finished, so their config is run again."""
@@ -156,15 +206,19 @@ class OptunaAskTellSearcher(Searcher):
         if earlier.config is not None and (earlier.outcome.trained or earlier.outcome == Outcome.INFEASIBLE):
             self.answers.setdefault(config_key(earlier.config), trial)
 
-    def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+    def _answer_repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, over_budget_macs: int | None) -> None:
         """The config of `earlier` again: answer from its result instead of training it twice.
 
         The repeat is told to Optuna in the earlier trial's state and, when COMPLETE, with its values: the
         sampler then sees the point as already measured and moves on (a FAIL would be invisible to the GP and
         TPE models, which could propose the same point again and again). Its outcome is REPEAT: off the front and
-        out of the trained count."""
+        out of the trained count. `over_budget_macs`: its MACs when the config is over budget (known before training),
+        told like any over-budget config (placeholders as of now); one over the latency limit (measured by its
+        trial) is FAIL like its original."""
         record.write_repeat(trial, earlier)
-        if earlier.state == TrialState.COMPLETE:
+        if over_budget_macs is not None:
+            self._tell_infeasible(trial, over_budget_macs)
+        elif earlier.state == TrialState.COMPLETE:
             self.study.tell(trial, list(earlier.values))
         else:
             self.study.tell(trial, state=earlier.state)

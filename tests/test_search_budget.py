@@ -1,0 +1,185 @@
+"""The budget as Optuna constraint values (issue 13): an over-budget config is never trained, is told to Optuna as
+COMPLETE with a positive constraint value (so the samplers learn where the budget ends) and placeholder values,
+and reads back as infeasible everywhere sslc looks; a study an older sslc wrote (FAIL + infeasible) still reads
+and resumes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sslc.budget import Budget
+from sslc.dashboards.history import _scored_study
+from sslc.metrics import count_macs
+from sslc.models import tiny_config
+from sslc.runs import trials as record
+from sslc.runs.record import RunRecord
+from sslc.runs.trials import Outcome, TrialRecord, count_trained, front_trials, outcome_of, pending_retries
+from sslc.search.pareto import write_pareto
+from sslc.search.searcher import OptunaAskTellSearcher, uses_constraints
+from sslc.spaces import SearchSpace
+
+TEACHER_MACS = count_macs(tiny_config(), seconds=10).total
+BUDGET = Budget(max_macs=int(0.4 * TEACHER_MACS), seconds=10.0)  # rules out about two thirds of random configs
+
+
+class ReplaySampler(optuna.samplers.RandomSampler):
+    """Random, except that trial `n` gets exactly the params of trial `replay[n]`."""
+
+    def __init__(self, replay: dict[int, int], seed: int = 1):
+        super().__init__(seed=seed)
+        self.replay = replay
+
+    def sample_independent(self, study, trial, name, distribution):
+        source = self.replay.get(trial.number)
+        if source is not None:
+            return study.get_trials(deepcopy=False)[source].params[name]
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def _searcher(study, budget=BUDGET, trials=10):
+    return OptunaAskTellSearcher(study, SearchSpace.load("combined"), tiny_config(), budget, ["loss", "macs"], trials)
+
+
+def _train(searcher, tune_id: str, loss: float) -> int:
+    """What a trial of the search does with a suggested config, without Ray: complete with `loss`."""
+    params = searcher.suggest(tune_id)
+    assert params["macs"] <= BUDGET.max_macs  # only configs within the budget are ever handed out to train
+    searcher.on_trial_complete(tune_id, {
+        "final": True, "status": "completed", "heldout_loss": loss, "macs": params["macs"], "latency_ms": 2.0,
+        "heldout_loss_by_target_pairs": [["2", loss]],
+    })
+    return params["trial_number"]
+
+
+def _study(sampler=None):
+    return optuna.create_study(directions=["minimize", "minimize"],
+                               sampler=sampler or optuna.samplers.RandomSampler(seed=3))
+
+
+def test_over_budget_configs_are_complete_in_optuna_with_a_positive_constraint_and_never_trained(tmp_path):
+    study = _study()
+    searcher = _searcher(study)
+    trained = [_train(searcher, str(i), loss) for i, loss in enumerate((2.0, 1.5, 3.0, 2.5))]
+    trials = study.get_trials()
+    over = [t for t in trials if outcome_of(t) == Outcome.INFEASIBLE]
+    assert over, "the budget must rule some configs out"
+    assert sorted(t.number for t in trials if outcome_of(t) == Outcome.COMPLETE) == trained
+    first = trained[0]
+    for t in trials:
+        macs = t.user_attrs[record.MACS]
+        assert (t.constraints["macs"] > 0) == (macs > BUDGET.max_macs)  # set on every trial, feasible or not
+        assert t.constraints["macs"] == pytest.approx((macs - BUDGET.max_macs) / BUDGET.max_macs)
+        assert set(t.constraints) == {"macs"}  # no --max-params: no params constraint
+        if outcome_of(t) != Outcome.INFEASIBLE:
+            continue
+        assert t.number not in searcher.running and "heldout_loss" not in t.user_attrs
+        assert TrialRecord.read(t).outcome == Outcome.INFEASIBLE and "infeasible" in t.user_attrs["fail_reason"]
+        if t.number < first:  # nothing trained yet: no placeholder to give, FAIL as before
+            assert t.state == TrialState.FAIL and t.values is None
+        else:  # placeholders: the lowest loss trained so far, the exact MACs
+            losses = [study.trials[n].values[0] for n in trained if n < t.number]
+            assert t.state == TrialState.COMPLETE and t.values == [min(losses), macs / 1e9]
+    assert any(t.state == TrialState.COMPLETE for t in over)
+
+    # Off everything that reads trained trials: the front, the Pareto files, the trained count, retries.
+    assert count_trained(study) == len(trained) and searcher.started == len(trained)
+    assert {t.number for t in front_trials(study)} <= set(trained)
+    assert {row["trial"] for row in write_pareto(study, tmp_path)} <= set(trained)
+    assert {t.number for t in study.best_trials} <= set(trained)  # Optuna's own front skips infeasible trials
+    assert pending_retries(study) == []
+    scored = _scored_study(RunRecord(Path(tmp_path), study))  # what the importance/parallel plots see
+    assert [t.values for t in scored.trials] == [t.values for t in trials if t not in over]  # renumbered
+
+    # Resumed: an over-budget config proposed again is a repeat, still infeasible, still never trained.
+    again = next(t for t in over if t.state == TrialState.COMPLETE)
+    study.sampler = ReplaySampler({len(trials): again.number})
+    resumed = _searcher(study)
+    assert resumed.started == len(trained) and resumed.constrained
+    _train(resumed, "r", 1.0)
+    repeat = study.trials[len(trials)]
+    assert repeat.user_attrs["repeat_of"] == again.number and outcome_of(repeat) == Outcome.INFEASIBLE
+    assert repeat.state == TrialState.COMPLETE and repeat.constraints["macs"] == again.constraints["macs"] > 0
+    assert count_trained(study) == len(trained) + 1
+
+
+def test_a_params_limit_is_a_second_constraint():
+    study = _study()
+    budget = Budget(max_macs=10**15, seconds=10.0, max_params=10**9)
+    searcher = _searcher(study, budget)
+    searcher.suggest("a")
+    trial = study.trials[0]
+    params = trial.user_attrs[record.PARAMS]
+    assert trial.constraints == {
+        "macs": pytest.approx((trial.user_attrs[record.MACS] - 10**15) / 10**15),
+        "params": pytest.approx((params - 10**9) / 10**9),
+    }
+
+
+def _old_study() -> optuna.Study:
+    """A study as sslc wrote it before constraints: trained trials COMPLETE without constraint values, an
+    over-budget one FAIL with the infeasible mark."""
+    study = _study()
+    space = SearchSpace.load("combined")
+    for n in range(6):
+        trial = study.ask()
+        config = space.suggest(trial, tiny_config())
+        macs = count_macs(config.student_architecture(tiny_config()), seconds=10).total
+        trial.set_user_attr(record.CONFIG, config.to_dict())
+        trial.set_user_attr(record.MACS, macs)
+        if macs > BUDGET.max_macs:
+            trial.set_user_attr(record.FAIL_REASON, "infeasible (not trained): over budget")
+            trial.set_user_attr(record.INFEASIBLE, True)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            trial.set_user_attr(record.HELDOUT_LOSS, 1.0 + n)
+            study.tell(trial, [1.0 + n, macs / 1e9])
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.FAIL}
+    return study
+
+
+def test_a_study_from_an_older_sslc_reads_as_before_and_resumes_without_constraints(tmp_path):
+    study = _old_study()
+    old = study.get_trials()
+    for t in old:
+        assert outcome_of(t) == (Outcome.INFEASIBLE if t.state == TrialState.FAIL else Outcome.COMPLETE)
+    assert count_trained(study) == sum(t.state == TrialState.COMPLETE for t in old) and not pending_retries(study)
+    assert {t.number for t in front_trials(study)} <= {t.number for t in old if t.state == TrialState.COMPLETE}
+
+    # Its complete trials carry no constraint values, and GPSampler refuses a study where only some do: the
+    # resumed search goes on the old way (FAIL, no constraints), and the GP sampler still proposes.
+    assert not uses_constraints(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.GPSampler(seed=0, n_startup_trials=2)
+    searcher = _searcher(study)
+    assert not searcher.constrained
+    for i in range(2):
+        _train(searcher, str(i), 0.5)
+    new = study.get_trials()[len(old):]
+    assert all(not t.constraints for t in new)
+    assert all(t.state == TrialState.FAIL for t in new if outcome_of(t) == Outcome.INFEASIBLE)
+
+    # A study with only FAIL over-budget trials and nothing trained takes constraints from now on.
+    fresh = _study()
+    for t in old:
+        if t.state == TrialState.FAIL:
+            fresh.add_trial(t)
+    assert uses_constraints(fresh) and _searcher(fresh).constrained
+
+
+def test_the_gp_sampler_learns_from_infeasible_trials_and_keeps_asking():
+    """GPSampler with the constraint values, FAIL (before anything was trained) and COMPLETE infeasible trials
+    mixed: its constrained acquisition runs (it raises if complete trials carry different constraints)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = _study(optuna.samplers.GPSampler(seed=0, n_startup_trials=3))
+    searcher = _searcher(study)
+    for i in range(5):
+        _train(searcher, str(i), 3.0 - 0.1 * i)
+    assert count_trained(study) == 5
+    assert all(t.constraints for t in study.trials)
