@@ -48,7 +48,7 @@ from sslc.metrics import count_macs  # noqa: E402
 from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.search.anytime import RANDOM_PER_STEP  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
-from sslc.search.samplers import make_sampler  # noqa: E402
+from sslc.search.samplers import make_sampler, startup_trials  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import TrainerConfig, run_short_trial  # noqa: E402
@@ -68,7 +68,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def searcher_for(space, teacher_config, budget, trials: int, seed: int):
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(SAMPLER, seed, trials, 1))
-    return study, OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], trials)
+    return study, OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], trials,
+                                        startup_trials=startup_trials(SAMPLER, trials), seed=seed)
 
 
 def short_trained(student, config, inputs, targets, trainer) -> float:

@@ -51,7 +51,7 @@ from sslc.models.builders import base_config  # noqa: E402
 from sslc.models.fingerprint import model_fingerprint  # noqa: E402
 from sslc.runs.inputs import RunInputs, load_audio_split  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
-from sslc.search.samplers import make_sampler  # noqa: E402
+from sslc.search.samplers import make_sampler, startup_trials  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import TrainerConfig, score_student  # noqa: E402
@@ -130,7 +130,8 @@ def run_search(name: str, seed: int, space, teacher_config, budget, objective) -
     """TRIALS feasible trials with `name`'s sampler, asked exactly as the search's searcher asks them."""
     sampler = make_sampler(name, seed, TRIALS, 1)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-    searcher = OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], TRIALS)
+    searcher = OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], TRIALS,
+                                     startup_trials=startup_trials(name, TRIALS), seed=seed)
     points, started, evaluating = [], time.perf_counter(), objective.seconds
     for _ in range(TRIALS):
         candidate = searcher.next_feasible()

@@ -41,7 +41,7 @@ from sslc.budget import Budget, parse_budget  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
-from sslc.search.samplers import make_sampler  # noqa: E402
+from sslc.search.samplers import make_sampler, startup_trials  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import TrainerConfig, run_short_trial  # noqa: E402
@@ -69,7 +69,8 @@ def search(space, inputs, targets, budget, trainer, trials: int, seed: int) -> d
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(DEFAULT_SAMPLER, seed,
                                                                                           trials, 1))
     teacher_config = inputs.teacher.config
-    searcher = OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], trials)
+    searcher = OptunaAskTellSearcher(study, space, teacher_config, budget, ["loss", "macs"], trials,
+                                     startup_trials=startup_trials(DEFAULT_SAMPLER, trials), seed=seed)
     points, thin = [], 0
     for _ in range(trials):
         candidate = searcher.next_feasible()

@@ -183,3 +183,25 @@ def test_the_gp_sampler_learns_from_infeasible_trials_and_keeps_asking():
         _train(searcher, str(i), 3.0 - 0.1 * i)
     assert count_trained(study) == 5
     assert all(t.constraints for t in study.trials)
+
+
+def test_the_samplers_random_start_up_is_drawn_within_the_budget():
+    """The first `startup_trials` trials are drawn by the searcher from the space's configs within the budget: no
+    over-budget ask, the trial params rebuild the config, and a searcher without start-up asks the sampler."""
+    space = SearchSpace.load("combined")
+    study = _study(optuna.samplers.RandomSampler(seed=3))
+    searcher = OptunaAskTellSearcher(study, space, tiny_config(), BUDGET, ["loss", "macs"], 8, startup_trials=6,
+                                     seed=0)
+    for k in range(6):
+        _train(searcher, f"s{k}", 1.0 + k)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 6 and all(outcome_of(t) == Outcome.COMPLETE for t in trials)
+    for t in trials:  # the enqueued params give back the config that was trained
+        replay = optuna.trial.FixedTrial(t.params)
+        assert space.suggest(replay, tiny_config()).to_dict() == t.user_attrs["config"]
+    # Without the start-up draws, the same random sampler proposes over-budget configs (about two thirds).
+    plain = _study(optuna.samplers.RandomSampler(seed=3))
+    other = _searcher(plain, trials=8)
+    for k in range(6):
+        _train(other, f"p{k}", 1.0 + k)
+    assert sum(outcome_of(t) == Outcome.INFEASIBLE for t in plain.get_trials(deepcopy=False)) > 0

@@ -42,7 +42,7 @@ from .artifacts import start_sink
 from .baselines import baseline_configs
 from .pareto import pareto_table, write_pareto
 from .progress import SearchProgress
-from .samplers import make_sampler
+from .samplers import make_sampler, startup_trials
 from .scheduler import DominanceStopper
 from .searcher import OptunaAskTellSearcher
 from .settings import SearchSettings
@@ -303,7 +303,9 @@ def run_search(
                 record_anytime(study, summary)
                 setup = replace(setup, shared=shared)
         if not interrupted and count_trained(study) < settings.trials:
-            interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console)
+            # An injected sampler (a test's) is asked from the first trial: the start-up draws are the named one's.
+            startup = startup_trials(settings.sampler, settings.trials) if sampler is None else 0
+            interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console, startup)
         if settings.baselines and not interrupted:
             try:
                 _run_baselines(study, setup, teacher_config, say)
@@ -350,7 +352,7 @@ def _failure(error: Exception, run_dir: Path) -> UserError:
     return SearchFailed(f"the search stopped: {what} (traceback in {path})")
 
 
-def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console) -> bool:
+def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console, startup: int) -> bool:
     """Run the remaining trials with Ray Tune; True when the search was interrupted (Ctrl-C)."""
     # The classic Tune reporter honours verbose=0; the newer one prints an experiment box regardless.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -364,6 +366,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
     searcher = OptunaAskTellSearcher(
         study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress,
         early_stopped=scheduler.stopped if scheduler else (),
+        startup_trials=startup, seed=settings.seed,
     )
     # Trial files come back through Ray (a sink actor on this node), so workers on other nodes need no shared disk.
     setup = replace(setup, sink=start_sink(run_dir))

@@ -21,6 +21,16 @@ import optuna
 
 from .settings import SAMPLERS
 
+GP_STARTUP_TRIALS = 10  # GPSampler's own default, given explicitly so `startup_trials` can say it
+
+
+def startup_trials(name: str, trials: int) -> int:
+    """How many trials sampler `name` draws at random before it models anything (0 for "random", which never
+    does). The searcher draws these within the budget itself (see `OptunaAskTellSearcher`)."""
+    if name in ("tpe", "nsga2"):  # TPE's start-up trials, NSGA-II's first generation
+        return max(4, min(10 if name == "tpe" else 50, trials // 3))
+    return GP_STARTUP_TRIALS if name == "gp" else 0
+
 
 def make_sampler(name: str, seed: int, trials: int, concurrency: int = 1) -> optuna.samplers.BaseSampler:
     if name == "tpe":
@@ -31,14 +41,14 @@ def make_sampler(name: str, seed: int, trials: int, concurrency: int = 1) -> opt
                 multivariate=True,
                 group=True,
                 constant_liar=concurrency > 1,
-                n_startup_trials=max(4, min(10, trials // 3)),
+                n_startup_trials=startup_trials(name, trials),
             )
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=startup_trials(name, trials))
     if name == "gp":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.GPSampler(seed=seed)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=GP_STARTUP_TRIALS)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")

@@ -8,6 +8,7 @@ trial RUNNING forever. Driving ask/tell here gives every trial its right final s
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from sslc.spaces import SearchSpace
 # trial in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
 # accepts 300 misses in a row are unlikely while the sampler still draws at random (0.98^300 < 0.3%).
 MAX_INFEASIBLE_IN_A_ROW = 300
+STARTUP_DRAWS = 1000  # random draws to find a start-up config within the budget
 # How many already-tried configs in a row before the space is judged exhausted (a small discrete space).
 MAX_REPEATS_IN_A_ROW = 200
 # The placeholder objective values of an over-budget config (see `OptunaAskTellSearcher.placeholder_values`), from
@@ -82,14 +84,21 @@ class OptunaAskTellSearcher(Searcher):
         target_trials: int,
         on_event: Callable[[str, optuna.trial.FrozenTrial | None], None] | None = None,
         early_stopped: Container[str] = (),
+        startup_trials: int = 0,
+        seed: int = 0,
     ):
         """early_stopped: Tune trial ids the scheduler stopped (a live view); any other trial that ends without
-        its final report was cut short by the user (Ctrl-C) and is recorded as interrupted, to be run again."""
+        its final report was cut short by the user (Ctrl-C) and is recorded as interrupted, to be run again.
+        startup_trials: the sampler's random start-up (see `samplers.startup_trials`); the first that many
+        trials of the study are drawn at random by the searcher itself, within the budget (seeded by `seed`)."""
         super().__init__(metric=None, mode=None)  # Tune would demand the metric in every report
         self.study, self.space, self.teacher_config = study, space, teacher_config
         self.budget, self.objectives, self.target_trials = budget, objectives, target_trials
         self.on_event = on_event or (lambda kind, trial: None)
         self.constrained = uses_constraints(study)
+        self.startup_trials = startup_trials
+        # Seeded with the trials already in the study, as the sampler is: a resumed search draws new configs.
+        self.rng = random.Random(seed + len(study.get_trials(deepcopy=False)))
         self.running: dict[str, optuna.Trial] = {}
         self.early_stopped = early_stopped
         self.started = count_trained(study)
@@ -120,7 +129,24 @@ class OptunaAskTellSearcher(Searcher):
         if self.retries:
             number, params = self.retries.pop(0)
             self.study.enqueue_trial(params, user_attrs=record.retry_attrs(number), skip_if_exists=False)
+        elif len(self.study.get_trials(deepcopy=False)) < self.startup_trials:
+            # Within the budget by construction: a sampler's random start-up knows nothing of the budget (and on a
+            # tight one would fill the study with over-budget configs), so the searcher draws these itself.
+            params = self._random_within_budget()
+            if params is not None:
+                self.study.enqueue_trial(params, skip_if_exists=False)
         return self.study.ask()
+
+    def _random_within_budget(self) -> dict | None:
+        """The params of a config drawn uniformly from the space among those within the budget (None when
+        STARTUP_DRAWS draws found none: the sampler's own random draw is asked then)."""
+        for _ in range(STARTUP_DRAWS):
+            config, params = self.space.sample_with_params(self.teacher_config, self.rng)
+            macs, _, size, superb = self.measure(config)
+            budgeted = superb if self.budget.convention == "superb" else macs
+            if not self.budget.violations(budgeted, size):
+                return params
+        return None
 
     def next_feasible(self) -> Candidate:
         """Ask until a config fits the budget and was not tried before. Over-budget ones are recorded as

@@ -199,7 +199,12 @@ class SearchSpace:
     def sample(self, teacher: EncoderConfig, rng: random.Random) -> CompressionConfig:
         """A config drawn as Optuna's RandomSampler would draw it (each knob uniformly), without a study: cheap
         enough to estimate, before a search, how much of the space fits a budget."""
-        return self._build(_TrialPicker(_RandomTrial(rng)), teacher)
+        return self.sample_with_params(teacher, rng)[0]
+
+    def sample_with_params(self, teacher: EncoderConfig, rng: random.Random) -> tuple[CompressionConfig, dict]:
+        """`sample`, with the trial params that give the same config (what `optuna.Study.enqueue_trial` takes)."""
+        drawn = _RandomTrial(rng)
+        return self._build(_TrialPicker(drawn), teacher), dict(drawn.params)
 
     def _build(self, pick, teacher: EncoderConfig) -> CompressionConfig:
         width = hidden_width(pick.float(self.knobs["hidden"], "hidden"), teacher)
@@ -284,17 +289,22 @@ class _RandomTrial:
 
     def __init__(self, rng: random.Random):
         self.rng = rng
+        self.params: dict[str, Any] = {}
 
     def suggest_categorical(self, name: str, choices: list):
-        return self.rng.choice(choices)
+        return self._keep(name, self.rng.choice(choices))
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
-        return self.rng.randrange(low, high + 1, step)
+        return self._keep(name, self.rng.randrange(low, high + 1, step))
 
     def suggest_float(self, name: str, low: float, high: float, step: float | None = None) -> float:
         if step:
-            return low + step * self.rng.randint(0, int(round((high - low) / step, 9)))
-        return self.rng.uniform(low, high)
+            return self._keep(name, low + step * self.rng.randint(0, int(round((high - low) / step, 9))))
+        return self._keep(name, self.rng.uniform(low, high))
+
+    def _keep(self, name: str, value):
+        self.params[name] = value
+        return value
 
 
 class _ExtremePicker:
