@@ -18,6 +18,14 @@ Run time: on 2 cores about 8 minutes by default (4 searches of TRIALS trials per
 2 steps, the quick fixture, 50% only) only checks that the benchmark runs (CI runs it).
 
     python benchmarks/thin_front.py [--trials 14] [--steps 40] [--seeds 1] [--quick]
+
+Measured 2026-11-30 (defaults, 219 s on 2 shared cores): ratio 1.697 at 30%, 1.139 at 50%: thin_front 1.139.
+The gain is in reach, not in quality: with the knob the fronts run down to 0.14-0.15 GMACs (widths 96-112 of
+192), where full-width students cannot go, but the best loss is worse (30%: 1.203 vs 1.080; 50%: 1.221 vs 1.148)
+and no thin config near the budget was tried. At 40 steps a thin student starts far from the teacher (its heads
+have to learn to map 96 channels onto 192) and has not recovered yet; after 300 steps the same kind of thin, deep
+students beat full-width ones on loss and on the phoneme probe (benchmarks/anchor_margin.py), so short trials
+under-rate thin students and longer trials (or retraining the front) are needed to compare them fairly.
 """
 
 from __future__ import annotations
