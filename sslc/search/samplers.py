@@ -7,10 +7,13 @@ benchmarks/sampler_quality.py (32 trials, 5 seeds, zero-step trials on a half-wi
 start-up trials) and NSGA-II stayed at 0.9-1.0x. A GP suggestion costs seconds instead of milliseconds, which
 is small against trials of minutes. `--sampler tpe|nsga2|random` remain available.
 
-The budget reaches the samplers as constraint values the searcher sets on every trial (`Trial.set_constraint`),
-which Optuna 5's GP (constrained LogEHVI), TPE (infeasible trials ranked by violation) and NSGA-II (constrained
-domination) read from the trials themselves: no `constraints_func` (deprecated in Optuna 5) is passed. Random
-search ignores them.
+The budget reaches the samplers twice. Their random start-up (`startup_trials`) knows nothing of it, so the
+searcher draws those trials itself among the space's configs within the budget. After that, constraint values the
+searcher sets on every trial (`Trial.set_constraint`) are read by Optuna 5's GP (constrained LogEHVI), TPE
+(infeasible trials ranked by violation) and NSGA-II (constrained domination) from the trials themselves: no
+`constraints_func` (deprecated in Optuna 5) is passed. Random search ignores both (it is the reference).
+With both, sampler_quality (40% budget, 4 seeds) measured 1 of 129 asked configs over budget for gp (9.2%, 13 of
+141, before either) and gp at 1.32x the hypervolume of random search.
 """
 
 from __future__ import annotations
