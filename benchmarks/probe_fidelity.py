@@ -63,10 +63,10 @@ def draw_configs(space, teacher_config, count: int, low: float, high: float, see
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="quick fixture, 4 configs, few steps (smoke test)")
-    parser.add_argument("--configs", type=int, default=8)
+    parser.add_argument("--configs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=SearchSettings.steps, help="short-trial steps (the search's default)")
-    parser.add_argument("--probe-epochs", type=int, default=10)
-    parser.add_argument("--max-probe-train", type=int, default=120, help="probe training files (every voice kept)")
+    parser.add_argument("--probe-epochs", type=int, default=15)
+    parser.add_argument("--max-probe-train", type=int, default=240, help="probe training files (every voice kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--teacher-recipe", choices=("gpu", "full"), default="gpu",

@@ -340,3 +340,33 @@ def test_a_thin_students_heads_start_by_placing_its_channels_back():
     expected = torch.zeros_like(states)
     expected[..., kept] = states[..., kept]
     assert all(torch.equal(p, expected) for p in predicted)
+
+
+def test_fit_heads_recovers_a_linear_map():
+    """fit_heads_ finds the least-squares map: checked against a known one."""
+    from sslc.trainers.heads import PredictionHeads, fit_heads_
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=generator)
+    true_weight, true_bias = torch.randn(9, 6, generator=generator), torch.randn(9, generator=generator)
+    heads = PredictionHeads([(1, 1)], 6, 9)
+    fit_heads_(heads, [x], [x @ true_weight.T + true_bias], ridge=0.0)
+    assert torch.allclose(heads.heads[0].weight, true_weight, atol=1e-4)
+    assert torch.allclose(heads.heads[0].bias, true_bias, atol=1e-4)
+
+
+def test_a_thin_students_first_training_step_starts_from_fitted_heads(tmp_path, teacher, data, monkeypatch):
+    """At a negligible learning rate the first reported training loss is the start's: with the fitted heads a
+    thin student starts below where its placement heads (pruned channels predicted as zero) would."""
+    import sslc.trainers.distill as distill_module
+
+    train, heldout = data
+    targets = TeacherTargets(teacher, tmp_path / "cache", crop_seconds=CROP)
+    config = CompressionConfig.identity(teacher.config)
+    config.hidden = 32
+    settings = trial_config(steps=1, log_every=1, lr=1e-9, targets=[1, 2])
+    fitted = run_short_trial(compress(teacher, config), targets, train, heldout, settings, kept_layers=config.layers)
+    monkeypatch.setattr(distill_module, "_fit_thin_heads", lambda *args: None)  # the placement start, to compare
+    placed = run_short_trial(compress(teacher, config), targets, train, heldout, settings, kept_layers=config.layers)
+    assert fitted.curve[0][1] < placed.curve[0][1]
+    assert fitted.heldout_loss < placed.heldout_loss

@@ -27,7 +27,7 @@ from sslc.trainers.checkpoint import (
     save_checkpoint,
 )
 from sslc.trainers.config import TrainerConfig
-from sslc.trainers.heads import PredictionHeads
+from sslc.trainers.heads import PredictionHeads, fit_heads_
 from sslc.trainers.layer_map import resolve_layer_map, teacher_layers
 from sslc.trainers.progress import TrainingProgress
 from sslc.trainers.schedule import warmup_decay
@@ -294,6 +294,8 @@ class _TrainingLoop(TrainingLoop):
         self.layer_map = self.scorer.layer_map
         # Built before training starts, so cache building never counts as training time.
         train_targets = _targets_for(targets, train_data, self.layer_map)
+        if student.config.embed_dim < targets.dim:  # a thin student: its heads start fitted (see fit_heads_)
+            _fit_thin_heads(student, self.scorer.heads, self.layer_map, train_targets, train_data, config)
         super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps)
         self.student = self.model
 
@@ -335,6 +337,31 @@ class _TrainingLoop(TrainingLoop):
         if isinstance(result, FullTrainResult):
             result.checkpoint = str(written or checkpoint_path(checkpoint_dir)) if checkpoint_dir else None
         return result
+
+
+HEAD_FIT_BATCHES = 8  # training batches a thin student's heads are fitted on before its first step
+
+
+@torch.no_grad()
+def _fit_thin_heads(student, heads, layer_map, train_targets, train_data, config: TrainerConfig) -> None:
+    """Fit the heads of a thin student to the teacher targets on its first training batches (`fit_heads_`)."""
+    sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
+    device = config.resolve_device()
+    was_training = student.training
+    student.to(device).eval()
+    xs, ys = [[] for _ in layer_map], [[] for _ in layer_map]
+    for count, indices in enumerate(sampler):
+        if count == HEAD_FIT_BATCHES:
+            break
+        waves, lengths = collate([train_data[i] for i in indices])
+        batch = train_targets.get(indices, waves, lengths)
+        output = student(waves.to(device), lengths.to(device))
+        real = batch.frame_mask.to(device)
+        for j, (s, _) in enumerate(layer_map):
+            xs[j].append(output.hidden_states[s][real].float().cpu())
+            ys[j].append(batch.hidden[j].to(device)[real].float().cpu())
+    student.train(was_training)
+    fit_heads_(heads, [torch.cat(x) for x in xs], [torch.cat(y) for y in ys])
 
 
 class Scorer:

@@ -34,3 +34,23 @@ class PredictionHeads(nn.Module):
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [head(hidden_states[s]) for head, (s, _) in zip(self.heads, self.layer_map)]
+
+
+@torch.no_grad()
+def fit_heads_(heads: PredictionHeads, student_states: list[torch.Tensor], targets: list[torch.Tensor],
+               ridge: float = 1e-3) -> None:
+    """Set each head to the least-squares map from its student states [N, d] to its targets [N, D] (centred,
+    with a ridge of `ridge` x the mean feature variance), in place.
+
+    For a thin student: placing its channels back predicts the pruned teacher channels as zero, a start its short
+    trial spends many steps leaving; the pruned channels are largely linear in the kept ones, so this start
+    predicts them from the first step. (L2 fit, while the loss is L1 + cosine: a start, not the optimum.)"""
+    for head, x, y in zip(heads.heads, student_states, targets):
+        x, y = x.double(), y.double()
+        x_mean, y_mean = x.mean(0), y.mean(0)
+        xc, yc = x - x_mean, y - y_mean
+        gram = xc.T @ xc
+        gram += torch.eye(gram.shape[0], dtype=gram.dtype) * ridge * gram.diagonal().mean().clamp_min(1e-12)
+        weight = torch.linalg.solve(gram, xc.T @ yc)  # [d, D]
+        head.weight.copy_(weight.T.to(head.weight.dtype))
+        head.bias.copy_((y_mean - x_mean @ weight).to(head.bias.dtype))
