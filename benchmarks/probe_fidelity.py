@@ -12,10 +12,15 @@ int8 configs are probed in float (the probe trains on their float weights, as th
 The score is read through public functions only, so a change of the search's score (what the trainer returns as
 `heldout_loss`) is measured by simply running this again. Last line: `probe_fidelity: TAU` (goal >= 0.6).
 
-Measured on the gpu-recipe teacher (defaults: 10 configs, 100 steps, 15 probe epochs, 240 probe files): tau 0.733
-(goal >= 0.6). Scores 0.91-1.17 vs probe PER 0.49-0.85 (the teacher's own PER: 0.185); the students under ~45% of
-the MACs probe at 0.74-0.85. 1738 s on 2 cores shared with other jobs (one config 24-373 s): over the ~10 minutes
-the benchmarks aim at; `--configs` / `--probe-epochs` shorten it.
+Measured on the gpu-recipe teacher (defaults: 10 configs, 100 steps, 15 probe epochs, 240 probe files):
+- before the `hidden` knob (full-width students only): tau 0.733; 1738 s on 2 cores shared with other jobs.
+- `combined` with the `hidden` knob (2026-11-30; 7 of the 10 drawn students are thin, 28-49% of the MACs), heads
+  of a thin student started by placing its channels back (pruned ones predicted as zero): tau -0.067. The score
+  ranked the thin, deep students last (they had not recovered the pruned channels in 100 steps) while the probe
+  ranked them first.
+- the same with a thin student's heads started as the least-squares fit on its first batches (sslc.trainers.heads
+  `fit_heads_`): tau 0.674 (goal met); 257 s on 2 idle cores (20-35 s a config), within the ~10 minutes the
+  benchmarks aim at.
 """
 
 from __future__ import annotations
