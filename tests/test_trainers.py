@@ -366,7 +366,7 @@ def test_a_thin_students_first_training_step_starts_from_fitted_heads(tmp_path, 
     config.hidden = 32
     settings = trial_config(steps=1, log_every=1, lr=1e-9, targets=[1, 2])
     fitted = run_short_trial(compress(teacher, config), targets, train, heldout, settings, kept_layers=config.layers)
-    monkeypatch.setattr(distill_module, "_fit_thin_heads", lambda *args: None)  # the placement start, to compare
+    monkeypatch.setattr(distill_module, "_fit_heads", lambda *args: None)  # the placement start, to compare
     placed = run_short_trial(compress(teacher, config), targets, train, heldout, settings, kept_layers=config.layers)
     assert fitted.curve[0][1] < placed.curve[0][1]
     assert fitted.heldout_loss < placed.heldout_loss

@@ -294,8 +294,9 @@ class _TrainingLoop(TrainingLoop):
         self.layer_map = self.scorer.layer_map
         # Built before training starts, so cache building never counts as training time.
         train_targets = _targets_for(targets, train_data, self.layer_map)
-        if student.config.embed_dim < targets.dim:  # a thin student: its heads start fitted (see fit_heads_)
-            _fit_thin_heads(student, self.scorer.heads, self.layer_map, train_targets, train_data, config)
+        # Every student's heads start fitted to the targets (see fit_heads_), whatever its shape: the same start
+        # for every candidate (for a copy of the teacher it is the identity the heads would otherwise start as).
+        _fit_heads(student, self.scorer.heads, self.layer_map, train_targets, train_data, config)
         super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps)
         self.student = self.model
 
@@ -339,12 +340,12 @@ class _TrainingLoop(TrainingLoop):
         return result
 
 
-HEAD_FIT_BATCHES = 8  # training batches a thin student's heads are fitted on before its first step
+HEAD_FIT_BATCHES = 8  # training batches a student's heads are fitted on before its first step
 
 
 @torch.no_grad()
-def _fit_thin_heads(student, heads, layer_map, train_targets, train_data, config: TrainerConfig) -> None:
-    """Fit the heads of a thin student to the teacher targets on its first training batches (`fit_heads_`)."""
+def _fit_heads(student, heads, layer_map, train_targets, train_data, config: TrainerConfig) -> None:
+    """Fit the heads of a student to the teacher targets on its first training batches (`fit_heads_`)."""
     sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
     device = config.resolve_device()
     was_training = student.training

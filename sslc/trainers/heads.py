@@ -38,13 +38,15 @@ class PredictionHeads(nn.Module):
 
 @torch.no_grad()
 def fit_heads_(heads: PredictionHeads, student_states: list[torch.Tensor], targets: list[torch.Tensor],
-               ridge: float = 1e-3) -> None:
+               ridge: float = 1e-6) -> None:
     """Set each head to the least-squares map from its student states [N, d] to its targets [N, D] (centred,
     with a ridge of `ridge` x the mean feature variance), in place.
 
-    For a thin student: placing its channels back predicts the pruned teacher channels as zero, a start its short
-    trial spends many steps leaving; the pruned channels are largely linear in the kept ones, so this start
-    predicts them from the first step. (L2 fit, while the loss is L1 + cosine: a start, not the optimum.)"""
+    Why: a pruned student's states are no longer the teacher's, and an identity start (or, for a thin student,
+    placing its channels back, which predicts the pruned ones as zero) costs its short trial many steps to leave;
+    what it lost is largely linear in what it kept, so this start predicts it from the first step. The same fit
+    for every student keeps their scores comparable. (An L2 fit, while the loss is L1 + cosine: a start, not the
+    optimum.)"""
     for head, x, y in zip(heads.heads, student_states, targets):
         x, y = x.double(), y.double()
         x_mean, y_mean = x.mean(0), y.mean(0)
