@@ -21,6 +21,8 @@ Measured on the gpu-recipe teacher (defaults: 10 configs, 100 steps, 15 probe ep
 - the same with a thin student's heads started as the least-squares fit on its first batches (sslc.trainers.heads
   `fit_heads_`): tau 0.674 (goal met); 257 s on 2 idle cores (20-35 s a config), within the ~10 minutes the
   benchmarks aim at.
+- every student's heads started that way (the same start whatever the shape, as the search now does): tau 0.644
+  (goal met); 447 s (one config took 246 s while another benchmark shared the cores, the others 18-25 s).
 """
 
 from __future__ import annotations

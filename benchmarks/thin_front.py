@@ -19,13 +19,14 @@ Run time: on 2 cores about 8 minutes by default (4 searches of TRIALS trials per
 
     python benchmarks/thin_front.py [--trials 14] [--steps 40] [--seeds 1] [--quick]
 
-Measured 2026-11-30 (defaults, 219 s on 2 shared cores): ratio 1.697 at 30%, 1.139 at 50%: thin_front 1.139.
-The gain is in reach, not in quality: with the knob the fronts run down to 0.14-0.15 GMACs (widths 96-112 of
-192), where full-width students cannot go, but the best loss is worse (30%: 1.203 vs 1.080; 50%: 1.221 vs 1.148)
-and no thin config near the budget was tried. At 40 steps a thin student starts far from the teacher (its heads
-have to learn to map 96 channels onto 192) and has not recovered yet; after 300 steps the same kind of thin, deep
-students beat full-width ones on loss and on the phoneme probe (benchmarks/anchor_margin.py), so short trials
-under-rate thin students and longer trials (or retraining the front) are needed to compare them fairly.
+Measured 2026-11-30 (defaults, 231 s on 2 shared cores), every student's heads started as the least-squares fit
+to the targets (sslc.trainers.heads.fit_heads_): ratio 3.200 at 30%, 1.859 at 50%: thin_front 1.859. With the
+knob the best loss is the same at about half the MACs (30%: 0.932 at 0.159 GMACs, width 96, against 0.934 at
+0.290 GMACs full width; 50%: 0.946 at 0.254 G against 0.942 at 0.426 G), and the front reaches 0.145 GMACs.
+Before that start (thin heads placing the kept channels back, pruned ones predicted as zero), the same run gave
+1.697 / 1.139 but a worse best loss with the knob (1.203 vs 1.080): 40 steps were too few for a thin student to
+recover its pruned channels, so short trials under-rated thin students (benchmarks/probe_fidelity.py: tau -0.067
+then, 0.644 now).
 """
 
 from __future__ import annotations
