@@ -18,8 +18,8 @@ student is better than every anchor shape at the same budget). Baselines over th
 Run time: sized for about 10 minutes on 2 idle cores; `--quick` (the quick fixture, 2 trials, a few steps) only
 checks that the benchmark runs (CI runs it).
 
-    python benchmarks/anchor_margin.py [--trials 12] [--steps 30] [--retrain-steps 150] [--probe-epochs 8]
-                                       [--max-probe-train 100] [--quick]
+    python benchmarks/anchor_margin.py [--trials 30] [--steps 60] [--retrain-steps 300] [--probe-epochs 10]
+                                       [--max-probe-train 120] [--quick]
 
 Measured (2026-11-30, 2 cores shared with three other jobs, so 1475 s; with --trials 8 --steps 40
 --retrain-steps 300 --probe-epochs 10 --max-probe-train 120): anchor_margin 0.391, missed. The search's best point
@@ -57,11 +57,11 @@ from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 from sslc.trainers import train_full  # noqa: E402
 
 BUDGET = "40%"
-TRIALS = 12
-STEPS = 30
-RETRAIN_STEPS = 150
-PROBE_EPOCHS = 8
-MAX_PROBE_TRAIN = 100
+TRIALS = 30
+STEPS = 60
+RETRAIN_STEPS = 300
+PROBE_EPOCHS = 10
+MAX_PROBE_TRAIN = 120
 # The anchors' shapes are fixed shares of the teacher; at the fixture's size (3 layers of 3 heads) LightHuBERT
 # Small's and FitHuBERT's land at 42-44% of its MACs. Shapes up to this factor over the budget are compared too.
 OVER_BUDGET_ALLOWANCE = 1.15
