@@ -24,9 +24,10 @@ def one_torch_thread():
 def tiny_run(tmp_path_factory) -> Path:
     """The run directory of a real search on the tiny random teacher (~20 s on 2 cores).
 
-    A 40% budget makes the sampler propose over-budget configs (infeasible trials), and a lenient stopping rule
-    lets the scheduler stop some (pruned), so the report sees every kind of trial. Do not modify it: tests that
-    write to a run (retrain) take `copy_run()`.
+    A 40% budget makes the random sampler propose over-budget configs (infeasible trials; the model-based samplers'
+    start-up is drawn within the budget, so they would propose none in 5 trials), and a lenient stopping rule lets
+    the scheduler stop some (pruned), so the report sees every kind of trial. Do not modify it: tests that write
+    to a run (retrain) take `copy_run()`.
     """
     from sslc.search.runner import SearchSettings, run_search
 
@@ -34,7 +35,7 @@ def tiny_run(tmp_path_factory) -> Path:
     settings = SearchSettings(
         teacher="random:tiny", data="demo", budget="40%", trials=5, steps=4, batch_size=4, crop_seconds=1.0,
         name="tiny", run_dir=root / "tiny", latency_repeats=1, stopping_rule={"min_peers": 2, "min_dominators": 1},
-        quiet=True,
+        quiet=True, sampler="random",
     )
     result = run_search(settings)
     assert not result.interrupted and result.pareto, "the tiny search must finish with a Pareto front"

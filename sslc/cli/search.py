@@ -76,14 +76,14 @@ def build_parser():
     parser.add_argument("--max-params", help="also cap parameters (e.g. 25M)")
     parser.add_argument("--max-latency-ms", type=float, help="also cap measured latency for --budget-seconds of audio")
     parser.add_argument("--space", default=None,
-                        help=f"a preset ({', '.join(presets)}) or a YAML/JSON space file (format below; default: "
-                        f"{DEFAULTS.space}, or {ANYTIME_SPACE} with --mode anytime)")
+                        help=f"a preset ({', '.join(presets)}) or a YAML/JSON space file (format below; the anytime "
+                        f"mode's default is {ANYTIME_SPACE}) (default: {DEFAULTS.space})")
     parser.add_argument("--mode", default=DEFAULTS.mode, choices=MODES,
                         help="trials: a short distillation per config; anytime: one elastic student distilled once "
                         f"(once-for-all), every config scored on its shared weights (default space there: "
                         f"{ANYTIME_SPACE}; export the whole front as one model with sslc-export --anytime)")
     parser.add_argument("--trials", type=int, default=DEFAULTS.trials,
-                        help="trained trials (over-budget configs do not count); with --mode anytime, configs scored")
+                        help="trained trials (over-budget configs do not count; in the anytime mode, configs scored)")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="distillation steps per short trial")
     parser.add_argument("--anytime-steps", type=int,
                         help="--mode anytime: once-for-all distillation steps (default: 10 x --steps)")
