@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+import optuna
 import torch
 
 
@@ -40,6 +41,20 @@ def shipped_by_value() -> None:
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class ReplaySampler(optuna.samplers.RandomSampler):
+    """Random, except that trial `n` gets exactly the params of trial `replay[n]` (a repeat of its config)."""
+
+    def __init__(self, replay: dict[int, int], seed: int = 1):
+        super().__init__(seed=seed)
+        self.replay = replay
+
+    def sample_independent(self, study, trial, name, distribution):
+        source = self.replay.get(trial.number)
+        if source is not None:
+            return study.get_trials(deepcopy=False)[source].params[name]
+        return super().sample_independent(study, trial, name, distribution)
 
 
 if __name__ == "__main__":

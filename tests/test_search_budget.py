@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from faults import ReplaySampler
 from optuna.trial import TrialState
 
 from sslc.budget import Budget
@@ -25,20 +26,6 @@ from sslc.spaces import SearchSpace
 
 TEACHER_MACS = count_macs(tiny_config(), seconds=10).total
 BUDGET = Budget(max_macs=int(0.4 * TEACHER_MACS), seconds=10.0)  # rules out about two thirds of random configs
-
-
-class ReplaySampler(optuna.samplers.RandomSampler):
-    """Random, except that trial `n` gets exactly the params of trial `replay[n]`."""
-
-    def __init__(self, replay: dict[int, int], seed: int = 1):
-        super().__init__(seed=seed)
-        self.replay = replay
-
-    def sample_independent(self, study, trial, name, distribution):
-        source = self.replay.get(trial.number)
-        if source is not None:
-            return study.get_trials(deepcopy=False)[source].params[name]
-        return super().sample_independent(study, trial, name, distribution)
 
 
 def _searcher(study, budget=BUDGET, trials=10):

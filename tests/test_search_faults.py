@@ -7,6 +7,7 @@ import json
 
 import optuna
 import pytest
+from faults import ReplaySampler
 from optuna.trial import TrialState
 
 from sslc.budget import Budget
@@ -19,20 +20,6 @@ from sslc.search.pareto import write_pareto
 from sslc.search.runner import SearchSettings, run_search
 from sslc.search.searcher import MAX_REPEATS_IN_A_ROW, OptunaAskTellSearcher
 from sslc.spaces import SearchSpace
-
-
-class ReplaySampler(optuna.samplers.RandomSampler):
-    """Random, except that trial `n` gets exactly the params of trial `replay[n]` (a repeat of its config)."""
-
-    def __init__(self, replay: dict[int, int], seed: int = 1):
-        super().__init__(seed=seed)
-        self.replay = replay
-
-    def sample_independent(self, study, trial, name, distribution):
-        source = self.replay.get(trial.number)
-        if source is not None:
-            return study.get_trials(deepcopy=False)[source].params[name]
-        return super().sample_independent(study, trial, name, distribution)
 
 
 class FailingSampler(optuna.samplers.RandomSampler):
