@@ -12,6 +12,7 @@ import random
 
 import pytest
 import torch
+from builders import pre_ln_tiny, random_teacher
 
 import sslc
 from sslc.compress import CompressionConfig, ConfigError, compress
@@ -19,28 +20,12 @@ from sslc.compress.elastic import ElasticStudent, make_elastic
 from sslc.errors import UserError
 from sslc.metrics import count_macs, count_macs_of_model
 from sslc.metrics.macs import format_macs
-from sslc.models import PRESETS, build_encoder, tiny_config
+from sslc.models import PRESETS
 from sslc.runs.anytime_file import load_anytime, save_anytime
 from sslc.runs.student_file import read_student_file, save_student
 
 SAMPLES = 16000  # 1 s of audio
 TOL = 1e-5
-
-
-def random_teacher(config):
-    """A seeded random teacher whose norms and WavLM gate constants are off their init values (as in
-    test_compress.py), so a wrong slice or order of them shows."""
-    model = build_encoder(config, seed=0).eval()
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name or "gru_rel_pos_const" in name:
-                param.add_(0.3 * torch.randn(param.shape, generator=generator))
-    return model
-
-
-def pre_ln_tiny():
-    return dataclasses.replace(tiny_config(), layer_norm_first=True, extractor_norm="layer", conv_bias=True).validate()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

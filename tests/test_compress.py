@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+from builders import pre_ln_tiny, random_teacher
 from torch import nn
 
 import sslc.compress.importance as importance_module
@@ -41,18 +42,6 @@ from sslc.models import PRESETS, build_encoder, tiny_config
 
 SAMPLES = 16000  # 1 s of audio
 TOL = 1e-5
-
-
-def random_teacher(config):
-    """A seeded random teacher whose norms and WavLM gate constants are not at their init values (ones and
-    zeros would hide a wrong slice of them)."""
-    model = build_encoder(config, seed=0).eval()
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name or "gru_rel_pos_const" in name:
-                param.add_(0.3 * torch.randn(param.shape, generator=generator))
-    return model
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-wavlm"])
@@ -261,13 +250,6 @@ def test_random_configs_analytic_costs_match_the_built_student(teacher):
 
 
 # ---- hidden (residual) width ---------------------------------------------------------------------------------
-def pre_ln_tiny():
-    """The large models' layout (pre-LN, LayerNorm on every conv, conv bias) at the tiny size."""
-    return dataclasses.replace(
-        tiny_config(), layer_norm_first=True, extractor_norm="layer", conv_bias=True
-    ).validate()
-
-
 @pytest.mark.parametrize("layout", ["tiny", "tiny-wavlm", "pre-ln"])
 def test_thin_students_analytic_costs_match_the_built_student(layout):
     teacher = random_teacher(pre_ln_tiny() if layout == "pre-ln" else PRESETS[layout]())

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from builders import sine_segments
 
 from sslc.compress import CompressionConfig, compress
 from sslc.compress.config import ConfigError
 from sslc.compress.elastic import make_elastic
-from sslc.data import SAMPLE_RATE, SegmentDataset, discover_audio, make_segments, split_heldout
 from sslc.errors import UserError
 from sslc.models import PRESETS, build_encoder
 from sslc.trainers import (
@@ -40,20 +38,8 @@ def teacher():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """(train, heldout) SegmentDatasets over 7 generated files of noise + sines, cropped to 1 s."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    for i in range(7):
-        t = np.arange(int(1.25 * SAMPLE_RATE)) / SAMPLE_RATE
-        wave = 0.05 * rng.standard_normal(t.size)
-        for freq in rng.uniform(100, 3000, size=3):
-            wave += 0.2 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
-        sf.write(str(root / f"utt{i}.wav"), wave.astype(np.float32), SAMPLE_RATE)
-    train, heldout = split_heldout(discover_audio(root), fraction=0.25)
-    return (
-        SegmentDataset(make_segments(train, CROP, seed=0)),
-        SegmentDataset(make_segments(heldout, CROP, seed=0)),
-    )
+    """(train, heldout) segments of 7 generated files of noise + sines, cropped to 1 s."""
+    return sine_segments(tmp_path_factory.mktemp("corpus"), CROP)
 
 
 @pytest.fixture(scope="module")
