@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-from sampler_quality import hypervolume_2d, pareto_2d  # noqa: E402
+from sampler_quality import Normalisation, pareto_2d  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from sslc.budget import Budget, parse_budget  # noqa: E402
@@ -69,7 +69,6 @@ STEPS = 60
 BATCH = 4
 CROP_SECONDS = 1.0
 OFA_SHARE = 0.8  # of the trial search's time, for the once-for-all training; the rest scores configs
-REFERENCE_MARGIN = 0.1
 SAMPLER = SearchSettings.__dataclass_fields__["sampler"].default
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,13 +91,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 trials, 2 steps: does the benchmark still run?")
+    from benchmarks.fixtures import add_recipe_option, trained_teacher
+
+    add_recipe_option(parser)
     args = parser.parse_args()
     trials, steps = (3, 2) if args.quick else (args.trials, args.steps)
     torch.set_num_threads(1)
     wall = time.perf_counter()
-    from benchmarks.fixtures import trained_teacher
-
-    fixture = trained_teacher("gpu", quick=args.quick)
+    fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
     trainer = TrainerConfig(steps=steps, batch_size=BATCH, crop_seconds=CROP_SECONDS, device="cpu", seed=args.seed)
     space = SearchSpace.load("anytime")
     with tempfile.TemporaryDirectory(prefix="sslc-anytime-") as tmp:
@@ -166,15 +166,8 @@ def main() -> None:
         # fronts and hypervolume
         runs = {"trials": [(loss, g) for _, loss, g in trial_points],
                 "anytime": [(loss, g) for _, loss, g in anytime_points]}
-        every = [p for points in runs.values() for p in points]
-        low = [min(p[i] for p in every) for i in range(2)]
-        high = [max(p[i] for p in every) for i in range(2)]
-
-        def normalise(p):
-            return tuple((p[i] - low[i]) / ((high[i] - low[i]) or 1.0) for i in range(2))
-
-        reference = (1.0 + REFERENCE_MARGIN, 1.0 + REFERENCE_MARGIN)
-        volumes = {name: hypervolume_2d([normalise(p) for p in points], reference) for name, points in runs.items()}
+        normalise = Normalisation(runs.values())
+        volumes = {name: normalise.hypervolume(points) for name, points in runs.items()}
         for name, points in runs.items():
             front = sorted(pareto_2d(points), key=lambda p: p[1])
             print(f"  {name:7s} front (GMACs, loss): " + "; ".join(f"{g:.3f} G {loss:.4f}" for loss, g in front)

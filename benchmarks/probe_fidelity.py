@@ -40,7 +40,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from benchmarks.fixtures import trained_teacher  # noqa: E402
+from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
 from sslc.probes.results import encode_fn  # noqa: E402
@@ -76,8 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-probe-train", type=int, default=240, help="probe training files (every voice kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--teacher-recipe", choices=("gpu", "full"), default="gpu",
-                        help="which fixture teacher (benchmarks/fixtures/build.py; default: gpu, the committed weights)")
+    add_recipe_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.configs, args.steps, args.probe_epochs, args.max_probe_train = 3, 2, 1, 12

@@ -163,6 +163,24 @@ def hypervolume_2d(points, reference) -> float:
     return area
 
 
+class Normalisation:
+    """Both objectives mapped to [0, 1] over every point of every set compared, and the shared reference point
+    (the worst value plus `margin` of the range): hypervolumes of different runs are only comparable so."""
+
+    def __init__(self, point_sets, margin: float = REFERENCE_MARGIN):
+        every = [p for points in point_sets for p in points]
+        self.low = [min(p[i] for p in every) for i in range(2)]
+        self.high = [max(p[i] for p in every) for i in range(2)]
+        self.margin = margin
+        self.reference = (1.0 + margin, 1.0 + margin)
+
+    def __call__(self, point):
+        return tuple((point[i] - self.low[i]) / ((self.high[i] - self.low[i]) or 1.0) for i in range(2))
+
+    def hypervolume(self, points) -> float:
+        return hypervolume_2d([self(p) for p in points], self.reference)
+
+
 def main() -> None:
     global TRIALS, SEEDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -211,18 +229,11 @@ def main() -> None:
                       f"{run['infeasible']:3d} over-budget asks, "
                       f"best loss {best:.4f}, Pareto front of {len(pareto_2d(run['points']))}")
 
-        every = [p for name in samplers for run in runs[name] for p in run["points"]]
-        low = [min(p[i] for p in every) for i in range(2)]
-        high = [max(p[i] for p in every) for i in range(2)]
-
-        def normalise(p):
-            return tuple((p[i] - low[i]) / ((high[i] - low[i]) or 1.0) for i in range(2))
-
-        reference = (1.0 + REFERENCE_MARGIN, 1.0 + REFERENCE_MARGIN)
+        normalise = Normalisation([run["points"] for name in samplers for run in runs[name]])
+        low, high, reference = normalise.low, normalise.high, normalise.reference
         print(f"normalisation: loss {low[0]:.4f}..{high[0]:.4f}, GMACs {low[1]:.2f}..{high[1]:.2f}; "
               f"reference point {reference} (worst + {REFERENCE_MARGIN:.0%} of the range)")
-        volumes = {name: [hypervolume_2d([normalise(p) for p in run["points"]], reference) for run in runs[name]]
-                   for name in samplers}
+        volumes = {name: [normalise.hypervolume(run["points"]) for run in runs[name]] for name in samplers}
         try:  # cross-check the 2-D sweep against Optuna's (private) WFG implementation
             import numpy as np
             from optuna._hypervolume import compute_hypervolume

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-from sampler_quality import hypervolume_2d, pareto_2d  # noqa: E402
+from sampler_quality import Normalisation, pareto_2d  # noqa: E402
 
 from sslc.budget import Budget, parse_budget  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
@@ -61,7 +61,6 @@ STEPS = 40
 SEEDS = 1
 BATCH = 4
 CROP_SECONDS = 1.0
-REFERENCE_MARGIN = 0.1
 DEFAULT_SAMPLER = SearchSettings.__dataclass_fields__["sampler"].default
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,13 +100,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--quick", action="store_true", help="4 trials, 2 steps: does the benchmark still run?")
+    from benchmarks.fixtures import add_recipe_option, trained_teacher
+
+    add_recipe_option(parser)
     args = parser.parse_args()
     trials, steps = (4, 2) if args.quick else (args.trials, args.steps)
     torch.set_num_threads(1)  # as a search trial with --cpus-per-trial 1
     wall = time.perf_counter()
-    from benchmarks.fixtures import trained_teacher
-
-    fixture = trained_teacher("gpu", quick=args.quick)
+    fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
     trainer = TrainerConfig(steps=steps, batch_size=BATCH, crop_seconds=CROP_SECONDS, device="cpu")
     with tempfile.TemporaryDirectory(prefix="sslc-thin-") as tmp:
         inputs = prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), CROP_SECONDS, 0)
@@ -132,16 +132,8 @@ def main() -> None:
                     print(f"budget {label} seed {seed} {name:11s}: {time.perf_counter() - started:6.1f} s, "
                           f"{run['asked']} asked for {trials} trained ({run['thin']} thin), best loss "
                           f"{min(p[0] for p in run['points']):.4f}, front of {len(pareto_2d(run['points']))}")
-                every = [p for run in runs.values() for p in run["points"]]
-                low = [min(p[i] for p in every) for i in range(2)]
-                high = [max(p[i] for p in every) for i in range(2)]
-
-                def normalise(p, low=low, high=high):
-                    return tuple((p[i] - low[i]) / ((high[i] - low[i]) or 1.0) for i in range(2))
-
-                reference = (1.0 + REFERENCE_MARGIN, 1.0 + REFERENCE_MARGIN)
-                volumes = {name: hypervolume_2d([normalise(p) for p in run["points"]], reference)
-                           for name, run in runs.items()}
+                normalise = Normalisation([run["points"] for run in runs.values()])
+                volumes = {name: normalise.hypervolume(run["points"]) for name, run in runs.items()}
                 ratio = volumes["with hidden"] / volumes["without"] if volumes["without"] > 0 else float("inf")
                 ratios[label].append(ratio)
                 for name, run in runs.items():
