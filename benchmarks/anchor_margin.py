@@ -84,6 +84,7 @@ def probe_error(student, probe_train, probe_heldout, epochs: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default=BUDGET, help="MACs budget of the search, e.g. 40%%")
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--steps", type=int, default=STEPS, help="short-trial steps of the search")
     parser.add_argument("--retrain-steps", type=int, default=RETRAIN_STEPS)
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="sslc-anchor-") as tmp:
         settings = SearchSettings(
-            teacher=str(fixture.teacher_dir), data=str(fixture.train_dir), budget=BUDGET, trials=args.trials,
+            teacher=str(fixture.teacher_dir), data=str(fixture.train_dir), budget=args.budget, trials=args.trials,
             steps=args.steps, name="anchor-margin", run_dir=Path(tmp) / "run", baselines=False, report=False,
             seed=args.seed, quiet=True,
         )
@@ -120,9 +121,9 @@ def main(argv=None) -> int:
         trainer = full_trainer_config(run, steps=args.retrain_steps)
         teacher_config = context.teacher.config
         teacher_macs = count_macs(teacher_config, seconds=10.0).total
-        budget = parse_budget(BUDGET).resolve(teacher_macs)
+        budget = parse_budget(args.budget).resolve(teacher_macs)
         print(f"teacher: fixture ({teacher_config.num_layers} layers, {teacher_config.embed_dim} wide, "
-              f"{teacher_macs / 1e9:.3f} GMACs / 10 s); budget {BUDGET} = {budget / 1e9:.3f} GMACs; search of "
+              f"{teacher_macs / 1e9:.3f} GMACs / 10 s); budget {args.budget} = {budget / 1e9:.3f} GMACs; search of "
               f"{args.trials} trials x {args.steps} steps in {searched:.0f} s, front of {len(front)}, best trial "
               f"{best.number} (score {best.heldout_loss:.4f}); everything retrained for {trainer.steps} steps")
 
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
                 print(f"baseline {name}: {macs / teacher_macs:.0%} of the teacher's MACs, over budget: not trained")
                 continue
             if macs > budget:
-                print(f"baseline {name}: {macs / teacher_macs:.1%} of the teacher's MACs, over the {BUDGET} budget "
+                print(f"baseline {name}: {macs / teacher_macs:.1%} of the teacher's MACs, over the {args.budget} budget "
                       f"but within {OVER_BUDGET_ALLOWANCE:g}x of it: compared anyway (the extra MACs favour it)")
             t0 = time.perf_counter()
             student = context.build_student(config, quantize=False)

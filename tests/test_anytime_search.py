@@ -43,7 +43,8 @@ def test_configs_are_scored_on_the_shared_weights_without_training(anytime_run):
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
                 and t.user_attrs.get("repeat_of") is None]
     assert len([t for t in complete if t.user_attrs.get("steps_done") == 0]) >= 5
-    # Each trial's score is the protocol's held-out score of its sub-network on the shared weights: recomputed.
+    # Each trial's score is the protocol's held-out score of its sub-network on the shared weights, with its
+    # heads fitted as a trial's start: recomputed.
     from sslc.runs.retrain import prepare_context
     from sslc.trainers import TrainerConfig
 
@@ -52,7 +53,7 @@ def test_configs_are_scored_on_the_shared_weights_without_training(anytime_run):
     for trial in complete[:2]:
         config = CompressionConfig.from_dict(trial.user_attrs["config"])
         loss, _ = score_subnetwork(trained.elastic, trained.heads, config, context.targets(), context.data.heldout,
-                                   trainer)
+                                   trainer, fit_heads_on=context.data.train)
         assert trial.values[0] == pytest.approx(loss, rel=1e-5)
     front = {row["trial"] for row in result.pareto}
     assert front and front <= {t.number for t in complete}

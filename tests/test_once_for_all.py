@@ -24,6 +24,7 @@ from sslc.trainers import (
     score_subnetwork,
     train_once_for_all,
 )
+from sslc.trainers.distill import Scorer, _fit_heads, _targets_for
 
 CROP = 1.0
 TOL = 1e-5
@@ -127,6 +128,25 @@ def test_subnetwork_scores_agree_with_score_student(teacher, targets, data):
                                                   make_shared_heads(elastic, targets, config).state_dict().values()))
     with pytest.raises(UserError, match="layer_map"):
         score_subnetwork(elastic, heads, None, targets, heldout, trainer_config(layer_map=[[1, 1], [2, 2]]))
+
+
+def test_subnetwork_scores_with_fitted_heads_are_the_extracted_students_with_a_trials_heads(teacher, targets, data):
+    """`fit_heads_on` scores a sub-network as a trial starts: its own heads fitted on its first training batches."""
+    train_data, heldout = data
+    config = trainer_config()
+    elastic = make_elastic(teacher)
+    shared = make_shared_heads(elastic, targets, config)
+    for thin in (extremes(elastic)[0], elastic.config_for(depth=2, heads=[3, 1], ffn=[100, 7], hidden=40)):
+        got, _ = score_subnetwork(elastic, shared, thin, targets, heldout, config, fit_heads_on=train_data)
+        # Recomputed on the ordinary extracted student, with the trainer's own head fit and scorer.
+        student = elastic.extract(thin)
+        scorer = Scorer.for_student(student, targets, heldout, config, thin.layers)
+        _fit_heads(student, scorer.heads, scorer.layer_map, _targets_for(targets, train_data, scorer.layer_map),
+                   train_data, config)
+        expected, _ = scorer.score()
+        assert abs(got - expected) <= TOL
+        # Fitted heads predict a thin sub-network's pruned channels; the shared heads (untrained) cannot.
+        assert got < score_subnetwork(elastic, shared, thin, targets, heldout, config)[0]
 
 
 # ---- training -------------------------------------------------------------------------------------------------

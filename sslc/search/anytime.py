@@ -61,10 +61,12 @@ class SharedWeights:
         """The sub-network `config` as an ordinary student (its own copy of the weights)."""
         return self.elastic.extract(config)
 
-    def score(self, config: CompressionConfig, targets: TeacherTargets, heldout, trainer: TrainerConfig):
-        """(held-out score, {target layer: loss}) of `config` on the shared weights and heads, by the protocol,
-        without training."""
-        return score_subnetwork(self.elastic, self.heads, config, targets, heldout, trainer)
+    def score(self, config: CompressionConfig, targets: TeacherTargets, train, heldout, trainer: TrainerConfig):
+        """(held-out score, {target layer: loss}) of `config` on the shared weights, by the protocol, without
+        training. Its heads are fitted to it on the first training batches of `train`, as every trial's heads
+        start: a score then means what a trial's means (measured: it also ranks configs as their short trials do,
+        Kendall tau 0.97 against 0.85 with the shared heads; benchmarks/anytime_front.py)."""
+        return score_subnetwork(self.elastic, self.heads, config, targets, heldout, trainer, fit_heads_on=train)
 
 
 def check_space(space: SearchSpace) -> None:

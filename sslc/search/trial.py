@@ -125,7 +125,8 @@ def _scored_on_shared_weights(setup: TrialSetup, config: CompressionConfig, stud
                               trial_number: int | None) -> dict:
     """--mode anytime: the held-out score of `config` on the shared weights (no training step)."""
     started = time.perf_counter()
-    loss, by_target = setup.shared.score(config, _targets(setup), setup.run.data.heldout, setup.trainer)
+    loss, by_target = setup.shared.score(config, _targets(setup), setup.run.data.train, setup.run.data.heldout,
+                                         setup.trainer)
     if trial_dir is not None:
         provenance = {"trial": trial_number, "weights": "shared (once-for-all)", "steps": 0}
         save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)

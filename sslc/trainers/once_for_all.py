@@ -47,6 +47,7 @@ from sslc.trainers.distill import (
     ReportCallback,
     Scorer,
     TrainingLoop,
+    _fit_heads,
     _targets_for,
     full_run_steps,
     start_run,
@@ -156,12 +157,23 @@ def score_subnetwork(
     targets: TeacherTargets,
     heldout_data: SegmentDataset,
     trainer_config: TrainerConfig,
+    fit_heads_on: SegmentDataset | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The held-out score of the sub-network `config` (None: the whole model) on the shared weights and heads,
     no training: (mean over targets, {target layer: loss}), by the protocol of `score_student`. Untrained, it is
-    `score_student(elastic.extract(config), kept_layers=config.layers)` (thin: with the placement heads)."""
+    `score_student(elastic.extract(config), kept_layers=config.layers)` (thin: with the placement heads).
+
+    `fit_heads_on` (training data): score with heads of the sub-network's own, fitted to the targets on its first
+    training batches as a trial's heads start (`fit_heads_`), instead of the shared heads."""
     _check_setup(elastic, targets, trainer_config)
-    return _subnetwork_scorer(elastic, heads, config, targets, heldout_data, trainer_config).score()
+    if fit_heads_on is None:
+        return _subnetwork_scorer(elastic, heads, config, targets, heldout_data, trainer_config).score()
+    layer_map = subnetwork_layer_map(elastic, config, targets, trainer_config)
+    model = SubNetwork(elastic, config)
+    own_heads = PredictionHeads(layer_map, len(elastic.residual_index(config)), targets.dim)
+    _fit_heads(model, own_heads, layer_map, _targets_for(targets, fit_heads_on, layer_map), fit_heads_on,
+               trainer_config)
+    return Scorer.for_layer_map(model, own_heads, layer_map, targets, heldout_data, trainer_config).score()
 
 
 # ---- once-for-all training --------------------------------------------------------------------------------------
