@@ -51,6 +51,26 @@ def test_no_sampled_config_is_cheaper_than_smallest_or_dearer_than_largest(prese
         assert low < high or len(set(sampled)) == 1
 
 
+@pytest.mark.parametrize("preset", preset_names())
+def test_params_near_gives_back_a_spaces_own_config_and_snaps_a_shape_from_outside(preset):
+    """`params_near` inverts sampling: a sampled config comes back as itself, its params rebuilding it through
+    an Optuna trial; a config from outside the space lands on the space's grid, knob by knob."""
+    space, rng = SearchSpace.load(preset), random.Random(2)
+    for name, teacher in TEACHERS.items():
+        for _ in range(40):
+            config = space.sample(teacher, rng)
+            nearest, params = space.params_near(config, teacher)
+            assert nearest.to_dict() == config.to_dict(), (preset, name)
+            assert space.suggest(optuna.trial.FixedTrial(params), teacher).to_dict() == config.to_dict()
+    if preset == "combined":
+        teacher = TEACHERS["base"]
+        outside = CompressionConfig.identity(teacher)  # FFN 2950 of 3072 is 0.960: the 0.05 grid gives 0.95
+        outside.ffn = [2950] * teacher.num_layers
+        nearest, params = space.params_near(outside, teacher)
+        assert nearest.ffn == [round(0.95 * 3072)] * 12 and params["ffn_keep_0"] == pytest.approx(0.95)
+        assert nearest.heads == outside.heads and nearest.conv_channels == outside.conv_channels
+
+
 @pytest.mark.parametrize(
     "content, expected",
     [

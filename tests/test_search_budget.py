@@ -35,7 +35,7 @@ def _searcher(study, budget=BUDGET, trials=10):
 def _train(searcher, tune_id: str, loss: float) -> int:
     """What a trial of the search does with a suggested config, without Ray: complete with `loss`."""
     params = searcher.suggest(tune_id)
-    assert params["macs"] <= BUDGET.max_macs  # only configs within the budget are ever handed out to train
+    assert params["macs"] <= searcher.budget.max_macs  # only configs within the budget are ever handed out to train
     searcher.on_trial_complete(tune_id, {
         "final": True, "status": "completed", "heldout_loss": loss, "macs": params["macs"], "latency_ms": 2.0,
         "heldout_loss_by_target_pairs": [["2", loss]],
@@ -192,3 +192,54 @@ def test_the_samplers_random_start_up_is_drawn_within_the_budget():
     for k in range(6):
         _train(other, f"p{k}", 1.0 + k)
     assert sum(outcome_of(t) == Outcome.INFEASIBLE for t in plain.get_trials(deepcopy=False)) > 0
+
+
+def test_warm_start_asks_the_baselines_shapes_first_within_the_budget_then_the_start_up():
+    """The baselines' shapes, as the space's nearest configs, are the study's first trials (those within the
+    budget, each once, named in a user attr); the random start-up follows; a resumed study does not ask them
+    again."""
+    from sslc.search.baselines import baseline_configs
+
+    space, teacher = SearchSpace.load("combined"), tiny_config()
+    budget = Budget(max_macs=int(0.75 * TEACHER_MACS), seconds=10.0)  # the 2-layer tiny teacher's anchors: 68-72%
+    shapes = baseline_configs(teacher, budget.max_macs, budget.seconds)
+    fitting = {}
+    for name, config in shapes.items():
+        nearest, _ = space.params_near(config, teacher)
+        if count_macs(nearest.student_architecture(teacher), seconds=10).total <= budget.max_macs:
+            fitting.setdefault(str(nearest.to_dict()), (name, nearest))
+    assert 0 < len(fitting) < len(shapes)  # some shapes fit this budget, one (the whole teacher) does not
+    study = _study(optuna.samplers.RandomSampler(seed=3))
+    searcher = OptunaAskTellSearcher(study, space, teacher, budget, ["loss", "macs"], 8, startup_trials=4, seed=0,
+                                     warm_start=shapes)
+    for k in range(5):
+        _train(searcher, f"w{k}", 1.0 + k)
+    trials = study.get_trials(deepcopy=False)
+    warm = [t for t in trials if "warm_start" in t.user_attrs]
+    assert [t.number for t in warm] == list(range(len(fitting)))
+    assert [(t.user_attrs["warm_start"], t.user_attrs["config"]) for t in warm] == [
+        (name, nearest.to_dict()) for name, nearest in fitting.values()
+    ]
+    assert all(outcome_of(t) == Outcome.COMPLETE for t in trials)  # the start-up after them: within budget too
+    resumed = OptunaAskTellSearcher(study, space, teacher, budget, ["loss", "macs"], 8, startup_trials=4, seed=0,
+                                    warm_start=shapes)
+    _train(resumed, "r0", 0.5)
+    assert "warm_start" not in study.get_trials(deepcopy=False)[-1].user_attrs
+
+
+def test_a_warm_start_shape_over_the_budget_is_asked_with_a_narrower_ffn():
+    """At 40%, uniform pruning's shape lands just over the budget on the space's grid: it is asked with its FFN
+    narrowed until it fits; shapes that no FFN width brings within the budget are left out."""
+    from sslc.search.baselines import baseline_configs
+
+    space, teacher = SearchSpace.load("combined"), tiny_config()
+    shapes = baseline_configs(teacher, BUDGET.max_macs, BUDGET.seconds)
+    nearest, _ = space.params_near(shapes["uniform"], teacher)
+    assert count_macs(nearest.student_architecture(teacher), seconds=10).total > BUDGET.max_macs
+    searcher = OptunaAskTellSearcher(_study(), space, teacher, BUDGET, ["loss", "macs"], 8, startup_trials=4,
+                                     warm_start=shapes)
+    assert [name for name, _ in searcher.warm_start] == ["uniform"]
+    asked = space.suggest(optuna.trial.FixedTrial(searcher.warm_start[0][1]), teacher)
+    assert count_macs(asked.student_architecture(teacher), seconds=10).total <= BUDGET.max_macs
+    assert asked.heads == nearest.heads and asked.conv_channels == nearest.conv_channels
+    assert all(a < b for a, b in zip(asked.ffn, nearest.ffn))

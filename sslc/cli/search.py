@@ -108,6 +108,8 @@ def build_parser():
     parser.add_argument("--no-early-stopping", action="store_true", help="train every trial to the end")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the short trials of simple baselines (uniform pruning, 2-layer DistilHuBERT-like)")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="do not ask the baselines' shapes (as the space's nearest configs) as the first trials")
     parser.add_argument("--latency-repeats", type=int, default=DEFAULTS.latency_repeats, help="timed forward passes per trial (median)")
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the sampler, the data split and random teachers")
@@ -130,7 +132,7 @@ def settings_from_args(args) -> SearchSettings:
         ray_address=args.ray_address, storage_path=args.storage_path,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,
-        baselines=not args.no_baselines, latency_repeats=args.latency_repeats,
+        baselines=not args.no_baselines, warm_start=not args.no_warm_start, latency_repeats=args.latency_repeats,
         seed=args.seed,
     )
     settings.check()

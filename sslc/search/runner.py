@@ -305,7 +305,10 @@ def run_search(
         if not interrupted and count_trained(study) < settings.trials:
             # An injected sampler (a test's) is asked from the first trial: the start-up draws are the named one's.
             startup = startup_trials(settings.sampler, settings.trials) if sampler is None else 0
-            interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console, startup)
+            warm_start = (baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
+                          if settings.warm_start and sampler is None else None)
+            interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console, startup,
+                                warm_start)
         if settings.baselines and not interrupted:
             try:
                 _run_baselines(study, setup, teacher_config, say)
@@ -352,7 +355,8 @@ def _failure(error: Exception, run_dir: Path) -> UserError:
     return SearchFailed(f"the search stopped: {what} (traceback in {path})")
 
 
-def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console, startup: int) -> bool:
+def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console, startup: int,
+          warm_start: dict | None = None) -> bool:
     """Run the remaining trials with Ray Tune; True when the search was interrupted (Ctrl-C)."""
     # The classic Tune reporter honours verbose=0; the newer one prints an experiment box regardless.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -367,6 +371,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
         study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress,
         early_stopped=scheduler.stopped if scheduler else (),
         startup_trials=startup, seed=settings.seed,
+        warm_start=warm_start,
     )
     # Trial files come back through Ray (a sink actor on this node), so workers on other nodes need no shared disk.
     setup = replace(setup, sink=start_sink(run_dir))

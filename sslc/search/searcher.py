@@ -7,16 +7,18 @@ trial RUNNING forever. Driving ask/tell here gives every trial its right final s
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import Callable, Container
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from sslc.budget import Budget
+from sslc.compress import CompressionConfig
 from sslc.errors import SearchFailed, UserError, one_line
 from sslc.metrics import count_macs, count_macs_superb, count_params_from_config
 from sslc.models import EncoderConfig
@@ -86,17 +88,21 @@ class OptunaAskTellSearcher(Searcher):
         early_stopped: Container[str] = (),
         startup_trials: int = 0,
         seed: int = 0,
+        warm_start: Mapping[str, CompressionConfig] | None = None,
     ):
         """early_stopped: Tune trial ids the scheduler stopped (a live view); any other trial that ends without
         its final report was cut short by the user (Ctrl-C) and is recorded as interrupted, to be run again.
         startup_trials: the sampler's random start-up (see `samplers.startup_trials`); the first that many
-        trials of the study are drawn at random by the searcher itself, within the budget (seeded by `seed`)."""
+        trials of the study are drawn at random by the searcher itself, within the budget (seeded by `seed`).
+        warm_start: named configs (the anchors' shapes) asked first, as the space's nearest configs (`params_near`),
+        narrowed to the budget where needed, each once; they take the first places of the start-up."""
         super().__init__(metric=None, mode=None)  # Tune would demand the metric in every report
         self.study, self.space, self.teacher_config = study, space, teacher_config
         self.budget, self.objectives, self.target_trials = budget, objectives, target_trials
         self.on_event = on_event or (lambda kind, trial: None)
         self.constrained = uses_constraints(study)
         self.startup_trials = startup_trials
+        self.warm_start = self._within_budget(warm_start or {})
         # Seeded with the trials already in the study, as the sampler is: a resumed search draws new configs.
         self.rng = random.Random(seed + len(study.get_trials(deepcopy=False)))
         self.running: dict[str, optuna.Trial] = {}
@@ -125,11 +131,35 @@ class OptunaAskTellSearcher(Searcher):
         breakdown = count_macs(arch, seconds=self.budget.seconds)
         return breakdown.total, breakdown.as_dict(), count_params_from_config(arch), count_macs_superb(arch)
 
+    def _within_budget(self, configs: Mapping[str, CompressionConfig]) -> list[tuple[str, dict]]:
+        """(name, params) of the space's nearest config to each of `configs`, its FFN narrowed (in steps of a
+        tenth) until it fits the budget where it does not: an anchor's shape at the budget. Without repeats, in
+        order; a shape that does not fit even so is left out."""
+        chosen, seen = [], set()
+        for name, config in configs.items():
+            for tenths in range(10, 0, -1):
+                narrowed = replace(config, ffn=[max(1, round(f * tenths / 10)) for f in config.ffn])
+                nearest, params = self.space.params_near(narrowed, self.teacher_config)
+                macs, _, size, superb = self.measure(nearest)
+                if not self.budget.violations(superb if self.budget.convention == "superb" else macs, size):
+                    key = json.dumps(nearest.to_dict(), sort_keys=True)
+                    if key not in seen:
+                        chosen.append((name, params))
+                        seen.add(key)
+                    break
+        return chosen
+
     def _ask(self) -> optuna.Trial:
+        asked = len(self.study.get_trials(deepcopy=False))
         if self.retries:
             number, params = self.retries.pop(0)
             self.study.enqueue_trial(params, user_attrs=record.retry_attrs(number), skip_if_exists=False)
-        elif len(self.study.get_trials(deepcopy=False)) < self.startup_trials:
+        elif asked < len(self.warm_start):
+            # A known-good shape first: a model-based sampler then starts from where the anchors are, and no
+            # search ends with a front below them for want of sampling their region.
+            name, params = self.warm_start[asked]
+            self.study.enqueue_trial(params, user_attrs={"warm_start": name}, skip_if_exists=False)
+        elif asked < self.startup_trials:
             # Within the budget by construction: a sampler's random start-up knows nothing of the budget (and on a
             # tight one would fill the study with over-budget configs), so the searcher draws these itself.
             params = self._random_within_budget()

@@ -206,6 +206,31 @@ class SearchSpace:
         drawn = _RandomTrial(rng)
         return self._build(_TrialPicker(drawn), teacher), dict(drawn.params)
 
+    def params_near(self, config: CompressionConfig, teacher: EncoderConfig) -> tuple[CompressionConfig, dict]:
+        """The trial params of this space's config nearest to `config`, knob by knob (each size snapped to the
+        knob's range and grid), and that config: how a shape from outside the space (an anchor's) is asked of a
+        study (`optuna.Study.enqueue_trial`). A config of this space comes back as itself."""
+        width = config.width(teacher)
+        depth = len(config.layers)
+        wanted: dict[str, Any] = {
+            "hidden": width / teacher.embed_dim, "depth": depth, "sparsity": config.sparsity,
+            "quantize": config.quantize,
+            "layer_selection": "first" if list(config.layers) == list(range(depth)) else "evenly",
+            **{name: getattr(config, name) for name in ("head_importance", "ffn_importance", "conv_importance",
+                                                       "hidden_importance")},
+        }
+        for k, layer in enumerate(config.layers):
+            inner = config.heads[k] * teacher.head_dim
+            wanted[f"heads_{k}"] = config.heads[k]
+            wanted[f"ffn_keep_{k}"] = config.ffn[k] / teacher.layers[layer].ffn_dim
+            for name, rank, out in (("attn_rank", config.attn_rank[k], inner), ("ffn_rank", config.ffn_rank[k],
+                                                                                config.ffn[k])):
+                wanted[f"{name}_{k}"] = "full" if rank is None else rank / break_even_rank(width, out)
+        for i, (kept, conv) in enumerate(zip(config.conv_channels, teacher.conv_layers)):
+            wanted[f"conv_keep_{i}"] = kept / conv.channels
+        nearest = _NearestTrial(wanted)
+        return self._build(_TrialPicker(nearest), teacher), dict(nearest.params)
+
     def _build(self, pick, teacher: EncoderConfig) -> CompressionConfig:
         width = hidden_width(pick.float(self.knobs["hidden"], "hidden"), teacher)
         depth = pick.int(self.knobs["depth"], "depth", teacher.num_layers)
@@ -301,6 +326,42 @@ class _RandomTrial:
         if step:
             return self._keep(name, low + step * self.rng.randint(0, int(round((high - low) / step, 9))))
         return self._keep(name, self.rng.uniform(low, high))
+
+    def _keep(self, name: str, value):
+        self.params[name] = value
+        return value
+
+
+class _NearestTrial:
+    """The three `suggest_*` calls of an Optuna trial, answered with the allowed value nearest to `wanted[name]`
+    (a rank's "full" counts as a share of 1; a knob with no wanted value, e.g. a layer `config` does not have,
+    keeps everything: its largest value)."""
+
+    def __init__(self, wanted: dict[str, Any]):
+        self.wanted = wanted
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: list):
+        want = self.wanted.get(name)
+        if want in choices:
+            return self._keep(name, want)
+        numeric = [(1.0 if c == "full" else c) for c in choices]
+        if isinstance(want, (int, float)) and all(isinstance(c, (int, float)) for c in numeric):
+            return self._keep(name, choices[min(range(len(choices)), key=lambda i: abs(numeric[i] - want))])
+        if want is None and all(isinstance(c, (int, float)) for c in numeric):
+            return self._keep(name, choices[max(range(len(choices)), key=lambda i: numeric[i])])
+        return self._keep(name, choices[0])
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
+        want = self.wanted.get(name, high)
+        steps = round((min(max(want, low), high) - low) / step)
+        return self._keep(name, int(low + step * steps))
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None) -> float:
+        want = min(max(self.wanted.get(name, high), low), high)
+        if step:
+            return self._keep(name, low + step * round((want - low) / step))
+        return self._keep(name, float(want))
 
     def _keep(self, name: str, value):
         self.params[name] = value
