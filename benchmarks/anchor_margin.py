@@ -36,7 +36,7 @@ the space's nearest configs, their FFN narrowed to the budget):
   the MACs) has the lowest retrained loss of all (0.573 vs fithubert-like's 0.592) at 30% against 42% of the
   MACs, but a higher PER (0.313 vs 0.287): the distillation loss and the probe disagree between a 2-layer and a
   3-layer student here.
-Why the short-trial search did poorly before: a knob study (fithubert-like, one knob changed, 60 / 300 steps) found
+Why the short-trial search did poorly before: `benchmarks/knob_costs.py` (fithubert-like, one knob changed) found
 that halving the fixture's CNN channels raises the loss from 0.59 to 0.91 for 7% fewer MACs, while one head per
 layer (29.5% of the MACs: 0.60) or 2 layers (32.3%: 0.60) cost almost nothing; ranks cost little (0.59-0.61). With
 one conv_keep knob per CNN layer (7), a sampler almost never keeps the whole CNN, so 30 trials hardly visit the
