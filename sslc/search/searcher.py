@@ -131,6 +131,11 @@ class OptunaAskTellSearcher(Searcher):
         breakdown = count_macs(arch, seconds=self.budget.seconds)
         return breakdown.total, breakdown.as_dict(), count_params_from_config(arch), count_macs_superb(arch)
 
+    def fits(self, config) -> bool:
+        """Whether `config` is within the budget (MACs in the budget's convention, and params)."""
+        macs, _, size, superb = self.measure(config)
+        return not self.budget.violations(superb if self.budget.convention == "superb" else macs, size)
+
     def _within_budget(self, configs: Mapping[str, CompressionConfig]) -> list[tuple[str, dict]]:
         """(name, params) of the space's nearest config to each of `configs`, its FFN narrowed (in steps of a
         tenth) until it fits the budget where it does not: an anchor's shape at the budget. Without repeats, in
@@ -140,8 +145,7 @@ class OptunaAskTellSearcher(Searcher):
             for tenths in range(10, 0, -1):
                 narrowed = replace(config, ffn=[max(1, round(f * tenths / 10)) for f in config.ffn])
                 nearest, params = self.space.params_near(narrowed, self.teacher_config)
-                macs, _, size, superb = self.measure(nearest)
-                if not self.budget.violations(superb if self.budget.convention == "superb" else macs, size):
+                if self.fits(nearest):
                     key = json.dumps(nearest.to_dict(), sort_keys=True)
                     if key not in seen:
                         chosen.append((name, params))
@@ -172,9 +176,7 @@ class OptunaAskTellSearcher(Searcher):
         STARTUP_DRAWS draws found none: the sampler's own random draw is asked then)."""
         for _ in range(STARTUP_DRAWS):
             config, params = self.space.sample_with_params(self.teacher_config, self.rng)
-            macs, _, size, superb = self.measure(config)
-            budgeted = superb if self.budget.convention == "superb" else macs
-            if not self.budget.violations(budgeted, size):
+            if self.fits(config):
                 return params
         return None
 
