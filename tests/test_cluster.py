@@ -71,11 +71,15 @@ def _two_nodes(tmp_path: Path, head_cpus: int = 0, worker_cpus: int = 2):
     port, started = free_port(), []
     temp = Path("/tmp") / f"sslc-ray-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
     try:
+        # Each node on its own loopback address: with one address for both, the driver attaches to either
+        # raylet, and Ray's scheduler, which prefers the driver's node, then sometimes sends every trial to the
+        # second node (seen once in CI).
         started.append(_ray_start(
             ["--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
-             f"--temp-dir={temp}-h", *_node_ports()], env, tmp_path / "head.log"))
+             "--node-ip-address=127.0.0.1", f"--temp-dir={temp}-h", *_node_ports()], env, tmp_path / "head.log"))
         started.append(_ray_start(
-            [f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}", f"--temp-dir={temp}-w", *_node_ports()],
+            [f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}", "--node-ip-address=127.0.0.2",
+             f"--temp-dir={temp}-w", *_node_ports()],
             env, tmp_path / "worker.log", hide=runs))
         yield f"127.0.0.1:{port}", env, runs
     finally:
