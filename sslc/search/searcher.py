@@ -7,7 +7,6 @@ trial RUNNING forever. Driving ask/tell here gives every trial its right final s
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Container, Mapping
@@ -146,7 +145,7 @@ class OptunaAskTellSearcher(Searcher):
                 narrowed = replace(config, ffn=[max(1, round(f * tenths / 10)) for f in config.ffn])
                 nearest, params = self.space.params_near(narrowed, self.teacher_config)
                 if self.fits(nearest):
-                    key = json.dumps(nearest.to_dict(), sort_keys=True)
+                    key = config_key(nearest.to_dict())
                     if key not in seen:
                         chosen.append((name, params))
                         seen.add(key)

@@ -309,12 +309,23 @@ class _TrialPicker:
         return self.trial.suggest_categorical(name, list(knob.choices))
 
 
-class _RandomTrial:
+class _RecordingTrial:
+    """Answers an Optuna trial's `suggest_*` calls (in subclasses) and keeps what it answered as trial params."""
+
+    def __init__(self):
+        self.params: dict[str, Any] = {}
+
+    def _keep(self, name: str, value):
+        self.params[name] = value
+        return value
+
+
+class _RandomTrial(_RecordingTrial):
     """The three `suggest_*` calls of an Optuna trial, answered uniformly at random by `rng`."""
 
     def __init__(self, rng: random.Random):
+        super().__init__()
         self.rng = rng
-        self.params: dict[str, Any] = {}
 
     def suggest_categorical(self, name: str, choices: list):
         return self._keep(name, self.rng.choice(choices))
@@ -327,19 +338,15 @@ class _RandomTrial:
             return self._keep(name, low + step * self.rng.randint(0, int(round((high - low) / step, 9))))
         return self._keep(name, self.rng.uniform(low, high))
 
-    def _keep(self, name: str, value):
-        self.params[name] = value
-        return value
 
-
-class _NearestTrial:
+class _NearestTrial(_RecordingTrial):
     """The three `suggest_*` calls of an Optuna trial, answered with the allowed value nearest to `wanted[name]`
     (a rank's "full" counts as a share of 1; a knob with no wanted value, e.g. a layer `config` does not have,
     keeps everything: its largest value)."""
 
     def __init__(self, wanted: dict[str, Any]):
+        super().__init__()
         self.wanted = wanted
-        self.params: dict[str, Any] = {}
 
     def suggest_categorical(self, name: str, choices: list):
         want = self.wanted.get(name)
@@ -362,10 +369,6 @@ class _NearestTrial:
         if step:
             return self._keep(name, low + step * round((want - low) / step))
         return self._keep(name, float(want))
-
-    def _keep(self, name: str, value):
-        self.params[name] = value
-        return value
 
 
 class _ExtremePicker:
