@@ -500,9 +500,10 @@ def test_layer_selection_helpers():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"heads": [0, 4]}, "layer 0: heads must be 1..4, got 0"),
-        ({"heads": [4, 5]}, "layer 1: heads must be 1..4, got 5"),
-        ({"ffn": [129, 128]}, "layer 0: ffn must be 1..128, got 129"),
+        ({"heads": [-1, 4]}, "layer 0: heads must be 0..4 (0 removes the attention block), got -1"),
+        ({"heads": [4, 5]}, "layer 1: heads must be 0..4 (0 removes the attention block), got 5"),
+        ({"ffn": [129, 128]}, "layer 0: ffn must be 0..128 (0 removes the FFN block), got 129"),
+        ({"heads": [0, 4], "ffn": [128, 0]}, None),
         ({"heads": [1, 4], "attn_rank": [17, None]}, "layer 0: attn_rank must be 1..16"),
         ({"ffn_rank": [None, 65]}, "layer 1: ffn_rank must be 1..64"),
         ({"ffn_rank": [0, None]}, "layer 0: ffn_rank must be 1..64"),
@@ -536,7 +537,8 @@ def test_error_names_the_teacher_layer_when_it_differs():
     base = PRESETS["hubert-base"]()
     config = CompressionConfig.evenly_spaced(base, 4)
     config.heads[3] = 13
-    with pytest.raises(ConfigError, match=r"layer 3 \(teacher layer 11\): heads must be 1..12, got 13"):
+    message = "layer 3 (teacher layer 11): heads must be 0..12 (0 removes the attention block), got 13"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config.validate(base)
 
 

@@ -38,7 +38,8 @@ def test_every_preset_loads_round_trips_and_builds_valid_configs(preset):
         for config in [space.smallest(teacher), space.largest(teacher)] + [space.sample(teacher, rng) for _ in range(20)]:
             config.validate(teacher)  # raises on any inconsistency with the teacher
             assert len(config.heads) == len(config.layers) == len(config.ffn), (preset, name)
-            assert all(1 <= h <= teacher.layers[t].heads for h, t in zip(config.heads, config.layers))
+            assert all(0 <= h <= teacher.layers[t].heads for h, t in zip(config.heads, config.layers))
+            assert all(0 <= f <= teacher.layers[t].ffn_dim for f, t in zip(config.ffn, config.layers))
 
 
 @pytest.mark.parametrize("preset", preset_names())
@@ -77,14 +78,17 @@ def test_params_near_gives_back_a_spaces_own_config_and_snaps_a_shape_from_outsi
         ("depth: {min: 2, max: all}\nheadz: 3\n", "unknown key 'headz'"),
         ("heads: []\n", "key 'heads' has an empty list of choices"),
         ("depth: {min: 5, max: 2}\n", "key 'depth': min 5 is above max 2"),
-        ("ffn_keep: 1.5\n", "key 'ffn_keep' must be a fraction in (0, 1]"),
+        ("ffn_keep: 1.5\n", "key 'ffn_keep' must be a fraction in [0, 1]"),
+        ("conv_keep: 0\n", "key 'conv_keep' must be a fraction in (0, 1]"),
         ("sparsity: 1.0\n", "key 'sparsity' must be a fraction in [0, 1)"),
         ("attn_rank: [full, 2]\n", "key 'attn_rank'[1] must be 'full' or a share"),
         ("layer_selection: middle\n", "key 'layer_selection' must be one of"),
         ("quantize: [none, int4]\n", "key 'quantize'[1] must be one of"),
         ("depth: {max: 3}\n", "a range needs 'min' and 'max'"),
         ("ffn_keep: {min: 0.1, max: 1.0, step: -1}\n", "key 'ffn_keep'.step must be positive"),
-        ("heads: 0\n", "key 'heads' must be a positive integer or 'all'"),
+        ("heads: -1\n", "key 'heads' must be a non-negative integer (0 removes the attention block) or 'all'"),
+        ("depth: 0\n", "key 'depth' must be a positive integer or 'all'"),
+        ("ffn_keep: -0.1\n", "key 'ffn_keep' must be a fraction in [0, 1] (0 removes the FFN block)"),
         ("- depth\n", "expected a mapping of knob names"),
         ("depth: [2, 3\n", "is not valid YAML/JSON"),
     ],

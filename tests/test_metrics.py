@@ -64,14 +64,14 @@ def _pruned_tiny() -> EncoderConfig:
             LayerSpec(heads=3, ffn_dim=100, ranks={"q": 5, "fc2": 7}),
             LayerSpec(heads=0, ffn_dim=64),
             LayerSpec(heads=4, ffn_dim=0),
-            LayerSpec(heads=1, ffn_dim=0, ranks={"fc1": 3, "out": 2}),
+            LayerSpec(heads=1, ffn_dim=0, ranks={"out": 2}),
             LayerSpec(heads=2, ffn_dim=9, ranks={"q": 1, "k": 2, "v": 3, "out": 4, "fc1": 5, "fc2": 6}),
         ],
     )
 
 
 def _pruned_tiny_wavlm() -> EncoderConfig:
-    """WavLM with kept-head subsets, a head-less layer whose out projection is low-rank, and depth 3."""
+    """WavLM with kept-head subsets, a layer without attention (a low-rank fc1), and depth 3."""
     return _edit(
         tiny_config("wavlm"),
         conv_layers=[
@@ -80,7 +80,7 @@ def _pruned_tiny_wavlm() -> EncoderConfig:
         ],
         layers=[
             LayerSpec(heads=2, ffn_dim=50, head_index=[3, 1], ranks={"k": 4, "v": 8, "out": 6}),
-            LayerSpec(heads=0, ffn_dim=40, head_index=[], ranks={"out": 5, "q": 3}),
+            LayerSpec(heads=0, ffn_dim=40, head_index=[], ranks={"fc1": 5}),
             LayerSpec(heads=4, ffn_dim=128),
         ],
     )
@@ -243,9 +243,9 @@ def test_layer_macs_add_up_and_follow_the_spec():
         whole.positional_conv
     )
     headless = layers[1]
-    # No heads: no q/k/v, matmuls or gate; the low-rank out projection's up factor still runs (rank 5 -> 64).
-    assert headless.attention_matmuls == headless.relative_position_gate == 0
-    assert headless.attention_projections == frames * 5 * config.embed_dim
+    # No heads: the attention block is removed (no projections, matmuls or gate); its low-rank FFN remains.
+    assert headless.attention_matmuls == headless.relative_position_gate == headless.attention_projections == 0
+    assert headless.ffn == frames * (config.embed_dim * 5 + 5 * 40 + 40 * config.embed_dim)
     assert layers[0].attention_matmuls == 2 * 2 * frames * frames * config.head_dim
     assert layers[0].relative_position_gate == 2 * frames * config.head_dim * 8
 

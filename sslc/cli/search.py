@@ -27,8 +27,8 @@ space files (YAML or JSON): each knob is a fixed value, a list of choices, or a 
 "all" stands for the teacher's size, and a knob left out keeps the teacher's size. For example:
   depth: {min: 2, max: all}             # layers kept
   layer_selection: [evenly, first]      # which layers a shallower student keeps
-  heads: {min: 1, max: all}             # attention heads per layer
-  ffn_keep: {min: 0.1, max: 1.0, step: 0.05}
+  heads: {min: 1, max: all}             # attention heads per layer (min 0: a layer's attention can be removed)
+  ffn_keep: {min: 0.1, max: 1.0, step: 0.05}      # FFN units kept (0: the FFN block is removed)
   attn_rank: [full, 0.75, 0.5]          # low rank, as a share of the break-even rank
   ffn_rank: [full, 0.75, 0.5]
   conv_keep: {min: 0.25, max: 1.0, step: 0.125}   # CNN front-end channels kept

@@ -74,6 +74,7 @@ def slice_student(
     for i, (student_layer, teacher_layer) in enumerate(zip(arch.layers, teacher_layers)):
         slicing.keep_heads(state, f"layers.{i}.attention.", heads[i], spec.head_dim)
         slicing.keep_units(state, f"layers.{i}.feed_forward.", units[i])
+        slicing.drop_removed_blocks(state, i, student_layer.heads, student_layer.ffn_dim, spec.layer_norm_first)
         if spec.relative_position is not None:  # WavLM: which teacher head (gate slice, bias row) each one is
             sources = teacher_layer.head_sources()
             student_layer.head_index = [sources[h] for h in heads[i].tolist()]

@@ -57,7 +57,8 @@ class CompressionConfig:
     """What the student keeps: one entry per kept layer in `heads`, `ffn`, `attn_rank`, `ffn_rank`.
 
     layers: teacher layer indices kept, strictly increasing (student depth = len(layers)).
-    heads / ffn: attention heads / FFN units kept in each kept layer (>= 1).
+    heads / ffn: attention heads / FFN units kept in each kept layer; 0 removes the layer's attention / FFN block
+        (DPHuBERT's block removal: the block adds nothing to the residual; see `sslc.models.components`).
     attn_rank: rank of q, k, v and out of that layer (None = full rank); ffn_rank: rank of fc1 and fc2.
         Any rank in 1..min(in, out) is accepted, but one above `break_even_rank` costs more than full rank.
     conv_channels: output channels kept in each CNN layer of the front end.
@@ -205,16 +206,23 @@ class CompressionConfig:
                 problems.append(
                     f"{where}: the teacher layer is already low-rank; compress a full-rank teacher"
                 )
-            if not 1 <= self.heads[i] <= spec.heads:
-                problems.append(f"{where}: heads must be 1..{spec.heads}, got {self.heads[i]}")
-            if not 1 <= self.ffn[i] <= spec.ffn_dim:
-                problems.append(f"{where}: ffn must be 1..{spec.ffn_dim}, got {self.ffn[i]}")
+            if not (spec.heads and spec.ffn_dim):
+                problems.append(f"{where}: the teacher layer has a removed block; compress a teacher with all blocks")
+            if not 0 <= self.heads[i] <= spec.heads:
+                problems.append(f"{where}: heads must be 0..{spec.heads} (0 removes the attention block), "
+                                f"got {self.heads[i]}")
+            if not 0 <= self.ffn[i] <= spec.ffn_dim:
+                problems.append(f"{where}: ffn must be 0..{spec.ffn_dim} (0 removes the FFN block), got {self.ffn[i]}")
+            for name, rank, size in (("attn_rank", self.attn_rank[i], self.heads[i]), ("ffn_rank", self.ffn_rank[i],
+                                                                                      self.ffn[i])):
+                if size == 0 and rank is not None:
+                    problems.append(f"{where}: {name} must be null where the block is removed, got {rank}")
             limits = (
                 ("attn_rank", self.attn_rank[i], min(width, self.heads[i] * teacher.head_dim)),
                 ("ffn_rank", self.ffn_rank[i], min(width, self.ffn[i])),
             )
             for name, rank, limit in limits:
-                if rank is not None and not 1 <= rank <= limit:
+                if rank is not None and limit and not 1 <= rank <= limit:
                     problems.append(
                         f"{where}: {name} must be 1..{limit} (the smaller dimension of the "
                         f"kept projection) or null for full rank, got {rank}"

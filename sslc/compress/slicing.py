@@ -61,6 +61,19 @@ def keep_units(state: State, prefix: str, units: torch.Tensor) -> None:
     _select(state, f"{prefix}fc2.weight", 1, units)
 
 
+def drop_removed_blocks(state: State, layer: int, heads: int, ffn: int, layer_norm_first: bool) -> None:
+    """Delete the weights of layer `layer`'s removed blocks (0 heads: attention; 0 units: FFN), and in a pre-LN
+    layer the removed block's input LayerNorm (`sslc.models.components.EncoderLayer` has neither)."""
+    removed = []
+    if heads == 0:
+        removed += ["attention."] + (["layer_norm."] if layer_norm_first else [])
+    if ffn == 0:
+        removed += ["feed_forward."] + (["final_layer_norm."] if layer_norm_first else [])
+    prefixes = tuple(f"layers.{layer}.{name}" for name in removed)
+    for key in [k for k in state if prefixes and k.startswith(prefixes)]:
+        del state[key]
+
+
 def keep_channels(state: State, channels: list[torch.Tensor]) -> None:
     """Keep `channels[i]` of CNN layer i: its conv's outputs, bias and norm, the next conv's input slice, and
     for the last conv the feature projection's LayerNorm and input columns."""

@@ -115,11 +115,8 @@ def count_layer_macs(config: EncoderConfig, layer: LayerSpec | int, frames: int)
     embed, head_dim, heads = config.embed_dim, config.head_dim, spec.heads
     inner = heads * head_dim
     ranks = spec.ranks
-    if heads == 0:
-        # The layer skips q/k/v and the matmuls; the out projection still runs on a width-0 input, which costs
-        # nothing for a full-rank linear but rank * embed per frame for the up factor of a low-rank one.
-        projections = linear_macs(0, embed, ranks.get("out")) * frames
-        matmuls = gate = 0
+    if heads == 0:  # the attention block is removed (components.EncoderLayer)
+        projections = matmuls = gate = 0
     else:
         projections = frames * (
             sum(linear_macs(embed, inner, ranks.get(name)) for name in ("q", "k", "v"))

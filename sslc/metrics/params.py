@@ -28,17 +28,26 @@ def linear_params(in_features: int, out_features: int, rank: int | None = None, 
 
 
 def count_layer_params_from_config(config: EncoderConfig, layer: LayerSpec | int) -> int:
-    """Parameters of one Transformer layer: attention (with WavLM's gate), FFN and its two LayerNorms."""
+    """Parameters of one Transformer layer: attention (with WavLM's gate), FFN and its two LayerNorms.
+
+    A removed block (0 heads, 0 FFN units) has none; a pre-LN layer loses that block's input LayerNorm too."""
     spec = config.layers[layer] if isinstance(layer, int) else layer
     embed, inner, ranks = config.embed_dim, spec.heads * config.head_dim, spec.ranks
-    total = sum(linear_params(embed, inner, ranks.get(name)) for name in ("q", "k", "v"))
-    total += linear_params(inner, embed, ranks.get("out"))
-    if config.relative_position is not None:
-        # gru_rel_pos_linear (head_dim -> 8, with bias) and gru_rel_pos_const [1, heads, 1, 1]
-        total += linear_params(config.head_dim, RELATIVE_GATE_OUTPUTS) + spec.heads
-    total += linear_params(embed, spec.ffn_dim, ranks.get("fc1"))
-    total += linear_params(spec.ffn_dim, embed, ranks.get("fc2"))
-    return total + 2 * (2 * embed)  # layer_norm and final_layer_norm
+    total = 0
+    if spec.heads:
+        total += sum(linear_params(embed, inner, ranks.get(name)) for name in ("q", "k", "v"))
+        total += linear_params(inner, embed, ranks.get("out"))
+        if config.relative_position is not None:
+            # gru_rel_pos_linear (head_dim -> 8, with bias) and gru_rel_pos_const [1, heads, 1, 1]
+            total += linear_params(config.head_dim, RELATIVE_GATE_OUTPUTS) + spec.heads
+    if spec.ffn_dim:
+        total += linear_params(embed, spec.ffn_dim, ranks.get("fc1"))
+        total += linear_params(spec.ffn_dim, embed, ranks.get("fc2"))
+    if config.layer_norm_first:
+        norms = bool(spec.heads) + bool(spec.ffn_dim)
+    else:
+        norms = 2  # post-LN: layer_norm and final_layer_norm sit on the residual stream, whatever is removed
+    return total + norms * 2 * embed
 
 
 def count_params_from_config(config: EncoderConfig) -> int:

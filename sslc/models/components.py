@@ -193,8 +193,6 @@ class SelfAttention(nn.Module):
         position_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
-        if self.heads == 0:  # every head pruned: only the output bias remains
-            return self.out_proj(x.new_zeros(batch, length, 0))
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
@@ -236,22 +234,37 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Attention + FFN with residuals; post-LN (base models) or pre-LN (`layer_norm_first`, large models)."""
+    """Attention + FFN with residuals; post-LN (base models) or pre-LN (`layer_norm_first`, large models).
+
+    A layer with 0 heads has no attention block and one with 0 FFN units no FFN block (DPHuBERT's block removal):
+    the block adds nothing to the residual, not even its output bias. As in DPHuBERT's components
+    (`use_attention` / `use_feed_forward`), a post-LN layer still applies both LayerNorms, which sit on the
+    residual stream; a pre-LN layer drops a removed block's input LayerNorm with it, which only that block read.
+    """
 
     def __init__(self, embed_dim: int, spec: LayerSpec, head_dim: int, layer_norm_first: bool, eps: float,
                  relative: bool, dropout: float = 0.0, gate_channels: list[int] | None = None,
                  gate_width: int | None = None):
         super().__init__()
         self.layer_norm_first = layer_norm_first
-        self.attention = SelfAttention(embed_dim, spec, head_dim, relative, dropout, gate_channels, gate_width)
-        self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
-        self.feed_forward = FeedForward(embed_dim, spec, dropout)
-        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+        self.attention = (SelfAttention(embed_dim, spec, head_dim, relative, dropout, gate_channels, gate_width)
+                          if spec.heads else None)
+        self.feed_forward = FeedForward(embed_dim, spec, dropout) if spec.ffn_dim else None
+        keep_norm = not layer_norm_first
+        self.layer_norm = nn.LayerNorm(embed_dim, eps=eps) if keep_norm or spec.heads else None
+        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps) if keep_norm or spec.ffn_dim else None
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, key_padding_mask=None, position_bias=None):
         if self.layer_norm_first:
-            x = x + self.dropout(self.attention(self.layer_norm(x), key_padding_mask, position_bias))
-            return x + self.dropout(self.feed_forward(self.final_layer_norm(x)))
-        x = self.layer_norm(x + self.dropout(self.attention(x, key_padding_mask, position_bias)))
-        return self.final_layer_norm(x + self.dropout(self.feed_forward(x)))
+            if self.attention is not None:
+                x = x + self.dropout(self.attention(self.layer_norm(x), key_padding_mask, position_bias))
+            if self.feed_forward is not None:
+                x = x + self.dropout(self.feed_forward(self.final_layer_norm(x)))
+            return x
+        if self.attention is not None:
+            x = x + self.dropout(self.attention(x, key_padding_mask, position_bias))
+        x = self.layer_norm(x)
+        if self.feed_forward is not None:
+            x = x + self.dropout(self.feed_forward(x))
+        return self.final_layer_norm(x)

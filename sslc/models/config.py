@@ -29,7 +29,8 @@ class LayerSpec:
     """One Transformer layer.
 
     `ranks` maps a linear's name (q, k, v, out, fc1, fc2) to the rank of its low-rank factorisation; a linear not
-    named is full rank. `head_index` says which teacher head each kept head came from; WavLM needs it to pick the
+    named is full rank. `heads` 0 removes the layer's attention block and `ffn_dim` 0 its FFN block (see
+    `components.EncoderLayer`). `head_index` says which teacher head each kept head came from; WavLM needs it to pick the
     slice of the input that gates a head's relative position bias and that head's row of the shared bias table.
     """
 
@@ -109,8 +110,11 @@ class EncoderConfig:
             if layer.heads < 0 or layer.ffn_dim < 0:
                 problems.append(f"layer {i}: heads and ffn_dim must be >= 0")
             for name, rank in layer.ranks.items():
+                removed = (layer.heads == 0 and name in LINEAR_NAMES[:4]) or (layer.ffn_dim == 0 and name in ("fc1", "fc2"))
                 if name not in LINEAR_NAMES:
                     problems.append(f"layer {i}: unknown linear {name!r} in ranks (expected {LINEAR_NAMES})")
+                elif removed:
+                    problems.append(f"layer {i}: a rank for {name}, whose block is removed (0 heads or 0 FFN units)")
                 elif rank < 1:
                     problems.append(f"layer {i}: rank of {name} must be >= 1, got {rank}")
             if layer.head_index is not None and len(layer.head_index) != layer.heads:

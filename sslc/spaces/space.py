@@ -88,9 +88,15 @@ def _parse_knob(name: str, raw: Any, where: str) -> Knob:
     key = f"{where}: key '{name}'"
 
     def check_value(value, label=key):
-        if kind == "int" and value != "all" and not (isinstance(value, int) and value >= 1):
+        # heads 0 and ffn_keep 0 remove a layer's attention / FFN block (DPHuBERT); depth stays >= 1
+        if name == "heads" and value != "all" and not (_is_count(value) and value >= 0):
+            raise SpaceError(f"{label} must be a non-negative integer (0 removes the attention block) or 'all', "
+                             f"got {value!r}")
+        if name == "depth" and value != "all" and not (_is_count(value) and value >= 1):
             raise SpaceError(f"{label} must be a positive integer or 'all', got {value!r}")
-        if name in ("ffn_keep", "conv_keep", "hidden") and not (isinstance(value, (int, float)) and 0 < value <= 1):
+        if name == "ffn_keep" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise SpaceError(f"{label} must be a fraction in [0, 1] (0 removes the FFN block), got {value!r}")
+        if name in ("conv_keep", "hidden") and not (isinstance(value, (int, float)) and 0 < value <= 1):
             raise SpaceError(f"{label} must be a fraction in (0, 1], got {value!r}")
         if name == "sparsity" and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise SpaceError(f"{label} must be a fraction in [0, 1), got {value!r}")
@@ -244,7 +250,7 @@ class SearchSpace:
             spec = teacher.layers[layer]
             heads.append(pick.int(self.knobs["heads"], f"heads_{k}", spec.heads))
             keep = pick.float(self.knobs["ffn_keep"], f"ffn_keep_{k}")
-            ffn.append(max(1, round(keep * spec.ffn_dim)))
+            ffn.append(max(1, round(keep * spec.ffn_dim)) if keep > 0 else 0)
             inner = heads[-1] * teacher.head_dim
             attn_rank.append(_rank(pick.rank(self.knobs["attn_rank"], f"attn_rank_{k}"), width, inner))
             ffn_rank.append(_rank(pick.rank(self.knobs["ffn_rank"], f"ffn_rank_{k}"), width, ffn[-1]))
@@ -264,11 +270,15 @@ class SearchSpace:
 
 
 def _rank(share, in_features: int, out_features: int) -> int | None:
-    """A share of the break-even rank; None (full rank) when it would not save anything."""
-    if share == "full":
+    """A share of the break-even rank; None (full rank) when it would not save anything or the block is removed."""
+    if share == "full" or out_features == 0:
         return None
     rank = max(1, int(share * break_even_rank(in_features, out_features)))
     return rank if rank < min(in_features, out_features) else None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _resolve(value, full: int):
