@@ -233,8 +233,9 @@ def _masked_pass(
     return output.hidden_states[1:], captured
 
 
-def data_scores(teacher, batches: list[Batch], seed: int = 0) -> dict[str, list[torch.Tensor]]:
-    """{"head", "ffn", "conv"}: per-layer |activation x gradient| scores (see the module docstring)."""
+def data_scores(teacher, batches: list[Batch], seed: int = 0, normalise: bool = True) -> dict[str, list[torch.Tensor]]:
+    """{"head", "ffn", "conv"}: per-layer |activation x gradient| scores (see the module docstring), L2-normalised
+    per layer unless `normalise` is False (raw, they compare across layers: `global_prune` ranks them so)."""
     device = _device(teacher)
     scores = {
         "head": [torch.zeros(layer.attention.heads) for layer in teacher.layers],
@@ -263,7 +264,7 @@ def data_scores(teacher, batches: list[Batch], seed: int = 0) -> dict[str, list[
                     scores["ffn"][i] += product.abs().sum((0, 1)).cpu()
                 else:  # conv: [B, C, T]
                     scores["conv"][i] += product.abs().sum((0, 2)).cpu()
-    return {kind: _normalise(per_layer) for kind, per_layer in scores.items()}
+    return {kind: _normalise(per_layer) if normalise else per_layer for kind, per_layer in scores.items()}
 
 
 @torch.no_grad()

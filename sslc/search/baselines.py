@@ -9,12 +9,16 @@
 - "fithubert-like": thin and deep: every layer at 0.625 of the hidden width (480 of 768) with the FFN as wide
   as the hidden width (FitHuBERT's 480) and as many 64-dim heads as fill it (8; FitHuBERT has 12 of 40 dims,
   and its slimmer CNN and 2x time reduction are not modelled).
+- "dphubert-like": heads, FFN units and CNN channels pruned at full depth and width to the budget by one
+  data-driven ranking across layers, blocks removable (`sslc.compress.global_prune`); needs the run's teacher
+  and scoring data, so only when `inputs` is given.
 """
 
 from __future__ import annotations
 
 from sslc.compress import CompressionConfig
 from sslc.compress.config import hidden_width
+from sslc.compress.global_prune import prune_to_budget
 from sslc.metrics import macs_in_convention
 from sslc.models import EncoderConfig
 
@@ -58,8 +62,10 @@ def uniform_to_budget(
 
 
 def baseline_configs(
-    teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds"
+    teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds", inputs=None
 ) -> dict[str, CompressionConfig]:
+    """The baselines' configs; `inputs` (a `RunInputs`: its teacher model and importance batches) adds the
+    data-driven ones."""
     configs = {}
     uniform = uniform_to_budget(teacher, max_macs, seconds, convention)
     if uniform is not None:
@@ -67,4 +73,7 @@ def baseline_configs(
     configs["distilhubert-2layer"] = CompressionConfig.first_n(teacher, min(2, teacher.num_layers))
     configs["lighthubert-small"] = thin_config(teacher, 0.5, 0.5, 4.0)
     configs["fithubert-like"] = thin_config(teacher, 0.625, 0.625, 1.0)
+    dphubert = inputs and prune_to_budget(inputs.teacher, inputs.importance_batches(), max_macs, seconds, convention)
+    if dphubert:
+        configs["dphubert-like"] = dphubert
     return configs

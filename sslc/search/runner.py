@@ -193,7 +193,9 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         return
     rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
     budget = setup.budget
-    configs = baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
+    # The data-driven baselines need the teacher and data: not in anytime mode (removed blocks are not elastic).
+    configs = baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention,
+                               inputs=setup.run if setup.shared is None else None)
     if setup.shared is not None:  # --mode anytime: scored on the shared weights, like the trials
         configs = {name: setup.shared.in_its_order(config) for name, config in configs.items()}
         say(f"baselines, for comparison: {', '.join(configs)} (scored on the shared weights, like a trial)")
