@@ -13,10 +13,13 @@ import warnings
 import torch
 from torch import nn
 
+from .sparsity import without_masks
+
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """A dynamically int8-quantized copy of `model` (moved to CPU, the only device these kernels run on)."""
-    model = model.to("cpu").eval()
+    """A dynamically int8-quantized copy of `model` (moved to CPU, the only device these kernels run on); a
+    sparse student's masks are folded into its weights first (a masked linear is not an `nn.Linear` to swap)."""
+    model = without_masks(model.to("cpu")).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)

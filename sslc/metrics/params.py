@@ -16,9 +16,15 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_nonzero_params(model: nn.Module) -> int:
-    """Parameter entries that are not exactly zero (what unstructured pruning leaves)."""
+    """Parameter entries that are not exactly zero (what unstructured pruning leaves); a tensor under a
+    `torch.nn.utils.prune` mask (`X_orig` with its buffer `X_mask`) counts as the masked tensor it computes."""
+    buffers = dict(model.named_buffers())
+    total = 0
     with torch.no_grad():
-        return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+        for name, param in model.named_parameters():
+            mask = buffers.get(name.removesuffix("_orig") + "_mask") if name.endswith("_orig") else None
+            total += int(torch.count_nonzero(param if mask is None else param * mask))
+    return total
 
 
 def linear_params(in_features: int, out_features: int, rank: int | None = None, bias: bool = True) -> int:

@@ -36,7 +36,10 @@ def save_student(
     provenance: dict | None = None,
     metrics: dict | None = None,
 ) -> Path:
-    """Write `model` (a float `SpeechEncoder`) as a standalone student file, atomically."""
+    """Write `model` (a float `SpeechEncoder`) as a standalone student file, atomically; a sparse student's
+    pruning masks are folded into its weights (the file loads into a plain `build_encoder` model)."""
+    from sslc.compress.sparsity import dense_state_dict  # saving only: loading needs torch and sslc.models
+
     config = getattr(model, "config", None)
     if not isinstance(config, EncoderConfig):
         raise TypeError("save_student needs a float SpeechEncoder (int8 is re-applied when loading)")
@@ -44,7 +47,7 @@ def save_student(
         "format": FORMAT,
         "version": VERSION,
         "architecture": config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in dense_state_dict(model).items()},
         "compression": dict(compression),
         "teacher": str(teacher),
         "provenance": dict(provenance or {}),

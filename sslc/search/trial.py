@@ -107,8 +107,11 @@ def train_and_measure(
     if trial_dir is not None and result.status == "completed":
         provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done}
         save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
+    # Counted again after training, on what is saved: a sparse student's masks kept its zeros through training.
+    trained = quantize_int8(student) if config.quantize == "int8" else student
     return {
         **base,
+        "nonzero_params": count_nonzero_params(trained),
         "final": True,
         "status": result.status,
         "reason": result.reason,
