@@ -136,7 +136,7 @@ def test_study_records_settings_teacher_and_baselines(finished_search):
     assert attrs["teacher"]["macs"] == TEACHER_MACS and attrs["teacher"]["is_random"]
     assert attrs["budget"]["max_macs"] == int(0.7 * TEACHER_MACS)
     names = {b["name"] for b in attrs["baselines"]}
-    assert names == {"uniform", "distilhubert-2layer", "lighthubert-small", "fithubert-like"}
+    assert names == {"uniform", "distilhubert-2layer", "lighthubert-small", "fithubert-like", "dphubert-like"}
     uniform = next(b for b in attrs["baselines"] if b["name"] == "uniform")
     assert uniform["macs"] <= attrs["budget"]["max_macs"] and uniform["heldout_loss"] > 0
 
