@@ -6,7 +6,7 @@ DPHuBERT learns per-layer sizes with hard-concrete masks under a MAC constraint;
 every head, FFN unit and CNN channel gets its |activation x gradient| score (`importance.data_scores`, not
 normalised per layer, so scores are comparable across layers and kinds: each estimates the loss change of
 removing that element), divided by the MACs removing it saves, and the lowest-ranked are removed until the
-student fits the budget. The in-layer order is the "data" criterion's, so `compress` keeps exactly the
+student fits the budget; then the best-ranked of those whose MACs still fit the slack are given back. The in-layer order is the "data" criterion's, so `compress` keeps exactly the
 top-ranked elements. Hand-written: torch.nn.utils.prune ranks within one tensor, not across layers under a cost.
 """
 
@@ -103,4 +103,15 @@ def prune_to_budget(teacher_model, data, max_macs: int, seconds: float,
     while low < high:
         middle = (low + high) // 2
         low, high = (low, middle) if fits(middle) else (middle + 1, high)
-    return without(teacher, order[:low])
+    # The last element removed may cost far more than the budget needed (a head beside FFN units): give back the
+    # best-ranked removed elements that still fit, so the student ends close to the budget.
+    removed = order[:low]
+    slack = max_macs - _macs(teacher, without(teacher, removed), seconds, convention)
+    for element in reversed(order[:low]):
+        if element.cost > slack:
+            continue
+        candidate = [e for e in removed if e is not element]
+        macs = _macs(teacher, without(teacher, candidate), seconds, convention)
+        if macs <= max_macs:
+            removed, slack = candidate, max_macs - macs
+    return without(teacher, removed)
