@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from sslc.files import write_text_atomically
 from sslc.metrics import format_macs
+from sslc.runs.dashboard_view import save_front_figure
 from sslc.runs.record import RunRecord, open_run
 
 from .anchors import anchors_figure
@@ -152,7 +153,11 @@ def render_html(report: Report) -> str:
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the report of the run in `run_dir` (default `<run_dir>/report.html`) and return its path."""
+    """Write the report of the run in `run_dir` (default `<run_dir>/report.html`) and return its path; its front
+    figure also goes on the study for optuna-dashboard (whose own Pareto plot has no axis titles)."""
     run = open_run(run_dir)
     out = Path(out) if out is not None else run.run_dir / REPORT_FILE
-    return write_text_atomically(out, render_html(build_report(run)))
+    report = build_report(run)
+    written = write_text_atomically(out, render_html(report))
+    save_front_figure(run.study, report.section("front").figure)
+    return written
