@@ -347,3 +347,25 @@ def test_an_outlier_loss_leaves_the_front_readable(copy_run):
     assert low < marker.y[0] < high and marker.text[0] == f"{scored.name}: {scored.heldout_loss:.3g}"
     untouched = build_report(open_run(copy_run("no-outlier"))).section("front").figure
     assert untouched.layout.yaxis.range is None and not traces(untouched, "off-scale")  # autorange when all fit
+
+
+def test_each_trial_records_how_its_latency_was_measured_and_the_report_says_it(run, report):
+    """The trials time their students with the trial's threads (--cpus-per-trial), after one warm-up, with the
+    search's --latency-repeats, on the CPU; each records that beside its latency, and the latency chart's note
+    says it (sslc-info's idle, all-core figure differs: that is why)."""
+    from sslc.metrics import describe_conditions
+
+    timed = [t for t in run.trials() if t.latency_ms is not None]
+    assert timed
+    threads = run.record.trainer["num_threads"]
+    for trial in timed:
+        measured = trial.latency_measurement
+        assert measured["torch_threads"] == threads and measured["warmup"] == 1 and measured["device"] == "cpu"
+        assert measured["repeats"] == run.record.settings["latency_repeats"] == 1
+        assert measured["seconds"] == run.record.budget_seconds and measured["batch"] == 1
+        assert not any(key.endswith("_ms") for key in measured)  # conditions only: the timing is latency_ms
+    note = " ".join(report.section("front-latency").note.split())
+    way = describe_conditions({k: v for k, v in timed[0].latency_measurement.items()
+                               if k not in ("load_average", "cpus")})
+    assert way in note and f"({len(timed)} trials)" in note and "load average" in note
+    assert way == f"median of 1 after 1 warm-up, 1 x {run.record.budget_seconds:g} s on cpu, {threads} torch thread(s)"

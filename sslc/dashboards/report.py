@@ -15,7 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from sslc.files import write_text_atomically
-from sslc.metrics import format_macs
+from sslc.metrics import describe_conditions, format_macs
 from sslc.runs.dashboard_view import save_front_figure
 from sslc.runs.record import RunRecord, open_run
 
@@ -84,6 +84,22 @@ def _summary(run: RunRecord, counts: dict[str, int]) -> list[tuple[str, str]]:
     return rows
 
 
+def latency_conditions(run: RunRecord) -> str:
+    """How the trials' latencies were timed (each trial records it), in words: an idle `sslc-info` with every
+    core reads far faster than a trial timed with its own threads while other trials train."""
+    measured = [t.latency_measurement for t in run.trials() if t.latency_measurement and t.latency_ms is not None]
+    if not measured:
+        return "how it was timed is not recorded (a study from an older sslc)"
+    load_keys = ("load_average", "cpus")
+    ways = sorted({describe_conditions({k: v for k, v in m.items() if k not in load_keys}) for m in measured})
+    text = "; ".join(ways)
+    loads = [m["load_average"] for m in measured if m.get("load_average") is not None]
+    if loads:
+        cpus = max(m.get("cpus") or 0 for m in measured) or "?"
+        text += f", with a 1-minute load average of {min(loads):.1f}-{max(loads):.1f} on {cpus} CPUs"
+    return f"{text} ({len(measured)} trials)"
+
+
 def build_report(run: RunRecord) -> Report:
     points = collect_points(run)
     counts = count_by_category(points)
@@ -103,7 +119,7 @@ def build_report(run: RunRecord) -> Report:
         report.sections.append(Section(
             "front-latency", "Pareto front: held-out loss vs latency", figure=pareto_figure(run, points, "latency"),
             note="Latency is the median CPU forward time of the deployed model, measured during the search "
-            "(machine-dependent). Pareto points are those of the study's objectives.",
+            f"(machine-dependent): {latency_conditions(run)}. Pareto points are those of the study's objectives.",
         ))
     figure, note = probe_figure(run)
     if figure is not None:  # only once sslc-probe recorded something on the run
