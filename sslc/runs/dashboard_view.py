@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 _LISTED_CONSTRAINTS = "constraints"  # the system attr optuna-dashboard reads (Optuna's list form)
+DASHBOARD_HEIGHT = 450  # px: the box optuna-dashboard 0.21 draws a study's graph objects in
 FRONT_FIGURE_ID = "sslc-pareto-front"  # the dashboard graph object `save_front_figure` writes (and overwrites)
 
 
@@ -47,7 +48,11 @@ class DashboardStorage(optuna.storages.RDBStorage):
 
 def save_front_figure(study: optuna.Study, figure) -> None:
     """The report's front figure (a plotly Figure) as the dashboard's graph object FRONT_FIGURE_ID, replacing
-    the one saved before."""
+    the one saved before. The dashboard draws it in a box half the page wide and 450 px high: the copy it gets
+    is that high, its legend below the plot (at the side, it left the plot a sliver)."""
     from optuna_dashboard import save_plotly_graph_object
 
-    save_plotly_graph_object(study, figure, graph_object_id=FRONT_FIGURE_ID)
+    narrow = type(figure)(figure)  # a copy: the report keeps its layout
+    narrow.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0, "font": {"size": 10}},
+                         margin={"l": 60, "r": 20, "t": 60, "b": 20}, height=DASHBOARD_HEIGHT, title_font_size=14)
+    save_plotly_graph_object(study, narrow, graph_object_id=FRONT_FIGURE_ID)
