@@ -172,7 +172,10 @@ def test_the_split_says_whether_speakers_are_held_out(tmp_path):
     said = describe_split(train, heldout, None)
     assert said.startswith("1 training and 1 held-out file(s), held out by file") and "2 file(s)" in said
     assert "may share its speakers" in said
-    assert "--heldout elsewhere" in describe_split(train, heldout, "elsewhere")
+    assert "--heldout elsewhere (its layout names no speakers" in describe_split(train, heldout, "elsewhere")
+    libri_train, libri_heldout = train_and_heldout(tmp_path / "libri", "ctc", "chars")
+    assert describe_split(libri_train, libri_train[:1], "dev").endswith("dev, 1 of whose speakers are also in training")
+    assert describe_split(libri_train, libri_heldout, "dev").endswith("none of whose 1 speaker(s) is in training")
 
 
 def test_cli_says_how_it_held_out_and_compares_with_no_model_but_a_teacher(tmp_path):

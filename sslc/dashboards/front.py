@@ -140,7 +140,7 @@ def _readable_loss_range(traces: list[go.Scatter]) -> tuple[list[float] | None, 
     into the bottom few percent of the chart. The axis then spans the other losses, and each off-scale point is
     drawn at the top edge, at its cost, as a triangle labelled with its loss. (None, None) when all fit."""
     front = [y for t in traces if t.meta == "pareto" for y in t.y or ()]
-    if not front:
+    if not front or max(front) <= 0:  # a front at zero loss gives no scale to judge others by
         return None, None
     cap = OFF_SCALE * max(front)
     scored = [(t, x, y, c) for t in traces if t.meta in SCORED_KINDS
