@@ -48,6 +48,27 @@ def test_latency_is_measured_unless_disabled(capsys):
     assert " ms" in capsys.readouterr().out
 
 
+def test_latency_says_how_it_was_measured(capsys):
+    """Threads, device, repeats, warm-up and the machine's load, in the JSON and in words under the table."""
+    import os
+
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(["--teacher", "random:tiny", "--seconds", "0.5", "--latency-repeats", "2", "--threads", "1",
+                 "--json"]) == 0
+    latency = json.loads(capsys.readouterr().out)["latency"]
+    assert latency["torch_threads"] == 1 and latency["warmup"] == 2 and latency["cpus"] == os.cpu_count()
+    assert latency["load_average"] == pytest.approx(os.getloadavg()[0], abs=max(2.0, os.getloadavg()[0]))
+    assert torch.get_num_threads() == threads  # restored afterwards
+    assert main(["--teacher", "random:tiny", "--seconds", "0.5", "--latency-repeats", "2", "--threads", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "latency measured as: median of 2 after 2 warm-up, 1 x 0.5 s on cpu, 1 torch thread(s), load " in out
+    assert "--cpus-per-trial threads while other trials run" in out
+    assert main(["--teacher", "random:tiny", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --threads must be >= 1, got 0"
+
+
 def test_hubert_base_reference_numbers(capsys):
     assert main(["--teacher", "random:hubert-base", "--no-latency"]) == 0
     out = capsys.readouterr().out

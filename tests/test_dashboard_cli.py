@@ -100,24 +100,82 @@ def test_bad_targets_are_one_line_errors(study_dir, tmp_path, capsys):
     assert not (tmp_path / "nothing.db").exists()  # a mistyped URL must not create an empty database
 
 
-def test_the_dashboard_names_a_searchs_objectives(tiny_run):
-    """A real search's study, served: optuna-dashboard titles the objectives with the study's metric names (the
-    unit-named objectives of pareto.json), not "Objective 0 / Objective 1"."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "sslc.cli.dashboard", str(tiny_run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        studies = wait_for_studies(process, port)
+class Dashboard:
+    """sslc-dashboard serving `target` in a child process, on a free port."""
+
+    def __init__(self, target):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sslc.cli.dashboard", str(target), "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def __enter__(self):
+        studies = wait_for_studies(self.process, self.port)
         assert studies is not None, "the dashboard never answered"
-        (summary,) = studies
-        detail = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")[1])
-        pareto = json.loads((tiny_run / "pareto.json").read_text())
-        assert detail["objective_names"] == pareto["objectives"] == ["heldout_loss", "gmacs"]
-        header = fetch(f"http://127.0.0.1:{port}/csv/{summary['study_id']}")[1].decode().splitlines()[0]
-        assert header.startswith("Number,State,heldout_loss,gmacs,")
-    finally:
-        process.send_signal(signal.SIGINT)
+        (self.summary,) = studies
+        return self
+
+    def get(self, path: str):
+        body = fetch(f"http://127.0.0.1:{self.port}{path}")[1]
+        return json.loads(body) if path.startswith("/api/") else body.decode()
+
+    def detail(self) -> dict:
+        return self.get(f"/api/studies/{self.summary['study_id']}")
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGINT)
         try:
-            process.communicate(timeout=30)
+            self.process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            self.process.kill()
+
+
+def test_the_dashboard_names_a_searchs_objectives(copy_run):
+    """A real search's study, served: optuna-dashboard titles the objectives with the study's metric names (the
+    unit-named objectives of pareto.json), not "Objective 0 / Objective 1"; each trial's constraint values are
+    those Optuna reads for it; and once the report is written, its front figure, axes titled, is on the study's
+    page."""
+    from sslc.dashboards import write_report
+
+    run_dir = copy_run("dashboard")
+    write_report(run_dir)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    with Dashboard(run_dir) as dashboard:
+        detail = dashboard.detail()
+        header = dashboard.get(f"/csv/{dashboard.summary['study_id']}").splitlines()[0]
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert detail["objective_names"] == pareto["objectives"] == ["heldout_loss", "gmacs"]
+    assert header.startswith("Number,State,heldout_loss,gmacs,")
+    by_number = {t.number: t for t in study.trials}
+    served = {t["number"]: t["constraints"] for t in detail["trials"]}
+    assert served == {n: list(t.constraints.values()) for n, t in by_number.items()}
+    assert any(served.values())  # the search gave its trials constraint values (the list was [] for all)
+    infeasible = [n for n, t in by_number.items() if t.user_attrs.get("infeasible")]
+    assert infeasible and all(served[n][0] > 0 for n in infeasible)  # the tiny run's 40% budget has some
+    (figure,) = [json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"] if g["id"] == "sslc-pareto-front"]
+    layout = figure["layout"]
+    assert layout["yaxis"]["title"]["text"].startswith("held-out loss")
+    assert any("GMACs" in (axis.get("title") or {}).get("text", "") for key, axis in layout.items()
+               if key.startswith("xaxis"))
+
+
+def test_the_dashboard_shows_feasibility_of_named_constraints(tmp_path):
+    """Optuna 5 stores `Trial.set_constraint("macs", v)` as the system attr `constraints:macs`; optuna-dashboard
+    0.21 reads only the list `constraints`. Served by sslc-dashboard, the API carries the values (in the order
+    Optuna reads them), so the dashboard splits feasible from infeasible trials; the study keeps one form."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="constrained", directions=["minimize", "minimize"])
+    for number, (macs, params) in enumerate([(-0.5, -0.1), (0.25, -0.2), (-0.1, 0.75)]):
+        trial = study.ask({"depth": optuna.distributions.IntDistribution(1, 3)})
+        trial.set_constraint("macs", macs)
+        trial.set_constraint("params", params)
+        study.tell(trial, [1.0 - 0.1 * number, 0.01 * (number + 1)])
+    plain = study.ask()  # a trial with no constraint values stays without them
+    study.tell(plain, [2.0, 2.0])
+    with Dashboard(url) as dashboard:
+        served = {t["number"]: t["constraints"] for t in dashboard.detail()["trials"]}
+    assert served == {0: [-0.5, -0.1], 1: [0.25, -0.2], 2: [-0.1, 0.75], 3: []}
+    stored = optuna.load_study(study_name="constrained", storage=url).trials
+    assert all("constraints" not in t.system_attrs for t in stored)  # nothing written: the samplers see each once
+    assert [t.constraints for t in stored[:2]] == [{"macs": -0.5, "params": -0.1}, {"macs": 0.25, "params": -0.2}]

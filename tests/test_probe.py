@@ -155,6 +155,46 @@ def test_speakers_are_never_split(tmp_path):
     assert train[0].label == tuple("hello world")
 
 
+def test_the_split_says_whether_speakers_are_held_out(tmp_path):
+    from sslc.probes.labels import describe_split
+
+    rng = np.random.default_rng(3)
+    for speaker in ("19", "26", "27"):  # LibriSpeech layout: the speakers are named
+        chapter = tmp_path / "libri" / speaker / "100"
+        _write(chapter / f"{speaker}-100-0000.flac", _tone(500, 0.2, rng), rng)
+        (chapter / f"{speaker}-100.trans.txt").write_text(f"{speaker}-100-0000 HI\n")
+    train, heldout = train_and_heldout(tmp_path / "libri", "ctc", "chars")
+    assert describe_split(train, heldout, None) == (
+        f"{len(train)} training and {len(heldout)} held-out file(s), held out: 1 whole speaker(s), none of them in "
+        "training")
+    make_sequences(tmp_path / "flat", 2, seed=4)  # no speaker in the names: the split is by file
+    train, heldout = train_and_heldout(tmp_path / "flat", "ctc", "tokens")
+    said = describe_split(train, heldout, None)
+    assert said.startswith("1 training and 1 held-out file(s), held out by file") and "2 file(s)" in said
+    assert "may share its speakers" in said
+    assert "--heldout elsewhere (its layout names no speakers" in describe_split(train, heldout, "elsewhere")
+    libri_train, libri_heldout = train_and_heldout(tmp_path / "libri", "ctc", "chars")
+    assert describe_split(libri_train, libri_train[:1], "dev").endswith("dev, 1 of whose speakers are also in training")
+    assert describe_split(libri_train, libri_heldout, "dev").endswith("none of whose 1 speaker(s) is in training")
+
+
+def test_cli_says_how_it_held_out_and_compares_with_no_model_but_a_teacher(tmp_path):
+    """The corpus of the issue: 4 files, 2 labelled, no speakers named. The table says the split is by file, and
+    with one model there is no "vs" column (it compared the model with itself: 1.00x)."""
+    make_sequences(tmp_path / "data", 2, seed=9)
+    for extra in ("u1", "u2"):
+        _write(tmp_path / "data" / f"{extra}.wav", np.zeros(SR // 4, np.float32), np.random.default_rng(1))
+    out = tmp_path / "probe.json"
+    result = _cli("random:tiny", "--task", "ctc", "--units", "tokens", "--data", tmp_path / "data", "--epochs", "1",
+                  "-o", out)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # the table's caption may wrap
+    assert "1 training and 1 held-out file(s), held out by file" in text and "may share its speakers" in text
+    assert "vs " not in text and "1.00x" not in text
+    saved = json.loads(out.read_text())
+    assert "held out by file" in saved["split"] and "relative_to_reference" not in saved["results"][0]
+
+
 def _cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     return subprocess.run([sys.executable, "-m", "sslc.cli.probe", *map(str, args)], env=env, capture_output=True,
@@ -202,6 +242,9 @@ def test_cli_skips_unlabelled_files_and_records_on_the_run(tmp_path, copy_run):
     rows = json.loads(out.read_text())["results"]
     assert [r["kind"] for r in rows] == ["trial", "teacher"]
     assert rows[1]["relative_to_reference"] == 1.0 and rows[0]["reference"] == "random:tiny"
+    assert rows[0]["relative_to_reference"] == pytest.approx(rows[0]["metric"] / rows[1]["metric"])
+    table = [line for line in result.stdout.splitlines() if "random:tiny" in line and "│" in line]
+    assert "vs random:tiny" in result.stdout and table and table[-1].rstrip(" │").endswith("reference")
     assert rows[0]["macs"] < rows[1]["macs"] and rows[0]["heldout_files"] == 4
     run = open_run(run_dir)
     recorded = run.study.user_attrs[f"probe:ctc:{trial}"]

@@ -194,9 +194,14 @@ def test_importances_and_parallel_coordinates_need_two_complete_trials(tmp_path)
         figure, note = draw(one)
         assert figure is None and "at least 2" in note
 
+    two = _hand_made_run(tmp_path / "two", [0.9, 0.7])  # fewer trials than knobs: ranked, but said to be noise
+    figure, note = importance_figure(two)
+    assert "2 complete trials over 3 searched knobs" in note and "mostly noise" in note
+    assert "mostly noise" in figure.layout.title.text
+
     five = _hand_made_run(tmp_path / "five", [0.9, 0.7, 0.6, 0.4, 0.3])
     figure, note = importance_figure(five)
-    assert figure is not None and note == ""
+    assert figure is not None and "5 complete trials over 3 searched knobs" in note and "noise" not in note
     importances = dict(zip(figure.data[0].y, figure.data[0].x))
     assert set(importances) == {"depth", "ffn", "quantize"}  # every searched knob, as a bar
     assert importances["quantize"] == min(importances.values()) < 0.05  # a knob that never varied explains little
@@ -297,3 +302,70 @@ def test_published_anchors_are_reference_markers_and_the_front_a_rug(run, report
     for number, x in zip(rug.customdata, rug.x):
         assert x == pytest.approx(front[number].user_attrs["macs_superb"] / 1e9)
     assert "not a trained HuBERT Base" in report.section("anchors").note  # the tiny random teacher
+
+
+def test_anchor_labels_stay_inside_their_panels_and_apart(report):
+    """"HuBERT Base" (the widest anchor) reads leftwards, inside its panel's x range; the anchors with a size but
+    no PER carry no label on the floor (they piled up there) but are named in the note and on hover."""
+    from sslc.dashboards.anchors import published_anchors
+
+    figure = report.section("anchors").figure
+    size_only = [a for a in published_anchors() if a["pr_per"] is None]
+    for placed, floor, axis, key in zip([t for t in figure.data if t.meta == "anchors"],
+                                        [t for t in figure.data if t.meta == "anchors-size-only"],
+                                        (figure.layout.xaxis, figure.layout.xaxis2), ("superb_gmacs", "params_m")):
+        widest = max(range(len(placed.x)), key=lambda i: placed.x[i])
+        assert placed.text[widest] == "HuBERT Base" and placed.textposition[widest] == "middle left"
+        assert all(position == "middle right" for i, position in enumerate(placed.textposition) if i != widest)
+        low, high = axis.range
+        assert all(low < x < high for x in [*placed.x, *floor.x])
+        assert high >= 1.05 * max(placed.x)
+        assert floor.mode == "markers" and not floor.text
+        assert list(floor.customdata) == [a["name"] for a in size_only if a[key] is not None]
+    note = report.section("anchors").note
+    assert all(a["name"] in note for a in size_only)
+
+
+def test_an_outlier_loss_leaves_the_front_readable(copy_run):
+    """One baseline 100x above the front (the demo's uniform baseline once sat at 32 where the front was below
+    1): the loss axis spans the rest, and the outlier is a labelled marker at the top edge at its MACs."""
+    from sslc.runs.study import record_baselines
+
+    run = open_run(copy_run("outlier"))
+    front = [t.heldout_loss for t in run.front()]
+    baselines = run.record.baselines
+    scored = next(b for b in baselines if b.heldout_loss is not None)
+    scored.heldout_loss = 100 * max(front)
+    record_baselines(run.study, baselines)
+    run.reload()
+    figure = build_report(run).section("front").figure
+    low, high = figure.layout.yaxis.range
+    others = [y for t in figure.data if t.meta in ("pareto", "complete") for y in t.y]
+    assert low < min(others) and max(others) < high < scored.heldout_loss
+    (marker,) = traces(figure, "off-scale")
+    assert list(marker.customdata) == [scored.heldout_loss] and list(marker.x) == [pytest.approx(scored.macs / 1e9)]
+    assert low < marker.y[0] < high and marker.text[0] == f"{scored.name}: {scored.heldout_loss:.3g}"
+    untouched = build_report(open_run(copy_run("no-outlier"))).section("front").figure
+    assert untouched.layout.yaxis.range is None and not traces(untouched, "off-scale")  # autorange when all fit
+
+
+def test_each_trial_records_how_its_latency_was_measured_and_the_report_says_it(run, report):
+    """The trials time their students with the trial's threads (--cpus-per-trial), after one warm-up, with the
+    search's --latency-repeats, on the CPU; each records that beside its latency, and the latency chart's note
+    says it (sslc-info's idle, all-core figure differs: that is why)."""
+    from sslc.metrics import describe_conditions
+
+    timed = [t for t in run.trials() if t.latency_ms is not None]
+    assert timed
+    threads = run.record.trainer["num_threads"]
+    for trial in timed:
+        measured = trial.latency_measurement
+        assert measured["torch_threads"] == threads and measured["warmup"] == 1 and measured["device"] == "cpu"
+        assert measured["repeats"] == run.record.settings["latency_repeats"] == 1
+        assert measured["seconds"] == run.record.budget_seconds and measured["batch"] == 1
+        assert not any(key.endswith("_ms") for key in measured)  # conditions only: the timing is latency_ms
+    note = " ".join(report.section("front-latency").note.split())
+    way = describe_conditions({k: v for k, v in timed[0].latency_measurement.items()
+                               if k not in ("load_average", "cpus")})
+    assert way in note and f"({len(timed)} trials)" in note and "load average" in note
+    assert way == f"median of 1 after 1 warm-up, 1 x {run.record.budget_seconds:g} s on cpu, {threads} torch thread(s)"

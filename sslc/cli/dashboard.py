@@ -44,12 +44,13 @@ def _serve(app, host: str, port: int):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sslc.errors import UserError
+    from sslc.runs.dashboard_view import DashboardStorage
     from sslc.runs.storage import make_storage, resolve_storage
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1..65535, got {args.port}")
     url, name = resolve_storage(args.target)
-    storage = make_storage(url)
+    storage = make_storage(url, kind=DashboardStorage)  # shows the budget's feasibility
     import optuna_dashboard
 
     try:

@@ -18,6 +18,7 @@ from sslc.metrics import (
     count_macs,
     count_macs_superb,
     count_params,
+    describe_conditions,
     format_macs,
     format_params,
     measure_latency,
@@ -48,6 +49,9 @@ def build_parser():
         help=f"length of the input waveform for MACs and latency (default {REFERENCE_SECONDS:g})",
     )
     parser.add_argument("--latency-repeats", type=int, default=5, help="timed forward passes (default 5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for the latency (default: torch's, all cores); a search's trials "
+                        "time with their own threads (--cpus-per-trial) while other trials run")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
@@ -58,6 +62,8 @@ def _check_args(args) -> None:
         raise UserError(f"--seconds must be a positive number of seconds, got {args.seconds:g}")
     if args.latency_repeats < 1:
         raise UserError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
 
 
 def _print_table(report: dict) -> None:
@@ -85,9 +91,15 @@ def _print_table(report: dict) -> None:
     if latency is None:
         table.add_row("CPU latency (median)", "not measured", "")
     else:
-        note = f"{latency['repeats']} runs, {latency['torch_threads']} threads"
-        table.add_row("CPU latency (median)", f"{latency['median_ms']:.1f} ms", note)
+        table.add_row("CPU latency (median)", f"{latency['median_ms']:.1f} ms",
+                      f"{latency['torch_threads']} thread(s)")
     console.print(table)
+    if latency is not None:
+        # The trials of a search time their students with their own thread count while other trials train, so
+        # their latencies are not this idle figure: say how each was measured.
+        console.print(f"latency measured as: {describe_conditions(latency)}. A search's trials time their students "
+                      "with --cpus-per-trial threads while other trials run; each trial records how "
+                      "(latency_measurement; the report says it).", markup=False, soft_wrap=True)
 
 
 @cli_entry
@@ -105,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     macs = count_macs(config, num_samples=num_samples)
     latency = None
     if not args.no_latency:
-        latency = measure_latency(model, seconds=args.seconds, repeats=args.latency_repeats, device="cpu")
+        latency = measure_latency(model, seconds=args.seconds, repeats=args.latency_repeats, device="cpu",
+                                  threads=args.threads)
     report = {
         "teacher": args.teacher,
         "description": describe_teacher(model),

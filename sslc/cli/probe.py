@@ -65,21 +65,26 @@ class _RichProgress:
         self.bar.advance(self.task)
 
 
-def _print_table(rows: list[dict], task: str) -> None:
+def _print_table(rows: list[dict], task: str, split: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from sslc.metrics import format_macs, format_params
 
     metric = rows[0]["metric_name"].replace("_", " ")
-    table = Table(title=f"probe: {task}" + (f" ({rows[0]['units']})" if rows[0].get("units") else ""))
-    for name in ("model", "params", "MACs (10 s)", f"held-out {metric}", f"vs {rows[0]['reference']}"):
+    reference = rows[0].get("reference")  # None: no teacher beside the other models, no ratio column
+    table = Table(title=f"probe: {task}" + (f" ({rows[0]['units']})" if rows[0].get("units") else ""),
+                  caption=split)
+    columns = ["model", "params", "MACs (10 s)", f"held-out {metric}"] + ([f"vs {reference}"] if reference else [])
+    for name in columns:
         table.add_column(name, justify="left" if name == "model" else "right")
     for r in rows:
         relative = r.get("relative_to_reference")
-        table.add_row(r["model"] + (" (random weights)" if r.get("random_weights") else ""),
-                      format_params(r["params"]), format_macs(r["macs"]), f"{r['metric']:.4f}",
-                      f"{relative:.2f}x" if relative is not None else "-")
+        cells = [r["model"] + (" (random weights)" if r.get("random_weights") else ""),
+                 format_params(r["params"]), format_macs(r["macs"]), f"{r['metric']:.4f}"]
+        if reference:
+            cells.append("reference" if r["model"] == reference else f"{relative:.2f}x" if relative is not None else "-")
+        table.add_row(*cells)
     Console(highlight=False).print(table)
 
 
@@ -87,7 +92,7 @@ def _print_table(rows: list[dict], task: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sslc.errors import UserError, first_line
-    from sslc.probes.labels import check_task, train_and_heldout
+    from sslc.probes.labels import check_task, describe_split, train_and_heldout
 
     check_task(args.task, args.units)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         raise UserError(f"--device {device} is not usable here: {first_line(error)}") from None
-    print(f"probe: {args.task}, {len(train)} training and {len(heldout)} held-out files, device {device}")
+    split = describe_split(train, heldout, args.heldout)
+    print(f"probe: {args.task}, {split}; device {device}")
     targets = resolve_targets(args.models, args.pareto, device)
     settings = ProbeSettings(args.task, args.epochs, args.batch_size, args.lr, args.seed, device)
     show = not args.no_progress and sys.stderr.isatty()
@@ -132,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(make_row(target, outcome, args.task, args.units))
     add_relative(rows, reference_index(targets))
     recorded = record_on_runs(targets, rows, args.task)
-    _print_table(rows, args.task)
+    _print_table(rows, args.task, split)
     if recorded:
         print(f"recorded {recorded} result(s) on the run's study (sslc-report draws them)")
     if args.output:
         write_json_atomically(args.output, {"task": args.task, "units": args.units if args.task == "ctc" else None,
-                                            "data": str(args.data), "heldout": str(args.heldout or ""),
+                                            "data": str(args.data), "heldout": str(args.heldout or ""), "split": split,
                                             "settings": settings.__dict__, "results": rows})
         print(f"wrote {args.output}")
     return 0

@@ -39,17 +39,24 @@ def anchors_figure(run: RunRecord) -> tuple[go.Figure, str]:
         (2, "params_m", lambda t: t.model_params / 1e6 if t.model_params is not None else None, "M params"),
     ):
         placed = [a for a in anchors if a[key] is not None and a["pr_per"] is not None]
+        widest = max((a[key] for a in placed), default=None)
         figure.add_trace(go.Scatter(
             x=[a[key] for a in placed], y=[a["pr_per"] for a in placed], mode="markers+text",
-            text=[a["name"] for a in placed], textposition="top center", name="published (not sslc runs)",
+            text=[a["name"] for a in placed], name="published (not sslc runs)",
+            # Beside the marker (above it, ARMHuBERT's label covered LightHuBERT Small's, 1 PER point apart); the
+            # rightmost reads leftwards: centred, "HuBERT Base" ran off the panel.
+            textposition=["middle left" if a[key] == widest else "middle right" for a in placed],
             marker={"symbol": "diamond-open", "size": 11, "color": "grey"}, showlegend=col == 1, meta="anchors",
             hovertext=[f"{a['name']} (published): {a[key]:g} {unit}, PR PER {a['pr_per']}%, ASR WER "
                        f"{a['asr_wer']}%<br>{a['source']}" for a in placed],
         ), row=1, col=col)
-        unplaced = [a for a in anchors if a[key] is not None and a["pr_per"] is None]  # a size but no PER
+        # A size but no PER: ticks on the floor, named on hover and in the note (their sizes sit within a few
+        # percent of each other, so labels drawn there piled up into one unreadable smudge).
+        unplaced = [a for a in anchors if a[key] is not None and a["pr_per"] is None]
         figure.add_trace(go.Scatter(
-            x=[a[key] for a in unplaced], y=[0.0] * len(unplaced), mode="markers+text",
-            text=[a["name"] for a in unplaced], textposition="top center", textfont={"size": 9},
+            x=[a[key] for a in unplaced], y=[0.0] * len(unplaced), mode="markers",
+            hovertext=[f"{a['name']} (published): {a[key]:g} {unit}, no PR PER reported<br>{a['source']}"
+                       for a in unplaced], hoverinfo="text", customdata=[a["name"] for a in unplaced],
             name="published, no PER reported", marker={"symbol": "line-ns-open", "size": 14, "color": "grey"},
             showlegend=col == 1, meta="anchors-size-only",
         ), row=1, col=col)
@@ -60,13 +67,26 @@ def anchors_figure(run: RunRecord) -> tuple[go.Figure, str]:
             customdata=[t.number for t, _ in points],
             hovertext=[f"trial {t.number}: {x:.4g} {unit} (its PER: measure it with sslc-probe)" for t, x in points],
         ), row=1, col=col)
-        figure.update_xaxes(title_text=unit + (" (SUPERB convention)" if col == 1 else ""), row=1, col=col)
+        shown = [a[key] for a in anchors if a[key] is not None] + [x for _, x in points]
+        right = max(shown) * 1.06  # room for the rightmost marker; its label reads leftwards
+        figure.update_xaxes(title_text=unit + (" (SUPERB convention)" if col == 1 else ""), range=[-0.04 * right, right],
+                            row=1, col=col)
     figure.update_yaxes(title_text="published SUPERB PR PER (%)", row=1, col=1)
     figure.update_layout(height=460)
     teacher = run.record.teacher
     note = ("Grey: figures published by their authors (HuBERT Base teacher, SUPERB PR), not sslc runs; sources in "
             "sslc/dashboards/anchors.json. Blue ticks: this run's Pareto points at their exact MACs (summed over "
             "SUPERB's 32 utterances) and parameters.")
+    size_only = [a for a in anchors if a["pr_per"] is None and (a["superb_gmacs"] or a["params_m"])]
+    if size_only:
+        sizes = ", ".join(f"{a['name']} ({_size(a)})" for a in size_only)
+        note += f" Grey ticks on the floor: published sizes without a PR PER: {sizes}."
     if "hubert" not in str(teacher.description or "").lower() or teacher.is_random:
         note += " This run's teacher is not a trained HuBERT Base, so only the axes are comparable."
     return figure, note
+
+
+def _size(anchor: dict) -> str:
+    parts = [f"{anchor['superb_gmacs']:g} GMACs" if anchor["superb_gmacs"] else "",
+             f"{anchor['params_m']:g} M params" if anchor["params_m"] else ""]
+    return ", ".join(p for p in parts if p)

@@ -16,6 +16,9 @@ from sslc.runs.record import RunRecord
 
 from .points import CATEGORY_LABELS, UNSCORED, TrialPoint
 
+# A loss more than this many times the front's highest is drawn at the top edge instead of stretching the axis.
+OFF_SCALE = 3.0
+SCORED_KINDS = ("pareto", "complete", "retrained", "baseline")  # the traces whose y is a held-out loss
 AXES = {
     "macs": ("GMACs for {seconds:g} s of audio", lambda p: p.gmacs),
     "latency": ("latency (ms, CPU, {seconds:g} s of audio)", lambda p: p.latency_ms),
@@ -110,6 +113,9 @@ def pareto_figure(run: RunRecord, points: list[TrialPoint], axis: str = "macs") 
             _scatter(members, x_of, lambda p, c=category: CATEGORY_LABELS[c], category, CATEGORY_LABELS[category],
                      2, symbol="x" if category in ("failed", "interrupted") else "circle-open")
         )
+    loss_range, off_scale = _readable_loss_range([t for t, row in traces if row == 1])
+    if off_scale is not None:
+        traces.append((off_scale, 1))
     for trace, row in traces:
         if len(trace.x or ()):  # an empty category would only clutter the legend
             figure.add_trace(trace, row=row, col=1)
@@ -121,11 +127,40 @@ def pareto_figure(run: RunRecord, points: list[TrialPoint], axis: str = "macs") 
         title=f"held-out distillation loss vs {'MACs' if axis == 'macs' else 'latency'}{subtitle}",
         height=620 if strip else 520, legend={"orientation": "v"}, margin={"t": 90},
     )
-    figure.update_yaxes(title_text="held-out loss (lower is better)", row=1, col=1)
+    figure.update_yaxes(title_text="held-out loss (lower is better)", range=loss_range, row=1, col=1)
     if strip:
         figure.update_yaxes(title_text="no loss", type="category", row=2, col=1)
     figure.update_xaxes(title_text=title.format(seconds=seconds), showticklabels=True, row=rows, col=1)
     return figure
+
+
+def _readable_loss_range(traces: list[go.Scatter]) -> tuple[list[float] | None, go.Scatter | None]:
+    """(loss axis range, marker trace) when some loss is more than OFF_SCALE times the front's worst: one
+    outlier (a baseline that failed to learn, at 32 where the front is below 1) would otherwise squash the front
+    into the bottom few percent of the chart. The axis then spans the other losses, and each off-scale point is
+    drawn at the top edge, at its cost, as a triangle labelled with its loss. (None, None) when all fit."""
+    front = [y for t in traces if t.meta == "pareto" for y in t.y or ()]
+    if not front or max(front) <= 0:  # a front at zero loss gives no scale to judge others by
+        return None, None
+    cap = OFF_SCALE * max(front)
+    scored = [(t, x, y, c) for t in traces if t.meta in SCORED_KINDS
+              for x, y, c in zip(t.x or (), t.y or (), t.customdata or [None] * len(t.x or ()))]
+    outside = [(t, x, y, c) for t, x, y, c in scored if y > cap]
+    if not outside:
+        return None, None
+    kept = [y for _, _, y, _ in scored if y <= cap]
+    low, high = min(kept), max(kept)
+    pad = 0.06 * (high - low) if high > low else 0.1 * abs(high) or 0.1
+    top = high + 3 * pad  # room above the highest kept point for the markers and their labels
+    names = [f"trial {c}" if isinstance(c, int) else str(c) for _, _, _, c in outside]
+    marker = go.Scatter(
+        x=[x for _, x, _, _ in outside], y=[top - pad] * len(outside), mode="markers+text", meta="off-scale",
+        name=f"off the scale ({len(outside)}): loss > {OFF_SCALE:g}x the front's highest",
+        text=[f"{name}: {y:.3g}" for name, (_, _, y, _) in zip(names, outside)], textposition="bottom center",
+        customdata=[y for _, _, y, _ in outside], hovertemplate="%{text} (off the scale)<extra></extra>",
+        marker={"symbol": "triangle-up", "size": 12, "color": [COLORS[t.meta] for t, _, _, _ in outside]},
+    )
+    return [low - pad, top], marker
 
 
 def _cost_lines(figure: go.Figure, run: RunRecord, axis: str, rows: int) -> None:

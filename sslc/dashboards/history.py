@@ -105,9 +105,18 @@ def importance_figure(run: RunRecord) -> tuple[go.Figure | None, str]:
         return None, f"not available yet: {error}"
     if not figure.data:
         return None, "no searched parameter varies across the complete trials yet"
-    bars = len(figure.data[0].y or [])
-    figure.update_layout(title="parameter importances for the held-out loss", height=max(300, 22 * bars))
-    return figure, ""
+    knobs = len(figure.data[0].y or [])  # the searched knobs it ranks, one bar each
+    title = f"parameter importances for the held-out loss ({len(complete)} complete trials, {knobs} knobs)"
+    note = (f"Estimated by Optuna from {len(complete)} complete trials over {knobs} searched knobs: a rank says "
+            "how much of the loss's spread across these trials a knob's values explain.")
+    if len(complete) < knobs:
+        # With fewer trials than knobs a knob's "importance" mostly says which knobs happened to vary with the
+        # loss in these few trials; ranking them without saying so read as a finding.
+        title += ": fewer trials than knobs, mostly noise"
+        note += (f" With fewer trials ({len(complete)}) than knobs ({knobs}) the ranks are mostly noise: read "
+                 "them only once many more trials have completed.")
+    figure.update_layout(title=title, height=160 + 26 * knobs)  # room for every knob's label (at 22 px, every other one was dropped)
+    return figure, note
 
 
 def parallel_figure(run: RunRecord, max_params: int = PARALLEL_PARAMS) -> tuple[go.Figure | None, str]:

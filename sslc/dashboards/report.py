@@ -15,7 +15,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from sslc.files import write_text_atomically
-from sslc.metrics import format_macs
+from sslc.metrics import describe_conditions, format_macs
+from sslc.runs.dashboard_view import save_front_figure
 from sslc.runs.record import RunRecord, open_run
 
 from .anchors import anchors_figure
@@ -83,6 +84,22 @@ def _summary(run: RunRecord, counts: dict[str, int]) -> list[tuple[str, str]]:
     return rows
 
 
+def latency_conditions(run: RunRecord) -> str:
+    """How the trials' latencies were timed (each trial records it), in words: an idle `sslc-info` with every
+    core reads far faster than a trial timed with its own threads while other trials train."""
+    measured = [t.latency_measurement for t in run.trials() if t.latency_measurement and t.latency_ms is not None]
+    if not measured:
+        return "how it was timed is not recorded (a study from an older sslc)"
+    load_keys = ("load_average", "cpus")
+    ways = sorted({describe_conditions({k: v for k, v in m.items() if k not in load_keys}) for m in measured})
+    text = "; ".join(ways)
+    loads = [m["load_average"] for m in measured if m.get("load_average") is not None]
+    if loads:
+        cpus = max(m.get("cpus") or 0 for m in measured) or "?"
+        text += f", with a 1-minute load average of {min(loads):.1f}-{max(loads):.1f} on {cpus} CPUs"
+    return f"{text} ({len(measured)} trials)"
+
+
 def build_report(run: RunRecord) -> Report:
     points = collect_points(run)
     counts = count_by_category(points)
@@ -102,7 +119,7 @@ def build_report(run: RunRecord) -> Report:
         report.sections.append(Section(
             "front-latency", "Pareto front: held-out loss vs latency", figure=pareto_figure(run, points, "latency"),
             note="Latency is the median CPU forward time of the deployed model, measured during the search "
-            "(machine-dependent). Pareto points are those of the study's objectives.",
+            f"(machine-dependent): {latency_conditions(run)}. Pareto points are those of the study's objectives.",
         ))
     figure, note = probe_figure(run)
     if figure is not None:  # only once sslc-probe recorded something on the run
@@ -152,7 +169,11 @@ def render_html(report: Report) -> str:
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the report of the run in `run_dir` (default `<run_dir>/report.html`) and return its path."""
+    """Write the report of the run in `run_dir` (default `<run_dir>/report.html`) and return its path; its front
+    figure also goes on the study for optuna-dashboard (whose own Pareto plot has no axis titles)."""
     run = open_run(run_dir)
     out = Path(out) if out is not None else run.run_dir / REPORT_FILE
-    return write_text_atomically(out, render_html(build_report(run)))
+    report = build_report(run)
+    written = write_text_atomically(out, render_html(report))
+    save_front_figure(run.study, report.section("front").figure)
+    return written

@@ -1,6 +1,6 @@
 """Cost of an encoder: MACs (analytic, and measured by FlopCounterMode), parameters and wall-clock latency."""
 
-from .latency import LatencyResult, compare_latency, measure_latency
+from .latency import LatencyResult, compare_latency, describe_conditions, measure_latency
 from .macs import (
     MACS_CONVENTIONS,
     REFERENCE_SECONDS,
@@ -34,6 +34,7 @@ __all__ = [
     "LatencyResult",
     "compare_latency",
     "measure_latency",
+    "describe_conditions",
     "MACS_CONVENTIONS",
     "REFERENCE_SECONDS",
     "SUPERB_UTTERANCE_SAMPLES",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -31,9 +32,38 @@ class LatencyResult:
     seconds: float
     device: str
     torch_threads: int
+    warmup: int = 0  # untimed passes before the timed ones
+    # How busy the machine was: the 1-minute load average when the timing ended (None where the OS has none) and
+    # the CPUs it is spread over. A trial timed while other trials train reads slower than an idle sslc-info.
+    load_average: float | None = None
+    cpus: int | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def conditions(self) -> dict:
+        """How it was measured, without the timings (what a trial records beside its latency)."""
+        return {k: v for k, v in self.as_dict().items() if not k.endswith("_ms")}
+
+
+def describe_conditions(conditions: dict) -> str:
+    """A `LatencyResult.conditions` dict in words, e.g. "median of 5 after 2 warm-up, 1 x 10 s on cpu, 2 torch
+    threads, load 1.9 on 16 CPUs"; keys an older record lacks are left out."""
+    parts = [f"median of {conditions['repeats']}" + (f" after {conditions['warmup']} warm-up"
+                                                      if conditions.get("warmup") is not None else "")]
+    parts.append(f"{conditions['batch']} x {conditions['seconds']:g} s on {conditions['device']}")
+    parts.append(f"{conditions['torch_threads']} torch thread(s)")
+    if conditions.get("load_average") is not None:
+        parts.append(f"load {conditions['load_average']:.1f} on {conditions.get('cpus') or '?'} CPUs")
+    return ", ".join(parts)
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on Windows
+        return None
 
 
 def _check(seconds: float, batch: int, warmup: int, repeats: int, threads: int | None) -> None:
@@ -123,6 +153,7 @@ def compare_latency(
         for repeat in range(repeats):
             for name in names if repeat % 2 == 0 else reversed(names):
                 times[name].append(_time_once(models[name], waveforms, device))
+    load = _load_average()
     return {
         name: LatencyResult(
             median_ms=statistics.median(samples),
@@ -133,6 +164,9 @@ def compare_latency(
             seconds=seconds,
             device=str(device),
             torch_threads=used_threads,
+            warmup=warmup,
+            load_average=load,
+            cpus=os.cpu_count(),
         )
         for name, samples in times.items()
     }

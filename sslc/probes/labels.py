@@ -140,6 +140,25 @@ def split_examples(
     return [e for e in examples if id(e) not in held], heldout
 
 
+def describe_split(train: Sequence[Example], heldout: Sequence[Example], heldout_dir: str | Path | None) -> str:
+    """How the held-out files were chosen, in a line for the results table: whether a speaker of the held-out
+    audio can also be in training (where the layout names no speakers, the split is by file and it can)."""
+    files = f"{len(train)} training and {len(heldout)} held-out file(s)"
+    named = {e.group for e in heldout if e.group.startswith("speaker:")}
+    unnamed = sum(not e.group.startswith("speaker:") for e in [*train, *heldout])
+    if heldout_dir is not None:
+        shared = named & {e.group for e in train}
+        if shared:
+            return f"{files}, held out: --heldout {heldout_dir}, {len(shared)} of whose speakers are also in training"
+        if not unnamed:
+            return f"{files}, held out: --heldout {heldout_dir}, none of whose {len(named)} speaker(s) is in training"
+        return f"{files}, held out: --heldout {heldout_dir} (its layout names no speakers to check against training)"
+    if not unnamed:
+        return f"{files}, held out: {len(named)} whole speaker(s), none of them in training"
+    return (f"{files}, held out by file: the layout names no speaker for {unnamed} file(s), so held-out audio may "
+            "share its speakers with training (give --heldout DIR with other speakers)")
+
+
 def train_and_heldout(
     data: str | Path, task: str, units: str = "chars", heldout: str | Path | None = None
 ) -> tuple[list[Example], list[Example]]:

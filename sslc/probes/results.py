@@ -118,13 +118,16 @@ def resolve_targets(specs: list[str], pareto: bool, device: str, say: Callable[[
     return targets
 
 
-def reference_index(targets: list[ProbeTarget]) -> int:
-    """The row others are compared with: a run's teacher, else the first teacher, else the first model."""
+def reference_index(targets: list[ProbeTarget]) -> int | None:
+    """The row others are compared with: a run's teacher, else the first teacher; None when no teacher is
+    probed beside another model (a ratio to the first student, or of a model to itself, would say nothing)."""
+    if len(targets) < 2:
+        return None
     for kind_check in (lambda t: t.trial == "teacher", lambda t: t.kind == "teacher"):
         for i, target in enumerate(targets):
             if kind_check(target):
                 return i
-    return 0
+    return None
 
 
 def make_row(target: ProbeTarget, outcome, task: str, units: str | None) -> dict:
@@ -154,8 +157,11 @@ def make_row(target: ProbeTarget, outcome, task: str, units: str | None) -> dict
     return row
 
 
-def add_relative(rows: list[dict], reference: int) -> None:
-    """metric / the reference row's metric (error-rate ratio for ctc, accuracy ratio for classify)."""
+def add_relative(rows: list[dict], reference: int | None) -> None:
+    """metric / the reference row's metric (error-rate ratio for ctc, accuracy ratio for classify); nothing
+    without a reference."""
+    if reference is None:
+        return
     base = rows[reference]["metric"]
     for row in rows:
         row["relative_to_reference"] = row["metric"] / base if base else None

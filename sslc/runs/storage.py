@@ -88,13 +88,14 @@ def _schema_race(error: Exception) -> bool:
     return "already exists" in text or "duplicate" in text or "unique" in text
 
 
-def make_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+def make_storage(url: str, attempts: int = 6, kind: type = optuna.storages.RDBStorage) -> optuna.storages.RDBStorage:
+    """`kind`: RDBStorage or a subclass (the dashboard's `DashboardStorage`)."""
     sqlite = _is_sqlite(url)
     # A generous SQLite timeout: the dashboard may read while the search writes.
     kwargs = {"connect_args": {"timeout": 30}} if sqlite else {}
     for attempt in range(1, attempts + 1):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = kind(url, engine_kwargs=kwargs)
             break
         except ImportError as error:  # Optuna's "Failed to import DB access module": say which extra
             raise _driver_missing(url, error) from None

@@ -193,13 +193,15 @@ class BaselineRecord:
     heldout_loss_by_target: dict | None = None
     latency_ms: float | None = None
     macs_superb: int | None = None
+    latency_measurement: dict | None = None  # how its latency was timed (`LatencyResult.conditions`)
 
     @classmethod
     def measured(cls, name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool,
                  macs_superb: int | None = None) -> BaselineRecord:
         """From what training and measuring it returned (`train_and_measure`'s result)."""
         return cls(name, config, macs, params, result["status"], within_budget, result.get("heldout_loss"),
-                   result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb)
+                   result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb,
+                   result.get("latency_measurement"))
 
     @classmethod
     def from_dict(cls, row: dict) -> BaselineRecord:

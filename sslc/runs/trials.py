@@ -33,9 +33,10 @@ HELDOUT_LOSS = "heldout_loss"
 HELDOUT_LOSS_BY_TARGET = "heldout_loss_by_target"
 STOPPED_AT_STEP = "stopped_at_step"
 LAST_TRAIN_LOSS = "last_train_loss"
-# What a finished trial's report carries and the trial keeps as is (the last two: what bringing its files back
-# cost; "node": which machine ran it).
-MEASUREMENTS = ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done",
+# What a finished trial's report carries and the trial keeps as is ("latency_measurement": how its latency was
+# timed, `LatencyResult.conditions`; the artifact keys: what bringing its files back cost; "node": which machine
+# ran it).
+MEASUREMENTS = ("latency_ms", "latency_measurement", "nonzero_params", "train_curve", "seconds_training", "steps_done",
                 "artifact_bytes", "artifact_seconds", "node")
 # Keys that say where a trial came from, not what it measured: never copied onto a repeat.
 LINEAGE = (RETRY_OF, REPEAT_OF, RETRY_PARAMS, INTERRUPTED)
@@ -98,6 +99,7 @@ class TrialRecord:
     heldout_loss: float | None = None
     heldout_loss_by_target: dict[str, float] | None = None
     latency_ms: float | None = None
+    latency_measurement: dict | None = None  # threads, device, repeats, load: `LatencyResult.conditions`
     nonzero_params: int | None = None
     train_curve: list = field(default_factory=list)
     seconds_training: float | None = None
@@ -123,6 +125,7 @@ class TrialRecord:
             model_params=a.get(PARAMS),
             budget_slack_macs=a.get(BUDGET_SLACK), heldout_loss=a.get(HELDOUT_LOSS),
             heldout_loss_by_target=a.get(HELDOUT_LOSS_BY_TARGET), latency_ms=a.get("latency_ms"),
+            latency_measurement=a.get("latency_measurement"),
             nonzero_params=a.get("nonzero_params"), train_curve=list(a.get("train_curve") or []),
             seconds_training=a.get("seconds_training"), steps_done=a.get("steps_done"),
             stopped_at_step=a.get(STOPPED_AT_STEP), last_train_loss=a.get(LAST_TRAIN_LOSS),

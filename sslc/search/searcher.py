@@ -45,6 +45,14 @@ MAX_REPEATS_IN_A_ROW = 200
 PLACEHOLDER = {"loss": min, "latency": max}
 
 
+def _unflattened(result: dict, key: str) -> dict:
+    """`result` with the dict `key` put back together: Tune flattens a nested dict in a trial's reported
+    metrics into "key/field" entries (the driver's baselines never go through Tune and keep theirs)."""
+    prefix = f"{key}/"
+    fields = {name[len(prefix):]: value for name, value in result.items() if name.startswith(prefix)}
+    return {**result, key: fields} if fields and key not in result else result
+
+
 def uses_constraints(study: optuna.Study) -> bool:
     """Whether the study gives its samplers the budget as constraint values (sslc since issue 13). A study an
     older sslc wrote holds COMPLETE trials without them, and Optuna's GPSampler refuses a mix (every complete
@@ -325,7 +333,7 @@ class OptunaAskTellSearcher(Searcher):
         if error or result is None:
             record.write_failed(trial, record.CRASHED_REASON)
             return TrialState.FAIL, None
-        record.write_measurements(trial, result)
+        record.write_measurements(trial, _unflattened(result, "latency_measurement"))
         if not result.get("final"):
             # Stopped by the scheduler: its scores are partial, so it must never reach the Pareto front.
             record.write_pruned(trial, result.get("step"), result.get("train_loss"))
