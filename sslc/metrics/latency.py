@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -31,9 +32,23 @@ class LatencyResult:
     seconds: float
     device: str
     torch_threads: int
+    device_name: str = ""  # the GPU's or CPU's model name (see `device_name`)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def device_name(device: str | torch.device) -> str:
+    """The model name of `device`: the GPU's (CUDA), or the CPU's as the kernel reports it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux; Python has no portable CPU model name (platform.processor() is empty there)
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _check(seconds: float, batch: int, warmup: int, repeats: int, threads: int | None) -> None:
@@ -113,7 +128,7 @@ def compare_latency(
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     waveforms = torch.randn(batch, num_samples_for(seconds, sample_rate), generator=generator).to(device)
-    names = list(models)
+    names, name_of_device = list(models), device_name(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     with _num_threads(threads) as used_threads, _prepared(models, device), torch.inference_mode():
         for name in names:
@@ -133,6 +148,7 @@ def compare_latency(
             seconds=seconds,
             device=str(device),
             torch_threads=used_threads,
+            device_name=name_of_device,
         )
         for name, samples in times.items()
     }

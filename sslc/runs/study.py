@@ -17,6 +17,7 @@ import optuna
 from sslc.budget import Budget
 from sslc.errors import UserError
 from sslc.protocol import EvaluationProtocol
+from sslc.runs.trials import LATENCY_CONDITIONS
 
 # The objectives a search can minimise, and each one's value as recorded on a trial, in the Pareto files and as
 # the study's metric names (the dashboard's axis titles): the name says the unit.
@@ -193,13 +194,16 @@ class BaselineRecord:
     heldout_loss_by_target: dict | None = None
     latency_ms: float | None = None
     macs_superb: int | None = None
+    latency_conditions: dict | None = None  # how latency_ms was measured (trials.LATENCY_CONDITIONS)
+    train_device: str | None = None  # the device and precision it trained on, as the trials
 
     @classmethod
     def measured(cls, name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool,
                  macs_superb: int | None = None) -> BaselineRecord:
         """From what training and measuring it returned (`train_and_measure`'s result)."""
         return cls(name, config, macs, params, result["status"], within_budget, result.get("heldout_loss"),
-                   result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb)
+                   result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb,
+                   {k: result[k] for k in LATENCY_CONDITIONS if k in result} or None, result.get("train_device"))
 
     @classmethod
     def from_dict(cls, row: dict) -> BaselineRecord:
@@ -213,6 +217,11 @@ def record_baselines(study: optuna.Study, baselines: list[BaselineRecord]) -> No
 
 def record_anytime(study: optuna.Study, summary: dict) -> None:
     study.set_user_attr(_ANYTIME, summary)
+
+
+def record_trial_devices(study: optuna.Study, devices: dict) -> None:
+    """What this run's trials and baselines reserve in Ray (--gpus-per-trial resolved), and why."""
+    study.set_user_attr("trial_devices", devices)
 
 
 def record_retrain(study: optuna.Study, number: int, summary: dict) -> None:

@@ -34,9 +34,11 @@ HELDOUT_LOSS_BY_TARGET = "heldout_loss_by_target"
 STOPPED_AT_STEP = "stopped_at_step"
 LAST_TRAIN_LOSS = "last_train_loss"
 # What a finished trial's report carries and the trial keeps as is (the last two: what bringing its files back
-# cost; "node": which machine ran it).
+# cost; "node": which machine ran it; LATENCY_CONDITIONS: how latency_ms was measured; "train_device": the
+# device and precision it trained on). Flat values: Ray Tune flattens nested dicts in results.
+LATENCY_CONDITIONS = ("latency_device", "latency_device_name", "latency_threads", "latency_repeats")
 MEASUREMENTS = ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done",
-                "artifact_bytes", "artifact_seconds", "node")
+                "artifact_bytes", "artifact_seconds", "node", *LATENCY_CONDITIONS, "train_device")
 # Keys that say where a trial came from, not what it measured: never copied onto a repeat.
 LINEAGE = (RETRY_OF, REPEAT_OF, RETRY_PARAMS, INTERRUPTED)
 
