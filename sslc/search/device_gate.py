@@ -21,9 +21,9 @@ import ray
 from .artifacts import node_name
 
 
-@ray.remote(num_cpus=0)
-class DeviceGate:
-    """Per device key: users (training), whether a measurement holds it, measurements waiting for it."""
+class DeviceLocks:
+    """Per device key: users (training), whether a measurement holds it, measurements waiting for it. Run as the
+    `DeviceGate` actor (its methods are coroutines, so waiting callers never block the others)."""
 
     def __init__(self):
         self.users: dict[str, int] = {}
@@ -75,6 +75,9 @@ class DeviceGate:
         async with condition:
             self.measuring.discard(key)
             condition.notify_all()
+
+
+DeviceGate = ray.remote(num_cpus=0)(DeviceLocks)
 
 
 def start_gate():

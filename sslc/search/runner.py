@@ -223,7 +223,13 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say, devices: Trial
         over = budget.violations(macs_in_convention(arch, budget.convention, budget.seconds), params)
         runs[name] = (config, arch, macs, params, over, None if over else task.remote(shipped, config.to_dict(), macs))
     for name, (config, arch, macs, params, over, pending) in runs.items():
-        result = {"status": "infeasible", "reason": "; ".join(over)} if over else ray.get(pending)
+        if over:
+            result = {"status": "infeasible", "reason": "; ".join(over)}
+        else:
+            try:
+                result = ray.get(pending)
+            except ray.exceptions.RayError as error:  # its process died (a failure inside it is a result)
+                result = {"status": "error", "reason": f"the baseline's process failed: {one_line(error)}"}
         rows.append(BaselineRecord.measured(name, config.to_dict(), macs, params, result, within_budget=not over,
                                             macs_superb=count_macs_superb(arch)))
         say(f"baseline {name}: {_baseline_outcome(result, macs)}")
