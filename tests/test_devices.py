@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import ray
@@ -23,7 +24,7 @@ from sslc.metrics import measure_latency
 from sslc.models.teachers import load_teacher
 from sslc.runs.inputs import RunInputs
 from sslc.runs.storage import load_study
-from sslc.search import devices, runner
+from sslc.search import device_gate, devices, runner
 from sslc.search.device_gate import DeviceLocks
 from sslc.search.runner import SearchSettings, run_search, trainer_config
 from sslc.search.trial import train_baseline
@@ -136,17 +137,17 @@ def test_latency_records_the_device_name(monkeypatch):
 def test_a_latency_measurement_waits_until_no_trial_trains_on_its_device():
     async def scenario():
         gate, events = DeviceLocks(), []
-        await gate.share("n/cpu")  # trainer A trains
-        measuring = asyncio.create_task(gate.exclusive("n/cpu"))
+        await gate.share("n/cpu", "A")  # trainer A trains
+        measuring = asyncio.create_task(gate.exclusive("n/cpu", "M"))
         await asyncio.sleep(0.05)
         assert not measuring.done()  # A still trains: the measurement waits
-        joining = asyncio.create_task(gate.share("n/cpu"))  # trainer B would start now: it waits behind it
-        other = asyncio.create_task(gate.share("n/cuda:0"))  # another device is not held up
+        joining = asyncio.create_task(gate.share("n/cpu", "B"))  # trainer B would start now: it waits behind it
+        other = asyncio.create_task(gate.share("n/cuda:0", "C"))  # another device is not held up
         await asyncio.sleep(0.05)
         assert other.done() and not joining.done()
 
         async def report_of_a():  # A reaches its next report: it lets go until the measurement is done
-            await gate.pause("n/cpu")
+            await gate.pause("n/cpu", "A")
             events.append("A resumes")
 
         pausing = asyncio.create_task(report_of_a())
@@ -154,10 +155,31 @@ def test_a_latency_measurement_waits_until_no_trial_trains_on_its_device():
         events.append("measuring")
         await asyncio.sleep(0.05)
         assert not joining.done() and not pausing.done()
-        await gate.release("n/cpu")
+        await gate.release("n/cpu", "M")
         await asyncio.wait_for(asyncio.gather(joining, pausing), 1)
-        assert events == ["measuring", "A resumes"] and gate.users["n/cpu"] == 2
-        await gate.pause("n/cpu")  # nothing waits: a report passes straight through
+        assert events == ["measuring", "A resumes"] and set(gate.users["n/cpu"]) == {"A", "B"}
+        await gate.pause("n/cpu", "A")  # nothing waits: a report passes straight through
+
+    asyncio.run(scenario())
+
+
+def test_a_trainer_whose_process_died_holds_a_measurement_up_only_until_its_lease_lapses(monkeypatch):
+    monkeypatch.setattr(device_gate, "RENEW_SECONDS", 0.05)
+
+    async def scenario():
+        gate = DeviceLocks(lease_seconds=0.3)
+        await gate.share("n/cpu", "dead")  # never renewed, never let go
+        await gate.share("n/cpu", "alive")
+        started = time.monotonic()
+        measuring = asyncio.create_task(gate.exclusive("n/cpu", "M"))
+        for _ in range(12):  # "alive" renews its lease and, at its report, pauses
+            await asyncio.sleep(0.05)
+            await gate.renew("alive")
+        pausing = asyncio.create_task(gate.pause("n/cpu", "alive"))
+        await asyncio.wait_for(measuring, 2)
+        assert time.monotonic() - started >= 0.3 and "dead" not in gate.users["n/cpu"]
+        await gate.release("n/cpu", "M")
+        await asyncio.wait_for(pausing, 1)
 
     asyncio.run(scenario())
 
