@@ -234,3 +234,13 @@ def test_on_a_gpu_trials_and_baselines_get_the_same_share_and_an_oom_trial_fails
     trained = [b for b in study.user_attrs["baselines"] if b["status"] == "completed"]
     assert trained and all(b["train_device"] == trials[1].user_attrs["train_device"] for b in trained)
     assert all(b["latency_conditions"]["latency_device"] == "cpu" for b in trained)
+
+
+def test_a_trial_measures_cuda_latency_on_its_own_gpu_and_holds_every_device_it_trains_on(monkeypatch):
+    monkeypatch.setattr(device_gate, "node_name", lambda: "10.0.0.7 (abcd1234)")
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [3])  # what Ray gave this trial
+    assert device_gate.measured_device("cuda") == "10.0.0.7 (abcd1234)/cuda:3"
+    assert device_gate.measured_device("cpu") == "10.0.0.7 (abcd1234)/cpu"
+    assert device_gate.used_devices() == ["10.0.0.7 (abcd1234)/cpu", "10.0.0.7 (abcd1234)/cuda:3"]
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert device_gate.used_devices() == ["10.0.0.7 (abcd1234)/cpu"]

@@ -316,10 +316,11 @@ def run_search(
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training,
                        latency_device=settings.latency_device)
     interrupted, failure = False, None
-    started_ray = _start_ray(settings)
+    started_ray = False
     try:
         import ray
 
+        started_ray = _start_ray(settings)
         devices = trial_devices(settings, ray.cluster_resources(), context, space, trainer)
         say(devices.note)
         record_trial_devices(study, {**devices.resources(), "note": devices.note})
