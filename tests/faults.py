@@ -1,7 +1,7 @@
 """Fault injection for the tests of failure handling, through the search's `before_training` seam.
 
 `Faults({0: "raise", 1: "nan", 3: "hang"})` makes trial 0 raise, gives trial 1 NaN weights and keeps trial 3
-training until the search is killed. Run as a script, it is `sslc-search` with faults:
+training until the search is killed; "oom" raises torch's out-of-GPU-memory error. Run as a script, it is `sslc-search` with faults:
 `python tests/faults.py hang:3 -- <sslc-search options>` (run as __main__, Ray ships the class by value).
 """
 
@@ -28,6 +28,8 @@ class Faults:
         kind = self.plan.get(trial_number)
         if kind == "raise":
             raise RuntimeError("injected fault")
+        if kind == "oom":  # what torch raises when a CUDA allocation fails (testable without a GPU)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         if kind == "hang":  # a trial that is surely still training when the test kills the search
             while True:
                 time.sleep(1)

@@ -9,12 +9,14 @@ from sslc.cli.common import ArgumentParser, cli_entry
 from sslc.search.settings import (
     ANYTIME_SPACE,
     DEMO_DATA,
+    LATENCY_DEVICES,
     MACS_CONVENTIONS,
     MODES,
     OBJECTIVE_SETS,
     PRESET_DIR,
     SAMPLERS,
     SearchSettings,
+    parse_gpus_per_trial,
     preset_names,
 )
 
@@ -103,7 +105,10 @@ def build_parser():
     parser.add_argument("--storage-path", help="Ray Tune's experiment state and trial logs (default: <run_dir>/ray; "
                         "on a multi-node cluster a shared path or s3://...; trial files come back through Ray anyway)")
     parser.add_argument("--cpus-per-trial", type=float, default=DEFAULTS.cpus_per_trial, help="CPU cores each trial reserves in Ray")
-    parser.add_argument("--gpus-per-trial", type=float, default=DEFAULTS.gpus_per_trial, help="GPUs (or shares of one) each trial reserves")
+    parser.add_argument("--gpus-per-trial", type=parse_gpus_per_trial, default=DEFAULTS.gpus_per_trial,
+                        help="GPUs (or a share of one) each trial and baseline reserves; auto: where Ray sees GPUs, "
+                        "as many trials per GPU as fit by the measured memory of a training step of the space's "
+                        "largest config (capped by the CPUs), 0 where it sees none")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as the resources allow)")
     parser.add_argument("--no-early-stopping", action="store_true", help="train every trial to the end")
     parser.add_argument("--no-baselines", action="store_true",
@@ -111,6 +116,9 @@ def build_parser():
     parser.add_argument("--no-warm-start", action="store_true",
                         help="do not ask the baselines' shapes (as the space's nearest configs) as the first trials")
     parser.add_argument("--latency-repeats", type=int, default=DEFAULTS.latency_repeats, help="timed forward passes per trial (median)")
+    parser.add_argument("--latency-device", default=DEFAULTS.latency_device, choices=LATENCY_DEVICES,
+                        help="the device the student is meant for: its latency is measured there (cuda: the trial's "
+                        "GPU), while no other trial of the run uses that device")
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the sampler, the data split and random teachers")
     return parser
@@ -133,7 +141,7 @@ def settings_from_args(args) -> SearchSettings:
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,
         baselines=not args.no_baselines, warm_start=not args.no_warm_start, latency_repeats=args.latency_repeats,
-        seed=args.seed,
+        latency_device=args.latency_device, seed=args.seed,
     )
     settings.check()
     return settings

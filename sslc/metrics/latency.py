@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ class LatencyResult:
     # the CPUs it is spread over. A trial timed while other trials train reads slower than an idle sslc-info.
     load_average: float | None = None
     cpus: int | None = None
+    device_name: str = ""  # the GPU's or CPU's model name (see `device_name`)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,7 +54,8 @@ def describe_conditions(conditions: dict) -> str:
     threads, load 1.9 on 16 CPUs"; keys an older record lacks are left out."""
     parts = [f"median of {conditions['repeats']}" + (f" after {conditions['warmup']} warm-up"
                                                       if conditions.get("warmup") is not None else "")]
-    parts.append(f"{conditions['batch']} x {conditions['seconds']:g} s on {conditions['device']}")
+    on = conditions["device"] + (f" ({conditions['device_name']})" if conditions.get("device_name") else "")
+    parts.append(f"{conditions['batch']} x {conditions['seconds']:g} s on {on}")
     parts.append(f"{conditions['torch_threads']} torch thread(s)")
     if conditions.get("load_average") is not None:
         parts.append(f"load {conditions['load_average']:.1f} on {conditions.get('cpus') or '?'} CPUs")
@@ -64,6 +67,19 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):  # not on Windows
         return None
+
+
+def device_name(device: str | torch.device) -> str:
+    """The model name of `device`: the GPU's (CUDA), or the CPU's as the kernel reports it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux; Python has no portable CPU model name (platform.processor() is empty there)
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _check(seconds: float, batch: int, warmup: int, repeats: int, threads: int | None) -> None:
@@ -143,7 +159,7 @@ def compare_latency(
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     waveforms = torch.randn(batch, num_samples_for(seconds, sample_rate), generator=generator).to(device)
-    names = list(models)
+    names, name_of_device = list(models), device_name(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     with _num_threads(threads) as used_threads, _prepared(models, device), torch.inference_mode():
         for name in names:
@@ -167,6 +183,7 @@ def compare_latency(
             warmup=warmup,
             load_average=load,
             cpus=os.cpu_count(),
+            device_name=name_of_device,
         )
         for name, samples in times.items()
     }

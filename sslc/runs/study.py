@@ -194,6 +194,7 @@ class BaselineRecord:
     latency_ms: float | None = None
     macs_superb: int | None = None
     latency_measurement: dict | None = None  # how its latency was timed (`LatencyResult.conditions`)
+    train_device: str | None = None  # the device and precision it trained on, as the trials
 
     @classmethod
     def measured(cls, name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool,
@@ -201,7 +202,7 @@ class BaselineRecord:
         """From what training and measuring it returned (`train_and_measure`'s result)."""
         return cls(name, config, macs, params, result["status"], within_budget, result.get("heldout_loss"),
                    result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb,
-                   result.get("latency_measurement"))
+                   result.get("latency_measurement"), result.get("train_device"))
 
     @classmethod
     def from_dict(cls, row: dict) -> BaselineRecord:
@@ -215,6 +216,11 @@ def record_baselines(study: optuna.Study, baselines: list[BaselineRecord]) -> No
 
 def record_anytime(study: optuna.Study, summary: dict) -> None:
     study.set_user_attr(_ANYTIME, summary)
+
+
+def record_trial_devices(study: optuna.Study, devices: dict) -> None:
+    """What this run's trials and baselines reserve in Ray (--gpus-per-trial resolved), and why."""
+    study.set_user_attr("trial_devices", devices)
 
 
 def record_retrain(study: optuna.Study, number: int, summary: dict) -> None:

@@ -34,10 +34,10 @@ HELDOUT_LOSS_BY_TARGET = "heldout_loss_by_target"
 STOPPED_AT_STEP = "stopped_at_step"
 LAST_TRAIN_LOSS = "last_train_loss"
 # What a finished trial's report carries and the trial keeps as is ("latency_measurement": how its latency was
-# timed, `LatencyResult.conditions`; the artifact keys: what bringing its files back cost; "node": which machine
-# ran it).
+# timed, `LatencyResult.conditions`; "train_device": the device and precision it trained on; the artifact keys:
+# what bringing its files back cost; "node": which machine ran it).
 MEASUREMENTS = ("latency_ms", "latency_measurement", "nonzero_params", "train_curve", "seconds_training", "steps_done",
-                "artifact_bytes", "artifact_seconds", "node")
+                "artifact_bytes", "artifact_seconds", "node", "train_device")
 # Keys that say where a trial came from, not what it measured: never copied onto a repeat.
 LINEAGE = (RETRY_OF, REPEAT_OF, RETRY_PARAMS, INTERRUPTED)
 

@@ -32,7 +32,14 @@ from sslc.metrics import (
 from sslc.models.teachers import describe_teacher
 from sslc.runs.inputs import prepare_inputs
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
-from sslc.runs.study import BaselineRecord, StudyRecord, TeacherRecord, record_anytime, record_baselines
+from sslc.runs.study import (
+    BaselineRecord,
+    StudyRecord,
+    TeacherRecord,
+    record_anytime,
+    record_baselines,
+    record_trial_devices,
+)
 from sslc.runs.trials import count_trained, pending_retries
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
@@ -40,6 +47,8 @@ from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 from .anytime import anytime_dir, check_space, train_shared_weights
 from .artifacts import start_sink
 from .baselines import baseline_configs
+from .device_gate import start_gate
+from .devices import TrialDevices, trial_devices, visible_gpus
 from .pareto import pareto_table, write_pareto
 from .progress import SearchProgress
 from .samplers import make_sampler, startup_trials
@@ -47,7 +56,7 @@ from .scheduler import DominanceStopper
 from .searcher import OptunaAskTellSearcher
 from .settings import SearchSettings
 from .storage import open_study, recover_interrupted
-from .trial import BeforeTraining, TrialSetup, train_and_measure, train_candidate
+from .trial import BeforeTraining, TrialSetup, train_baseline, train_candidate
 
 log = logging.getLogger("sslc.search")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line and the study say what happened
@@ -170,28 +179,34 @@ def _start_ray(settings: SearchSettings) -> bool:
             )
             raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {one_line(error)}{hint}") from None
     else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        # The GPUs torch sees, as Ray would detect them (CUDA_VISIBLE_DEVICES), said explicitly: the trials'
+        # GPU resources then follow what this process sees.
+        ray.init(num_cpus=os.cpu_count(), num_gpus=visible_gpus(), **kwargs)
     return True
 
 
-def _concurrency(settings: SearchSettings) -> int:
+def _concurrency(settings: SearchSettings, devices: TrialDevices) -> int:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
-    fit = max(1, int(cpus // settings.cpus_per_trial))
-    if settings.gpus_per_trial > 0:
-        fit = min(fit, max(1, int(ray.cluster_resources().get("GPU", 0) // settings.gpus_per_trial)))
+    fit = max(1, int(cpus // devices.cpus))
+    if devices.gpus > 0:
+        fit = min(fit, max(1, int(ray.cluster_resources().get("GPU", 0) / devices.gpus + 1e-6)))
     return min(settings.concurrency or fit, settings.trials)
 
 
-def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
+def _run_baselines(study, setup: TrialSetup, teacher_config, say, devices: TrialDevices) -> None:
     """Short trials of the simple baselines, once per study (kept in its user attrs for the report).
 
+    They run as Ray tasks with the trials' resources, so they train on the same kind of device, in the same
+    precision and threads, as the trials they are compared with (the driver may see a GPU the trials do not).
     An over-budget baseline is recorded as such and not trained (nor built); each result is printed as it comes.
     """
+    import ray
+
     if StudyRecord.read(study).baselines is not None:
         return
-    rows, threads = [], torch.get_num_threads()  # the trainer sets the trial's thread count: restore ours
+    rows = []
     budget = setup.budget
     # The data-driven baselines need the teacher and data: not in anytime mode (removed blocks are not elastic).
     configs = baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention,
@@ -201,17 +216,25 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say) -> None:
         say(f"baselines, for comparison: {', '.join(configs)} (scored on the shared weights, like a trial)")
     else:
         say(f"baselines, for comparison: {', '.join(configs)} ({setup.trainer.steps} steps each, like a trial)")
+    task = ray.remote(train_baseline).options(num_cpus=devices.cpus, num_gpus=devices.gpus, max_retries=0)
+    shipped = ray.put(setup)  # one copy of the teacher and data in the object store for every baseline
+    runs = {}
     for name, config in configs.items():
         arch = config.student_architecture(teacher_config)
         macs, params = count_macs(arch, seconds=budget.seconds).total, count_params_from_config(arch)
         over = budget.violations(macs_in_convention(arch, budget.convention, budget.seconds), params)
-        result = {"status": "infeasible", "reason": "; ".join(over)} if over else train_and_measure(
-            setup, config.to_dict(), None, macs=macs
-        )
+        runs[name] = (config, arch, macs, params, over, None if over else task.remote(shipped, config.to_dict(), macs))
+    for name, (config, arch, macs, params, over, pending) in runs.items():
+        if over:
+            result = {"status": "infeasible", "reason": "; ".join(over)}
+        else:
+            try:
+                result = ray.get(pending)
+            except ray.exceptions.RayError as error:  # its process died (a failure inside it is a result)
+                result = {"status": "error", "reason": f"the baseline's process failed: {one_line(error)}"}
         rows.append(BaselineRecord.measured(name, config.to_dict(), macs, params, result, within_budget=not over,
                                             macs_superb=count_macs_superb(arch)))
         say(f"baseline {name}: {_baseline_outcome(result, macs)}")
-    torch.set_num_threads(threads)
     record_baselines(study, rows)
 
 
@@ -292,9 +315,18 @@ def run_search(
     if retries:
         say(f"resuming run '{name}': {retries} interrupted trial(s) will run again")
 
-    setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training)
+    setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training,
+                       latency_device=settings.latency_device)
     interrupted, failure = False, None
+    started_ray = False
     try:
+        import ray
+
+        started_ray = _start_ray(settings)
+        devices = trial_devices(settings, ray.cluster_resources(), context, space, trainer)
+        say(devices.note)
+        record_trial_devices(study, {**devices.resources(), "note": devices.note})
+        setup = replace(setup, gate=start_gate())
         if settings.mode == "anytime":
             say(f"anytime: one elastic student distilled for every size ({settings.anytime_steps} once-for-all "
                 f"steps, resumable in {anytime_dir(run_dir)}), then each config scored on its shared weights")
@@ -310,14 +342,19 @@ def run_search(
             warm_start = (baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
                           if settings.warm_start and sampler is None else None)
             interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console, startup,
-                                warm_start)
+                                devices, warm_start)
         if settings.baselines and not interrupted:
             try:
-                _run_baselines(study, setup, teacher_config, say)
+                _run_baselines(study, setup, teacher_config, say, devices)
             except KeyboardInterrupt:
                 interrupted = True
     except Exception as error:  # the sampler, the storage or the driver: end the search cleanly, say why
         failure = _failure(error, run_dir)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
 
     try:
         recover_interrupted(study)  # nothing may stay RUNNING or WAITING
@@ -358,14 +395,13 @@ def _failure(error: Exception, run_dir: Path) -> UserError:
 
 
 def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console, startup: int,
-          warm_start: dict | None = None) -> bool:
+          devices: TrialDevices, warm_start: dict | None = None) -> bool:
     """Run the remaining trials with Ray Tune; True when the search was interrupted (Ctrl-C)."""
     # The classic Tune reporter honours verbose=0; the newer one prints an experiment box regardless.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
 
-    started_ray = _start_ray(settings)
     progress = SearchProgress(study, settings.trials, console)
     rungs = sorted({max(1, settings.steps // 3), max(1, 2 * settings.steps // 3)} - {settings.steps})
     scheduler = DominanceStopper(rungs, **settings.stopping_rule) if settings.early_stopping and rungs else None
@@ -379,13 +415,13 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
     setup = replace(setup, sink=start_sink(run_dir))
     trainable = tune.with_resources(
         tune.with_parameters(train_candidate, setup=setup),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        devices.resources(),
     )
     tuner = Tuner(
         trainable,
         tune_config=TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=-1, reuse_actors=True,
-            max_concurrent_trials=_concurrency(settings),
+            max_concurrent_trials=_concurrency(settings, devices),
         ),
         run_config=RunConfig(
             name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=settings.storage_path or str(run_dir / "ray"), verbose=0,
@@ -405,10 +441,6 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
         try:
             # Trials still in flight (Ctrl-C, a fault, or Ray stopping them) must not stay RUNNING in the study.
             searcher.abandon_running()
-        finally:  # a broken storage must not leave Ray running (the first error stays as the __context__)
+        finally:
             torch.set_num_threads(threads)
-            if started_ray:
-                import ray
-
-                ray.shutdown()
     return interrupted or count_trained(study) < settings.trials

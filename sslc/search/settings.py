@@ -23,8 +23,20 @@ MODES = ("trials", "anytime")
 ANYTIME_SPACE = "anytime"  # the default space of --mode anytime: only what an elastic student can share
 MACS_CONVENTIONS = ("seconds", "superb")  # = sslc.metrics.MACS_CONVENTIONS (not imported: it would pull in torch)
 DEMO_DATA = "demo"
+AUTO = "auto"  # --gpus-per-trial auto: as many trials per GPU as fit by measured memory, 0 where no GPU is visible
+LATENCY_DEVICES = ("cpu", "cuda")  # where a student's latency is measured (the device it is meant for)
 # The presets ship as files beside the space module; listed from disk so `--help` needs no torch import.
 PRESET_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
+
+
+def parse_gpus_per_trial(text: str) -> float | str:
+    """--gpus-per-trial: "auto" or a number of GPUs (a share of one below 1)."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"--gpus-per-trial must be '{AUTO}' or a number of GPUs, got {text!r}") from None
 
 
 def preset_names() -> list[str]:
@@ -66,7 +78,8 @@ class SearchSettings:
     # files (students, configs, errors) come back through Ray either way.
     storage_path: str | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    # A number: the GPUs (or share of one) each trial reserves in Ray; "auto": see AUTO (sslc.search.devices).
+    gpus_per_trial: float | str = AUTO
     concurrency: int | None = None
     early_stopping: bool = True
     # A trial is stopped at a rung once `min_peers` trials reached it and `min_dominators` of them dominate it.
@@ -76,6 +89,7 @@ class SearchSettings:
     warm_start: bool = True
     report: bool = True  # the CLI writes the HTML report after the search
     latency_repeats: int = 3
+    latency_device: str = "cpu"
     seed: int = 0
     quiet: bool = False
 
@@ -93,6 +107,10 @@ class SearchSettings:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.anytime_steps is not None and self.mode != "anytime":
             raise UserError("--anytime-steps is for --mode anytime")
+        if self.gpus_per_trial != AUTO and not isinstance(self.gpus_per_trial, (int, float)):
+            raise UserError(f"--gpus-per-trial must be '{AUTO}' or a number of GPUs, got {self.gpus_per_trial!r}")
+        if self.latency_device not in LATENCY_DEVICES:
+            raise UserError(f"--latency-device must be one of {', '.join(LATENCY_DEVICES)}, got {self.latency_device!r}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: choose from {', '.join(SAMPLERS)}")
         counts = {"--trials": self.trials, "--steps": self.steps, "--anytime-steps": self.anytime_steps,
@@ -100,8 +118,9 @@ class SearchSettings:
                   "--latency-repeats": self.latency_repeats, "--concurrency": self.concurrency}
         amounts = {"--crop-seconds": self.crop_seconds, "--lr": self.lr, "--budget-seconds": self.budget_seconds,
                    "--cpus-per-trial": self.cpus_per_trial, "--max-latency-ms": self.max_latency_ms}
+        gpus = {} if self.gpus_per_trial == AUTO else {"--gpus-per-trial": self.gpus_per_trial}
         rules = [(counts, lambda v: v >= 1, "at least 1"), (amounts, lambda v: v > 0, "> 0"),
-                 ({"--gpus-per-trial": self.gpus_per_trial}, lambda v: v >= 0, ">= 0")]
+                 (gpus, lambda v: v >= 0, ">= 0")]
         for options, holds, what in rules:
             for option, value in options.items():
                 if value is not None and not holds(value):  # None: the option was not given

@@ -1,8 +1,10 @@
 """One search trial: build the student a config describes, measure it, distil it briefly, report.
 
-`train_candidate` is the Ray Tune function trainable; `train_and_measure` is its body, also used in-process
-for the baselines. A trial never raises into Ray: any exception becomes a final report with status "error"
-and the reason, so the searcher records the trial as FAIL with that reason (Ray's own error path would lose it).
+`train_candidate` is the Ray Tune function trainable; `train_and_measure` is its body, also run for the
+baselines, as Ray tasks with the trials' resources (`train_baseline`), so they train on the same kind of device
+and precision. A trial never raises into Ray: any exception (running out of GPU memory included) becomes a final
+report with status "error" and the reason, so the searcher records the trial as FAIL with that reason (Ray's own
+error path would lose it) and the search goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sslc.compress import CompressionConfig, quantize_int8
 from sslc.errors import first_line
 from sslc.files import write_json_atomically
 from sslc.metrics import count_nonzero_params, measure_latency
+from sslc.metrics.latency import device_name
 from sslc.runs.inputs import RunInputs
 from sslc.runs.record import TRIALS_DIR
 from sslc.runs.student_file import WEIGHTS_FILE, save_student
@@ -29,6 +32,7 @@ from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 
 from .anytime import SharedWeights
 from .artifacts import node_name, send_trial_files
+from .device_gate import measured_device, measuring, training, used_devices
 
 # Called with (trial number, the student just built) before a trial trains it: a seam for tests of failure
 # handling (raise, poison the weights, or block until the search is killed). Shipped to Ray workers with the
@@ -53,6 +57,10 @@ class TrialSetup:
     before_training: BeforeTraining | None = None
     # --mode anytime: the once-for-all trained weights every config is scored on instead of being trained.
     shared: SharedWeights | None = None
+    # Where latency is measured (--latency-device), and the run's DeviceGate (set once Ray runs; None: no other
+    # trial to wait for) that keeps other trials off that device meanwhile.
+    latency_device: str = "cpu"
+    gate: object | None = None
 
 
 def _targets(setup: TrialSetup) -> TeacherTargets:
@@ -85,26 +93,33 @@ def train_and_measure(
     if setup.before_training is not None and trial_number is not None:
         setup.before_training(trial_number, student)
     deployed = quantize_int8(student) if config.quantize == "int8" else student
-    latency = measure_latency(deployed, seconds=setup.budget.seconds, warmup=1, repeats=setup.latency_repeats)
+    if config.quantize == "int8" and setup.latency_device != "cpu":
+        raise ValueError("int8 students (dynamic quantisation) run on the CPU only: measure with --latency-device cpu")
+    with measuring(setup.gate, measured_device(setup.latency_device) if setup.gate else ""):
+        latency = measure_latency(deployed, seconds=setup.budget.seconds, device=setup.latency_device, warmup=1,
+                                  repeats=setup.latency_repeats)
     base = {"macs": macs, "latency_ms": latency.median_ms, "latency_measurement": latency.conditions,
+            "train_device": train_device(setup.trainer),
             "nonzero_params": count_nonzero_params(deployed)}
     del deployed
     over = setup.budget.violations(None, latency_ms=latency.median_ms)  # MACs and params were checked when asked
     if over:
         return {**base, "final": True, "status": "infeasible", "reason": "; ".join(over)}
 
-    if setup.shared is not None:
-        return {**base, **_scored_on_shared_weights(setup, config, student, trial_dir, trial_number)}
+    with training(setup.gate, used_devices() if setup.gate else []) as pause:
+        if setup.shared is not None:
+            return {**base, **_scored_on_shared_weights(setup, config, student, trial_dir, trial_number)}
 
-    def on_report(step: int, train_loss: float) -> bool:
-        if report is not None:
-            report({**base, "step": step, "train_loss": train_loss})
-        return False  # stopping is the scheduler's decision, taken through Ray
+        def on_report(step: int, train_loss: float) -> bool:
+            pause()  # a latency measurement waiting for this device goes first
+            if report is not None:
+                report({**base, "step": step, "train_loss": train_loss})
+            return False  # stopping is the scheduler's decision, taken through Ray
 
-    result = run_short_trial(
-        student, _targets(setup), setup.run.data.train, setup.run.data.heldout, setup.trainer, on_report,
-        kept_layers=config.layers,
-    )
+        result = run_short_trial(
+            student, _targets(setup), setup.run.data.train, setup.run.data.heldout, setup.trainer, on_report,
+            kept_layers=config.layers,
+        )
     if trial_dir is not None and result.status == "completed":
         provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done}
         save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
@@ -123,6 +138,12 @@ def train_and_measure(
         "seconds_training": result.seconds_training,
         "loss_measured_before_int8": config.quantize == "int8",
     }
+
+
+def train_device(trainer: TrainerConfig) -> str:
+    """The device and precision this process trains on (as `DistillationStep` does: bf16 autocast on CUDA)."""
+    device = trainer.resolve_device()
+    return f"{device} ({device_name(device)}, {'bf16 autocast' if device.type == 'cuda' else 'float32'})"
 
 
 def _scored_on_shared_weights(setup: TrialSetup, config: CompressionConfig, student, trial_dir: Path | None,
@@ -151,16 +172,8 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
     number = params["trial_number"]
     with tempfile.TemporaryDirectory(prefix=f"sslc-trial-{number}-") as tmp:
         trial_dir = Path(tmp)
-        try:
-            if setup.trainer.num_threads:
-                torch.set_num_threads(setup.trainer.num_threads)
-            setup.run.use_node_cache()
-            result = train_and_measure(setup, params["config"], trial_dir, tune.report, params["macs"], number)
-        except Exception as error:  # recorded as the trial's fail reason; the traceback goes to its directory
-            (trial_dir / "error.txt").write_text(traceback.format_exc())
-            # One line that says where: on a cluster, a file missing on one node is that node's problem.
-            result = {"final": True, "status": "error", "reason": f"{type(error).__name__} on node {node_name()}: "
-                      f"{first_line(error)}"}
+        result = _guarded(lambda: train_and_measure(setup, params["config"], trial_dir, tune.report, params["macs"],
+                                                    number), setup, trial_dir)
         try:
             result.update(_deliver(setup, number, trial_dir))
         except Exception as error:  # the driver's node unreachable: the trial's files are lost, so it failed
@@ -171,6 +184,31 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
     if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
         result["heldout_loss_by_target_pairs"] = [[key, value] for key, value in by_target.items()]
     tune.report({**result, "macs": params["macs"]})
+
+
+def train_baseline(setup: TrialSetup, config_dict: dict, macs: int) -> dict:
+    """A Ray task: one baseline, trained and measured like a trial (and failing like one, with a reason)."""
+    return _guarded(lambda: train_and_measure(setup, config_dict, None, macs=macs), setup, None)
+
+
+def _guarded(work: Callable[[], dict], setup: TrialSetup, trial_dir: Path | None) -> dict:
+    """`work()`'s result, or, when it raises, the final report of a failed trial with the reason in one line
+    (and the traceback in `trial_dir`/error.txt)."""
+    try:
+        if setup.trainer.num_threads:
+            torch.set_num_threads(setup.trainer.num_threads)
+        setup.run.use_node_cache()
+        return work()
+    except Exception as error:  # recorded as the trial's fail reason; the traceback goes to its directory
+        if trial_dir is not None:
+            (trial_dir / "error.txt").write_text(traceback.format_exc())
+        # One line that says where: on a cluster, a file missing on one node is that node's problem.
+        what = f"{type(error).__name__} on node {node_name()}"
+        if isinstance(error, torch.OutOfMemoryError):
+            # This process runs the next trial too (Ray reuses it): give back what the failed one held.
+            torch.cuda.empty_cache()
+            what = f"out of GPU memory ({what})"
+        return {"final": True, "status": "error", "reason": f"{what}: {first_line(error)}"}
 
 
 def _deliver(setup: TrialSetup, number: int, local_dir: Path) -> dict:
