@@ -313,3 +313,36 @@ def test_conversion_refusals(tmp_path):
     thin = dataclasses.replace(tiny_config("wavlm"), embed_dim=32, residual_index=list(range(0, 64, 2)),
                                layers=[LayerSpec(heads=2, ffn_dim=64, head_index=[0, 2])])
     assert any("thin WavLM" in p for p in plain_problems(thin.validate()))
+
+
+def test_cli_formats(tiny_run, tmp_path, capsys):
+    from sslc.cli.export import main as export_main
+    from sslc.runs.record import open_run
+    from sslc.runs.trials import front_trials
+
+    trial = front_trials(open_run(tiny_run).study)[0].number
+    reference_file = tmp_path / "student.pt"
+    assert export_main([str(tiny_run), "--trial", str(trial), "-o", str(reference_file)]) == 0
+    # No --format: the suffix decides; safetensors is the default and loses nothing (same states, same metadata).
+    assert export_main([str(tiny_run), "--trial", str(trial), "-o", str(tmp_path / "student.safetensors")]) == 0
+    assert "format safetensors" in capsys.readouterr().out
+    a, b = sslc.load_student(reference_file), sslc.load_student(tmp_path / "student.safetensors")
+    waves, lengths, _ = batches()[0]
+    with torch.no_grad():
+        assert all(torch.equal(x, y) for x, y in zip(a(waves, lengths), b(waves, lengths)))
+    assert {k: v for k, v in a.metadata.items() if k != "provenance"} == {
+        k: v for k, v in b.metadata.items() if k != "provenance"}
+    assert export_main([str(tiny_run), "--trial", str(trial), "--format", "torchscript",
+                        "-o", str(tmp_path / "student.ts")]) == 0
+    with torch.no_grad():
+        traced = torch.jit.load(str(tmp_path / "student.ts"))(waves, lengths)
+        assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(traced, a(waves, lengths)))
+    capsys.readouterr()
+    cases = [
+        (["--format", "torchscript", "--split-layer", "1", "-o", str(tmp_path / "x")], "--format onnx"),
+        (["--format", "yaml"], "invalid choice"),
+    ]
+    for extra, message in cases:
+        assert export_main([str(tiny_run), "--trial", str(trial), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

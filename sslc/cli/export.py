@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or Path(stem + ("-split" if args.split_layer is not None else _SUFFIX[fmt]))
         info = export_anytime(args.run_dir, output, fmt, args.budget, args.split_layer, args.remote_code or None)
         if args.budget is None:
-            print(f"wrote {output} ({fmt}): the shared weights and {info['points']} front point(s) of run "
-                  f"{info['provenance']['run']} ({info['provenance']['once_for_all_steps']} once-for-all steps)")
+            print(f"wrote {output}: the shared weights and {info['points']} front point(s) of run "
+                  f"{info['provenance']['run']} ({info['provenance']['once_for_all_steps']} once-for-all steps), "
+                  f"format {fmt}")
         else:
-            print(f"wrote {output} ({fmt}): the best front point within {args.budget} of run "
-                  f"{info['provenance']['run']}, {format_macs(info['metrics']['macs'])} MACs")
+            print(f"wrote {output}: the best front point within {args.budget} of run "
+                  f"{info['provenance']['run']}, {format_macs(info['metrics']['macs'])} MACs, format {fmt}")
         for note in info["notes"]:
             print(f"  {note}")
         return 0
@@ -89,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     loss = metrics.get("heldout_loss")
     loss_text = f"{loss:.4f}" if loss is not None else "-"
     print(
-        f"wrote {output} ({fmt}): trial {args.trial}, {info['provenance']['weights']} weights, "
+        f"wrote {output}: trial {args.trial}, {info['provenance']['weights']} weights, "
         f"{format_params(metrics.get('params') or 0)} params, {format_macs(metrics.get('macs') or 0)} MACs, "
-        f"held-out loss {loss_text}"
+        f"held-out loss {loss_text}, format {fmt}"
     )
     for note in info["notes"]:
         print(f"  {note}")
