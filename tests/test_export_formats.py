@@ -346,3 +346,20 @@ def test_cli_formats(tiny_run, tmp_path, capsys):
         assert export_main([str(tiny_run), "--trial", str(trial), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_onnxruntime_latency_beside_torch(exported, capsys):
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime is not installed (pip install 'sslc[onnx]')")
+    from sslc.cli.info import main as info_main
+    from sslc.models.formats.onnx_file import OnnxRuntimeStudent
+
+    expected, written, _, _ = exported["onnx"]
+    runtime = OnnxRuntimeStudent(written["files"][0])  # what sslc-info times computes the student's states
+    waves, lengths, _ = batches()[0]
+    assert_close([runtime(waves, lengths)], expected[:1])
+    assert info_main(["--teacher", "random:tiny", "--seconds", "1", "--onnx", "--latency-repeats", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    torch_latency, onnx_latency = report["latency"], report["latency_onnxruntime"]
+    assert onnx_latency["median_ms"] > 0 and onnx_latency["repeats"] == torch_latency["repeats"] == 2
+    assert onnx_latency["threads"] == torch_latency["torch_threads"] == torch.get_num_threads()

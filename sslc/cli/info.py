@@ -2,6 +2,7 @@
 
 sslc-info --teacher random:hubert-base
 sslc-info --teacher random:tiny --seconds 1 --no-latency --json
+sslc-info --teacher random:hubert-base --onnx      # onnxruntime's CPU latency beside torch's
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def build_parser():
     )
     parser.add_argument("--latency-repeats", type=int, default=5, help="timed forward passes (default 5)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export the model to ONNX and time it in onnxruntime (CPU, as many threads as "
+                        "torch), interleaved with torch's runs on the same input (needs sslc[onnx])")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -87,7 +91,27 @@ def _print_table(report: dict) -> None:
     else:
         note = f"{latency['repeats']} runs, {latency['torch_threads']} threads"
         table.add_row("CPU latency (median)", f"{latency['median_ms']:.1f} ms", note)
+    onnx = report.get("latency_onnxruntime")
+    if onnx is not None:
+        note = f"{onnx['repeats']} runs, {onnx['threads']} threads"
+        table.add_row("onnxruntime CPU latency (median)", f"{onnx['median_ms']:.1f} ms", note)
     console.print(table)
+
+
+def _torch_and_onnxruntime_latency(model, seconds: float, repeats: int):
+    """(torch's LatencyResult, onnxruntime's as a dict with its threads), timed interleaved in one run."""
+    import tempfile
+    from pathlib import Path
+
+    from sslc.metrics import compare_latency
+    from sslc.models.formats.onnx_file import OnnxRuntimeStudent, write_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_onnx(model, Path(tmp) / "model.onnx")
+        runtime = OnnxRuntimeStudent(path)
+        timed = compare_latency({"torch": model, "onnxruntime": runtime}, seconds=seconds, repeats=repeats,
+                                device="cpu")
+    return timed["torch"], dict(timed["onnxruntime"].as_dict(), threads=runtime.threads)
 
 
 @cli_entry
@@ -103,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     if frames < 1:
         raise UserError(f"--seconds {args.seconds:g} is too short: the conv front end leaves no frames")
     macs = count_macs(config, num_samples=num_samples)
-    latency = None
-    if not args.no_latency:
+    latency = onnx_latency = None
+    if args.onnx and args.no_latency:
+        raise UserError("--onnx measures latency: drop --no-latency")
+    if args.onnx:
+        latency, onnx_latency = _torch_and_onnxruntime_latency(model, args.seconds, args.latency_repeats)
+    elif not args.no_latency:
         latency = measure_latency(model, seconds=args.seconds, repeats=args.latency_repeats, device="cpu")
     report = {
         "teacher": args.teacher,
@@ -119,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "macs_superb": count_macs_superb(config),
         "latency": latency.as_dict() if latency is not None else None,
     }
+    if onnx_latency is not None:
+        report["latency_onnxruntime"] = onnx_latency
     if args.json:
         print(json.dumps(report, indent=2))
     else:

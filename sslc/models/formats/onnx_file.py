@@ -94,3 +94,29 @@ def write_split_onnx(encoder: SpeechEncoder, directory: str | os.PathLike, until
         {"stream": {0: batch, 1: frames}, "frame_lengths": {0: batch}}, meta,
     )
     return client, server
+
+
+class OnnxRuntimeStudent(torch.nn.Module):
+    """An ONNX student file run by onnxruntime on CPU, called like the encoder (`model(waveforms)` -> the hidden
+    states as tensors), so `sslc.metrics.compare_latency` times it beside torch in the same run. `threads`:
+    onnxruntime's intra-op threads (torch's thread count when None, so both use the same cores)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("onnxruntime is not installed: pip install 'sslc[onnx]'") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.threads = options.intra_op_num_threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.names = [output.name for output in self.session.get_outputs()]
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+        waveforms = waveforms.detach().cpu().float()
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+        outputs = self.session.run(None, {"waveforms": waveforms.numpy(), "lengths": lengths.cpu().numpy()})
+        return [torch.from_numpy(o) for o, name in zip(outputs, self.names) if name.startswith("hidden_state_")]
