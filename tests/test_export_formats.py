@@ -48,6 +48,18 @@ def plain_student(family="hubert"):
     return random_teacher(config.validate())
 
 
+def thin_student():
+    """The lighthubert-small baseline's shape (half the width, heads and FFN) compressed from a tiny teacher: its
+    kept residual channels are a subset of the teacher's, its heads fill its width."""
+    from sslc.compress import compress
+    from sslc.search.baselines import thin_config
+
+    teacher = random_teacher(tiny_config())
+    student = compress(teacher, thin_config(teacher.config, 0.5, 0.5, 4.0)).eval()
+    assert student.config.embed_dim == 32 and student.config.residual_index is not None
+    return student
+
+
 def batches():
     """(waveforms, lengths, padded): two rows, the second zero-padded; one unpadded row of another length."""
     generator = torch.Generator().manual_seed(0)
@@ -217,6 +229,7 @@ def exported(tmp_path_factory, one_torch_thread):
         "hf-wav2vec2": ("transformers", plain_student("wav2vec2")),
         "hf-wavlm": ("transformers", plain_student("wavlm")),
         "hf-pre-ln": ("transformers", random_teacher(pre_ln_tiny())),
+        "hf-thin": ("transformers", thin_student()),
         "hf-remote": ("transformers", per_layer_student()),
         "s3prl": ("s3prl", plain_student()),
     }
@@ -273,12 +286,12 @@ def test_torchscript_runs_with_torch_alone(exported, name):
     assert_close(got, expected)
 
 
-@pytest.mark.parametrize("name", ["hf-hubert", "hf-wav2vec2", "hf-wavlm", "hf-pre-ln"])
+@pytest.mark.parametrize("name", ["hf-hubert", "hf-wav2vec2", "hf-wavlm", "hf-pre-ln", "hf-thin"])
 def test_transformers_plain_config_loads_without_custom_code(exported, name):
     expected, written, got, report = exported[name]
     assert written["kind"] == "plain" and plain_problems(written["encoder"].config) == []
     expected_class = {"hf-hubert": "HubertModel", "hf-wav2vec2": "Wav2Vec2Model", "hf-wavlm": "WavLMModel",
-                      "hf-pre-ln": "HubertModel"}[name]
+                      "hf-pre-ln": "HubertModel", "hf-thin": "HubertModel"}[name]
     assert report == {"class": expected_class, "custom_code": False}
     assert_close(got, expected)
 

@@ -13,13 +13,14 @@ Split: `client.onnx` (waveforms, lengths) -> hidden_state_0 .. hidden_state_k, f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
 
 import torch
 
-from sslc.errors import UserError
+from sslc.errors import UserError, first_line
 from sslc.files import write_atomically
 
 from ..encoder import SpeechEncoder
@@ -43,12 +44,20 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[
     import onnx
 
     def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
-            program = torch.onnx.export(
-                module, args, dynamo=True, opset_version=OPSET, input_names=input_names, output_names=outputs,
-                dynamic_shapes=dynamic_shapes, verbose=False, optimize=True,
-            )
+        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registration.level
+        registration.setLevel(logging.ERROR)  # "torchvision is not installed": its ops are not needed here
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
+                program = torch.onnx.export(
+                    module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
+                    output_names=outputs, dynamic_shapes=dynamic_shapes, verbose=False, optimize=True,
+                )
+        except Exception as error:  # the exporter's errors run for pages: one line, nothing written
+            raise UserError(f"the ONNX export failed: {first_line(error)[:200]}") from None
+        finally:
+            registration.setLevel(level)
         model = program.model_proto
         onnx.helper.set_model_props(model, {"sslc": json.dumps(metadata or {})})
         onnx.save(model, str(tmp))
