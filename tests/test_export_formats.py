@@ -376,3 +376,17 @@ def test_onnxruntime_latency_beside_torch(exported, capsys):
     torch_latency, onnx_latency = report["latency"], report["latency_onnxruntime"]
     assert onnx_latency["median_ms"] > 0 and onnx_latency["repeats"] == torch_latency["repeats"] == 2
     assert onnx_latency["threads"] == torch_latency["torch_threads"] == torch.get_num_threads()
+
+
+def test_int8_students_are_exported_as_float_and_say_so(tmp_path):
+    from sslc.runs.export import write_student
+    from sslc.runs.student_file import student_payload
+
+    encoder = plain_student()
+    payload = student_payload(encoder, {"quantize": "int8"}, "random:tiny")
+    written = write_student(encoder, payload, tmp_path / "s.ts", "torchscript")
+    assert any("int8 is applied by sslc.load_student only" in note for note in written["notes"])
+    waves, lengths, _ = batches()[0]
+    with torch.no_grad():  # the float weights, as sslc.load_student(path, quantize=False) would run them
+        traced = torch.jit.load(str(tmp_path / "s.ts"))(waves, lengths)
+        assert all(float((a - b).abs().max()) < TOL for a, b in zip(traced, encoder(waves, lengths).hidden_states))
