@@ -354,6 +354,8 @@ def test_cli_formats(tiny_run, tmp_path, capsys):
     cases = [
         (["--format", "torchscript", "--split-layer", "1", "-o", str(tmp_path / "x")], "--format onnx"),
         (["--format", "yaml"], "invalid choice"),
+        (["--budget", "40%"], "with --anytime"),
+        (["--remote-code", "-o", str(tmp_path / "y.onnx")], "--format transformers only"),
     ]
     for extra, message in cases:
         assert export_main([str(tiny_run), "--trial", str(trial), *extra]) == 2

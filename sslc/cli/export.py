@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sslc.cli.common import ArgumentParser, cli_entry
+from sslc.errors import UserError
 
 _SUFFIX = {"sslc": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".torchscript.pt",
            "transformers": "-transformers", "s3prl": "-s3prl"}
@@ -65,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     from sslc.models.formats import format_for
     from sslc.runs.export import export_anytime, export_student
 
+    if args.budget is not None and not args.anytime:
+        raise UserError("--budget picks a point of an anytime run: use it with --anytime")
+    if args.remote_code and args.format != "transformers":
+        raise UserError("--remote-code applies to --format transformers only")
+    fmt = args.format or ("onnx" if args.split_layer is not None else format_for(args.output))
     if args.anytime:
-        fmt = args.format or (format_for(args.output) if args.output else "sslc")
         stem = f"anytime-{args.run_dir.resolve().name}"
         output = args.output or Path(stem + ("-split" if args.split_layer is not None else _SUFFIX[fmt]))
         info = export_anytime(args.run_dir, output, fmt, args.budget, args.split_layer, args.remote_code or None)
@@ -81,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {note}")
         return 0
 
-    fmt = args.format or ("onnx" if args.split_layer is not None else format_for(args.output))
     stem = f"student-{args.run_dir.resolve().name}-{args.trial}"
     output = args.output or Path(stem + ("-split" if args.split_layer is not None else _SUFFIX[fmt]))
     info = export_student(args.run_dir, args.trial, output, source=args.weights, fmt=fmt,
