@@ -121,3 +121,30 @@ def test_sslc_retrain_starts_an_anytime_trial_from_its_shared_weights(anytime_ru
     summary = json.loads((settings.run_dir / "retrain" / str(number) / "result.json").read_text())
     assert summary["short_trial_heldout_loss"] == pytest.approx(study.trials[number].values[0])
     assert summary["steps"] == 1
+
+
+def test_export_anytime_in_other_formats(anytime_run, tmp_path, capsys):
+    settings, _, _ = anytime_run
+    run_dir = str(settings.run_dir)
+    assert export_main([run_dir, "--anytime", "-o", str(tmp_path / "m.pt")]) == 0
+    assert export_main([run_dir, "--anytime", "-o", str(tmp_path / "m.safetensors")]) == 0  # format from suffix
+    capsys.readouterr()
+    torch_file, safe = sslc.load_anytime(tmp_path / "m.pt"), sslc.load_anytime(tmp_path / "m.safetensors")
+    waves = torch.randn(2, 16000)
+    budget = max(p.macs for p in torch_file.front)
+    with torch.no_grad():
+        assert torch.equal(torch_file(waves, budget=budget).last_hidden_state,
+                           safe(waves, budget=budget).last_hidden_state)
+    # One budget's student as TorchScript: the student load_student(path, budget=...) extracts.
+    assert export_main([run_dir, "--anytime", "--budget", str(budget), "--format", "torchscript",
+                        "-o", str(tmp_path / "point.pt")]) == 0
+    assert "the best front point within" in capsys.readouterr().out
+    student = sslc.load_student(tmp_path / "m.pt", budget=budget)
+    lengths = torch.tensor([16000, 12000])
+    with torch.no_grad():
+        traced = torch.jit.load(str(tmp_path / "point.pt"))(waves, lengths)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(traced, student(waves, lengths)))
+    # A format that holds one student needs a budget: one line, exit 2.
+    assert export_main([run_dir, "--anytime", "--format", "onnx", "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --budget" in err[0]

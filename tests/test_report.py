@@ -368,4 +368,6 @@ def test_each_trial_records_how_its_latency_was_measured_and_the_report_says_it(
     way = describe_conditions({k: v for k, v in timed[0].latency_measurement.items()
                                if k not in ("load_average", "cpus")})
     assert way in note and f"({len(timed)} trials)" in note and "load average" in note
-    assert way == f"median of 1 after 1 warm-up, 1 x {run.record.budget_seconds:g} s on cpu, {threads} torch thread(s)"
+    cpu_name = timed[0].latency_measurement["device_name"]
+    assert cpu_name and way == (f"median of 1 after 1 warm-up, 1 x {run.record.budget_seconds:g} s on cpu "
+                                f"({cpu_name}), {threads} torch thread(s)")

@@ -2,6 +2,7 @@
 
 sslc-info --teacher random:hubert-base
 sslc-info --teacher random:tiny --seconds 1 --no-latency --json
+sslc-info --teacher random:hubert-base --onnx      # onnxruntime's CPU latency beside torch's
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def build_parser():
                         help="torch CPU threads for the latency (default: torch's, all cores); a search's trials "
                         "time with their own threads (--cpus-per-trial) while other trials run")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export the model to ONNX and time it in onnxruntime (CPU, as many threads as "
+                        "torch), interleaved with torch's runs on the same input (needs sslc[onnx])")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -92,7 +96,11 @@ def _print_table(report: dict) -> None:
         table.add_row("CPU latency (median)", "not measured", "")
     else:
         table.add_row("CPU latency (median)", f"{latency['median_ms']:.1f} ms",
-                      f"{latency['torch_threads']} thread(s)")
+                      f"{latency['repeats']} runs, {latency['torch_threads']} thread(s)")
+    onnx = report.get("latency_onnxruntime")
+    if onnx is not None:
+        note = f"{onnx['repeats']} runs, {onnx['threads']} threads"
+        table.add_row("onnxruntime CPU latency (median)", f"{onnx['median_ms']:.1f} ms", note)
     console.print(table)
     if latency is not None:
         # The trials of a search time their students with their own thread count while other trials train, so
@@ -100,6 +108,22 @@ def _print_table(report: dict) -> None:
         console.print(f"latency measured as: {describe_conditions(latency)}. A search's trials time their students "
                       "with --cpus-per-trial threads while other trials run; each trial records how "
                       "(latency_measurement; the report says it).", markup=False, soft_wrap=True)
+
+
+def _torch_and_onnxruntime_latency(model, seconds: float, repeats: int, threads: int | None):
+    """(torch's LatencyResult, onnxruntime's as a dict with its threads), timed interleaved in one run."""
+    import tempfile
+    from pathlib import Path
+
+    from sslc.metrics import compare_latency
+    from sslc.models.formats.onnx_file import OnnxRuntimeStudent, write_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_onnx(model, Path(tmp) / "model.onnx")
+        runtime = OnnxRuntimeStudent(path, threads)
+        timed = compare_latency({"torch": model, "onnxruntime": runtime}, seconds=seconds, repeats=repeats,
+                                device="cpu", threads=threads)
+    return timed["torch"], dict(timed["onnxruntime"].as_dict(), threads=runtime.threads)
 
 
 @cli_entry
@@ -115,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     if frames < 1:
         raise UserError(f"--seconds {args.seconds:g} is too short: the conv front end leaves no frames")
     macs = count_macs(config, num_samples=num_samples)
-    latency = None
-    if not args.no_latency:
+    latency = onnx_latency = None
+    if args.onnx and args.no_latency:
+        raise UserError("--onnx measures latency: drop --no-latency")
+    if args.onnx:
+        latency, onnx_latency = _torch_and_onnxruntime_latency(model, args.seconds, args.latency_repeats,
+                                                               args.threads)
+    elif not args.no_latency:
         latency = measure_latency(model, seconds=args.seconds, repeats=args.latency_repeats, device="cpu",
                                   threads=args.threads)
     report = {
@@ -132,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "macs_superb": count_macs_superb(config),
         "latency": latency.as_dict() if latency is not None else None,
     }
+    if onnx_latency is not None:
+        report["latency_onnxruntime"] = onnx_latency
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -22,7 +22,7 @@ from .encoder import SpeechEncoder
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm")
 
 # Weights of the transformers base model that inference does not use: the learned mask embedding of SpecAugment.
-_HF_IGNORED = ("masked_spec_embed",)
+HF_IGNORED = ("masked_spec_embed",)
 
 _POS_CONV_G = "pos_conv.conv.parametrizations.weight.original0"
 _POS_CONV_V = "pos_conv.conv.parametrizations.weight.original1"
@@ -144,6 +144,15 @@ def config_from_hf(hf_config) -> EncoderConfig:
 
 
 # ---- weights -------------------------------------------------------------------------------------------------
+def hf_key_to_ours(key: str, rules: list[tuple[re.Pattern, str]] = _HF_RULES) -> str | None:
+    """Our name for a transformers weight (None when no rule matches); the export builds its inverse from this,
+    so both directions read one table."""
+    for pattern, replacement in rules:
+        if pattern.fullmatch(key):
+            return pattern.sub(replacement, key)
+    return None
+
+
 def convert_state_dict(
     source: Mapping[str, torch.Tensor],
     rules: list[tuple[re.Pattern, str]] = _HF_RULES,
@@ -155,13 +164,11 @@ def convert_state_dict(
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in source.items():
-        for pattern, replacement in rules:
-            if pattern.fullmatch(key):
-                out[pattern.sub(replacement, key)] = value
-                break
-        else:
-            if not ignored(key):
-                unknown.append(key)
+        ours = hf_key_to_ours(key, rules)
+        if ours is not None:
+            out[ours] = value
+        elif not ignored(key):
+            unknown.append(key)
     if unknown:
         raise UserError(f"the {what} model has weights our encoder has no place for: {_few(unknown)}")
     plain = out.pop(_POS_CONV_PLAIN, None)
@@ -214,5 +221,5 @@ def encoder_from_hf_model(hf_model) -> SpeechEncoder:
     config = config_from_hf(base.config)
     if getattr(base, "adapter", None) is not None:
         raise UserError("transformers models with an output adapter (add_adapter=True) are not supported")
-    state = convert_state_dict(base.state_dict(), ignored=lambda key: key in _HF_IGNORED)
+    state = convert_state_dict(base.state_dict(), ignored=lambda key: key in HF_IGNORED)
     return load_converted(config, state, "transformers")

@@ -20,11 +20,10 @@ from sslc.budget import BudgetError, BudgetSpec, parse_budget
 from sslc.compress.config import CompressionConfig
 from sslc.compress.elastic import ElasticStudent
 from sslc.errors import UserError, first_line
-from sslc.files import write_atomically
 from sslc.metrics.macs import count_macs, format_macs
 from sslc.models import EncoderConfig, EncoderOutput, SplitState
 
-from .student_file import ANYTIME_FORMAT, ExportedStudent, read_payload
+from .student_file import ANYTIME_FORMAT, ExportedStudent, read_payload, write_payload
 
 FORMAT = ANYTIME_FORMAT
 VERSION = 1
@@ -74,8 +73,10 @@ def save_anytime(
     teacher: str = "",
     score_name: str = "heldout_loss",
     provenance: dict | None = None,
+    container: str = "sslc",
 ) -> Path:
-    """Write `elastic` and its `front` (see `front_points`; scores: lower is better, named `score_name`)."""
+    """Write `elastic` and its `front` (see `front_points`; scores: lower is better, named `score_name`) in
+    `container` ("sslc": torch.save, or "safetensors")."""
     points = front_points(elastic, front)
     payload = {
         "format": FORMAT,
@@ -89,7 +90,7 @@ def save_anytime(
         "teacher": str(teacher),
         "provenance": dict(provenance or {}),
     }
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return write_payload(path, payload, container)
 
 
 # ---- choosing a point ---------------------------------------------------------------------------------------------

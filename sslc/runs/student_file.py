@@ -1,7 +1,9 @@
 """The student file: weights + architecture + provenance, loadable with torch and `sslc.models` only.
 
 One writer (`save_student`, a versioned format) for every student sslc saves: each trial's `student.pt`, a
-retrained student, an exported one. `load_student` reads any of them back into an `ExportedStudent`, a feature
+retrained student, an exported one. One payload (architecture, weights, compression, provenance, metrics) in one
+of two containers: `torch.save` ("sslc", what trials write) or safetensors (no pickle, the export default;
+`sslc.models.formats.safetensors_file`); readers tell them apart by their first bytes. `load_student` reads any of them back into an `ExportedStudent`, a feature
 extractor used the way s3prl upstreams are: waveforms in, a list of hidden states out. Nothing here imports
 Optuna or the search.
 """
@@ -18,6 +20,7 @@ from torch import nn
 from sslc.errors import UserError, first_line
 from sslc.files import write_atomically
 from sslc.models import EncoderConfig, build_encoder
+from sslc.models.formats import CONTAINERS
 
 FORMAT = "sslc-student"
 VERSION = 1
@@ -35,15 +38,25 @@ def save_student(
     teacher: str,
     provenance: dict | None = None,
     metrics: dict | None = None,
+    container: str = "sslc",
 ) -> Path:
-    """Write `model` (a float `SpeechEncoder`) as a standalone student file, atomically; a sparse student's
-    pruning masks are folded into its weights (the file loads into a plain `build_encoder` model)."""
+    """Write `model` (a float `SpeechEncoder`) as a standalone student file, atomically, in `container` (see
+    `CONTAINERS`)."""
+    payload = student_payload(model, compression, teacher, provenance, metrics)
+    return write_payload(path, payload, container)
+
+
+def student_payload(model: nn.Module, compression: dict, teacher: str, provenance: dict | None = None,
+                    metrics: dict | None = None) -> dict:
+    """What a student file holds: its `state_dict` and, JSON-serialisable, everything else (the metadata every
+    export format carries); a sparse student's pruning masks are folded into its weights (the file loads into a
+    plain `build_encoder` model)."""
     from sslc.compress.sparsity import dense_state_dict  # saving only: loading needs torch and sslc.models
 
     config = getattr(model, "config", None)
     if not isinstance(config, EncoderConfig):
         raise TypeError("save_student needs a float SpeechEncoder (int8 is re-applied when loading)")
-    payload = {
+    return {
         "format": FORMAT,
         "version": VERSION,
         "architecture": config.to_dict(),
@@ -53,15 +66,35 @@ def save_student(
         "provenance": dict(provenance or {}),
         "metrics": dict(metrics or {}),
     }
+
+
+def write_payload(path: str | os.PathLike, payload: dict, container: str = "sslc") -> Path:
+    """Write a sslc file's payload (a student's or an anytime file's) atomically in `container`."""
+    if container == "safetensors":
+        from sslc.models.formats.safetensors_file import write_safetensors
+
+        return write_atomically(path, lambda tmp: write_safetensors(tmp, payload))
+    if container != "sslc":
+        raise ValueError(f"container must be one of {CONTAINERS}, got {container!r}")
     return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_payload(path: str | os.PathLike, map_location="cpu") -> dict:
-    """What torch.save wrote to a sslc file (a student or an anytime file), unchecked; UserError for anything
-    else."""
+    """What a sslc file (a student or an anytime file, either container) holds, unchecked; UserError for
+    anything else."""
+    from sslc.models.formats.safetensors_file import is_safetensors, read_safetensors
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"student file {path} does not exist")
+    if is_safetensors(path):
+        try:
+            payload = read_safetensors(path, map_location)
+        except Exception as error:  # a header or tensor the library cannot read, or no sslc metadata
+            raise UserError(f"{path} is not a sslc student file ({first_line(error)[:120]})") from None
+        if not {"architecture", "state_dict"} <= set(payload):
+            raise UserError(f"{path} is not a sslc student file (no architecture and weights in it)")
+        return payload
     try:
         # weights_only: a student file holds tensors and plain containers, never code to run.
         payload = torch.load(path, map_location=map_location, weights_only=True)
