@@ -11,8 +11,13 @@ half-width one's (goal <= 1.0).
 
     python benchmarks/head_fit.py [--steps 1] [--quick]
 
-Measured 2026-12-03 (2 cores shared with other helpers' jobs), 1 step:
-- before (heads fitted on 8 batches with a ridge of 1e-6 x the mean variance): see below.
+Measured 2026-12-03, 1 step, on 2 cores shared with six other helpers' jobs (load ~20: times are not
+comparable to an idle machine's; the default run took 570 s there), held-out loss of hidden 1.0 / 0.75 / 0.5 and
+uniform (40.5% of the MACs, CNN cut to 40%):
+- before (heads fitted on 8 batches with a ridge of 1e-6 x the mean variance, no choice): demo batch 3.412 /
+  1.699 / 1.611 and uniform 243.9; default batch 1.189 / 1.325 / 1.219 and uniform 14.02: head_fit 2.118 (the
+  issue's 3.41 vs 1.61 and 1.19 vs 1.22, reproduced).
+- after (ridge chosen on held-out clips, the placed start a candidate, >= 4 frames per channel): AFTER
 """
 
 from __future__ import annotations

@@ -10,10 +10,9 @@ among a grid spanning nearly-unregularised to heavily shrunk, with the placed st
 or each kept channel back where it was cut from) as one more candidate, kept when no fit beats it there. One
 eigendecomposition of the fit frames' Gram matrix gives every ridge's solution (as RidgeCV does), so the grid costs
 little more than one fit; it is hand-written in torch because sklearn's RidgeCV chooses by squared error (not the
-trial's loss), cannot include the placed start, and sklearn is not a dependency. A wider student whose channels
-include a narrower one's can do at least as well on that split (its candidates include, up to the ridge's
-shrinkage, every map the narrow one has), so the start no longer rewards narrowness; the chosen ridge is then
-refitted on all the fit frames."""
+trial's loss), cannot include the placed start, and sklearn is not a dependency. Extra channels then widen what
+the fit can express without being spent on fitting noise (a ridge that would overfit them loses on the held-out
+clips), so the start no longer rewards narrowness; the chosen ridge is then refitted on all the fit frames."""
 
 from __future__ import annotations
 
