@@ -17,7 +17,14 @@ uniform (40.5% of the MACs, CNN cut to 40%):
 - before (heads fitted on 8 batches with a ridge of 1e-6 x the mean variance, no choice): demo batch 3.412 /
   1.699 / 1.611 and uniform 243.9; default batch 1.189 / 1.325 / 1.219 and uniform 14.02: head_fit 2.118 (the
   issue's 3.41 vs 1.61 and 1.19 vs 1.22, reproduced).
-- after (ridge chosen on held-out clips, the placed start a candidate, >= 4 frames per channel): AFTER
+- after (ridge chosen on held-out clips, the placed start a candidate, >= 4 frames per channel): demo batch
+  1.140 / 0.986 / 0.939 and uniform 3.017; default batch 1.126 / 0.976 / 0.854 and uniform 5.543: head_fit 1.318
+  (1502 s). Goal missed. Before any step the order is right (tests/test_head_fit.py, `score_at_start`, a smaller
+  corpus: hidden 1.0 0.200 vs 0.5 0.344 at the demo's batch, 0.177 vs 0.332 at the default; uniform 0.50 / 0.49),
+  so what is left comes from the training step itself: one step multiplies every score by 3-6, the wide ones the
+  most. Not checked yet, a likely cause: at 1-19 steps the schedule has no warm-up (round(0.05 x steps) = 0), so
+  the first AdamW step moves every weight by the full lr (2e-4) in the sign of its gradient, and a head's output
+  then moves by about lr x the sum of its |inputs|, which grows with the student's width.
 """
 
 from __future__ import annotations
