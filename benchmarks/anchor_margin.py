@@ -6,16 +6,17 @@ English speech), a real `sslc-search` (in-process `run_search`: Ray Tune trials,
 (`--budget`). Every point of its front is retrained with sslc-retrain's `retrain_trial` for RETRAIN_STEPS steps, and
 sslc's point is the one with the lowest retrained held-out loss (`--pick search`: the best short-trial score,
 retrained alone).
-Every anchor-shaped baseline the search knows (`sslc.search.baselines`: uniform pruning to the budget,
-DistilHuBERT's 2 layers, LightHuBERT Small's shape, a FitHuBERT-like thin-deep shape) that fits the budget (or
-exceeds it by at most OVER_BUDGET_ALLOWANCE: such a baseline is flagged, and its extra MACs favour it) is built
-from the same teacher and trained by the same trainer (`train_full`, the retrain's settings) for the same
-steps. All of them are then compared by a downstream measurement outside the search: sslc-probe's phoneme CTC
+Every anchor family (`sslc.search.baselines.anchors_at_budget`: uniform pruning, DistilHuBERT's 2 layers,
+LightHuBERT Small's thin uniform shape, a FitHuBERT-like thin-deep shape, ARMHuBERT-S's and STaRHuBERT's shapes),
+each scaled to the budget by its own rule (within 1% below it; each anchor's MACs are printed as a share of the
+budget; a family that cannot reach the budget is listed with why, not trained), is built from the same teacher
+and trained by the same trainer (`train_full`, the retrain's settings) for the same steps. All of them are then
+compared by a downstream measurement outside the search: sslc-probe's phoneme CTC
 probe (frozen features, weighted sum of hidden states), trained on the fixture's training voices and scored by
 phoneme error rate on its held-out voices. The held-out distillation loss after retraining is printed too.
 
-Last line: `anchor_margin: X` = the best baseline's PER / the sslc point's PER (goal > 1.0: the searched
-student is better than every anchor shape at the same budget). Baselines over the budget are listed, not trained.
+Last line: `anchor_margin: X` = the best anchor's PER / the sslc point's PER (goal > 1.0: the searched
+student is better than every anchor shape at the same budget).
 
 Run time: sized for about 10 minutes on 2 idle cores; `--quick` (the quick fixture, 2 trials, a few steps) only
 checks that the benchmark runs (CI runs it).
@@ -24,6 +25,8 @@ checks that the benchmark runs (CI runs it).
                                        [--probe-epochs 10] [--max-probe-train 120] [--pick retrained|search]
                                        [--teacher-recipe gpu|cpu] [--quick]
 
+Not yet re-measured with the anchors at exactly the budget (issue 23 part 4); the figures below compared the
+anchors' fixed shapes, up to 15% over the budget (their extra MACs favoured them).
 Measured 2026-12-01 (2 idle cores), after the search's warm start (its first trials are the baselines' shapes as
 the space's nearest configs, their FFN narrowed to the budget):
 - defaults (302 s): anchor_margin 0.878. The front's best after retraining is the warm-started LightHuBERT-Small
@@ -79,7 +82,7 @@ from sslc.probes.results import encode_fn  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
 from sslc.runs.retrain import full_trainer_config, prepare_context, retrain_trial  # noqa: E402
 from sslc.runs.student_file import ExportedStudent  # noqa: E402
-from sslc.search.baselines import baseline_configs  # noqa: E402
+from sslc.search.baselines import anchors_at_budget  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 from sslc.trainers import train_full  # noqa: E402
 
@@ -89,9 +92,6 @@ STEPS = 60
 RETRAIN_STEPS = 300
 PROBE_EPOCHS = 10
 MAX_PROBE_TRAIN = 120
-# The anchors' shapes are fixed shares of the teacher; at the fixture's size (3 layers of 3 heads) LightHuBERT
-# Small's and FitHuBERT's land at 42-44% of its MACs. Shapes up to this factor over the budget are compared too.
-OVER_BUDGET_ALLOWANCE = 1.15
 
 
 def probe_error(student, probe_train, probe_heldout, epochs: int) -> float:
@@ -165,20 +165,18 @@ def main(argv=None) -> int:
         label = f"sslc search, trial {chosen.number}" + (" (short-trial pick)" if chosen is best else "")
         rows.append((label, CompressionConfig.from_dict(chosen.config), loss, student, seconds))
 
-        for name, config in baseline_configs(teacher_config, budget, 10.0).items():
+        anchors, unreachable = anchors_at_budget(teacher_config, budget, 10.0)
+        for name, reason in unreachable.items():
+            print(f"anchor {name}: not compared ({reason})")
+        for name, config in anchors.items():
             arch = config.student_architecture(teacher_config)
-            macs = count_macs(arch, seconds=10.0).total
-            if macs > OVER_BUDGET_ALLOWANCE * budget:
-                print(f"baseline {name}: {macs / teacher_macs:.0%} of the teacher's MACs, over budget: not trained")
-                continue
-            if macs > budget:
-                print(f"baseline {name}: {macs / teacher_macs:.1%} of the teacher's MACs, over the {args.budget} budget "
-                      f"but within {OVER_BUDGET_ALLOWANCE:g}x of it: compared anyway (the extra MACs favour it)")
+            print(f"anchor {name}: {arch.num_layers} layers x {arch.embed_dim}, heads {config.heads[0]}, FFN "
+                  f"{config.ffn[0]}, {count_macs(arch, seconds=10.0).total / budget:.2%} of the budget")
             t0 = time.perf_counter()
             student = context.build_student(config, quantize=False)
             trained = train_full(student, context.targets(), context.data.train, context.data.heldout, trainer,
                                  Path(tmp) / "baselines" / name, progress=False, kept_layers=config.layers)
-            rows.append((f"baseline {name}", config, trained.heldout_loss, student, time.perf_counter() - t0))
+            rows.append((f"anchor {name}", config, trained.heldout_loss, student, time.perf_counter() - t0))
 
         print(f"{'student':34s} {'MACs':>6s} {'params':>8s} {'width':>5s} {'depth':>5s} {'loss':>7s} {'PER':>7s}")
         errors = {}
@@ -195,11 +193,11 @@ def main(argv=None) -> int:
     baselines = {k: v for k, v in errors.items() if k != rows[0][0]}
     print(f"total {time.perf_counter() - started:.0f} s")
     if not baselines:
-        print("no baseline fits the budget")
+        print("no anchor family reaches the budget")
         print("anchor_margin: nan")
         return 0
     best_baseline = min(baselines, key=baselines.get)
-    print(f"best baseline: {best_baseline} (PER {baselines[best_baseline]:.4f}) vs sslc's {ours:.4f}")
+    print(f"best anchor: {best_baseline} (PER {baselines[best_baseline]:.4f}) vs sslc's {ours:.4f}")
     print(f"anchor_margin: {baselines[best_baseline] / ours:.3f}")
     return 0
 

@@ -63,7 +63,10 @@ def test_latency_says_how_it_was_measured(capsys):
     assert torch.get_num_threads() == threads  # restored afterwards
     assert main(["--teacher", "random:tiny", "--seconds", "0.5", "--latency-repeats", "2", "--threads", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "latency measured as: median of 2 after 2 warm-up, 1 x 0.5 s on cpu, 1 torch thread(s), load " in out
+    from sslc.metrics.latency import device_name
+
+    assert (f"latency measured as: median of 2 after 2 warm-up, 1 x 0.5 s on cpu ({' '.join(device_name('cpu').split())}), "
+            "1 torch thread(s), load ") in out
     assert "--cpus-per-trial threads while other trials run" in out
     assert main(["--teacher", "random:tiny", "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --threads must be >= 1, got 0"

@@ -337,7 +337,8 @@ def test_fit_heads_recovers_a_linear_map():
     x = torch.randn(500, 6, generator=generator)
     true_weight, true_bias = torch.randn(9, 6, generator=generator), torch.randn(9, generator=generator)
     heads = PredictionHeads([(1, 1)], 6, 9)
-    fit_heads_(heads, [x], [x @ true_weight.T + true_bias], ridge=0.0)
+    y = x @ true_weight.T + true_bias
+    assert fit_heads_(heads, ([x[:400]], [y[:400]]), ([x[400:]], [y[400:]]), ridges=(1e-12,)) == [1e-12]
     assert torch.allclose(heads.heads[0].weight, true_weight, atol=1e-4)
     assert torch.allclose(heads.heads[0].bias, true_bias, atol=1e-4)
 

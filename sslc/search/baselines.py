@@ -12,14 +12,23 @@
 - "dphubert-like": heads, FFN units and CNN channels pruned at full depth and width to the budget by one
   data-driven ranking across layers, blocks removable (`sslc.compress.global_prune`); needs the run's teacher
   and scoring data, so only when `inputs` is given.
+
+
+`anchors_at_budget` scales each anchor family to a MAC budget instead (within `ANCHOR_TOLERANCE` below it), each
+by its own rule (`ANCHOR_FAMILIES`), so anchors are compared with a search's point at equal compute.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from sslc.compress import CompressionConfig
 from sslc.compress.config import hidden_width
 from sslc.compress.global_prune import prune_to_budget
-from sslc.metrics import macs_in_convention
+from sslc.errors import UserError
+from sslc.metrics import format_macs, macs_in_convention
 from sslc.models import EncoderConfig
 
 
@@ -77,3 +86,108 @@ def baseline_configs(
     if dphubert:
         configs["dphubert-like"] = dphubert
     return configs
+
+
+# ---- anchor families scaled to a budget -----------------------------------------------------------------------
+ANCHOR_TOLERANCE = 0.01  # an anchor at a budget costs between (1 - this) x the budget and the budget
+
+
+@dataclass(frozen=True)
+class ThinFamily:
+    """A family of thin students: `depth` layers (None: all) at hidden width w, round(heads_per_64 x w / head dim)
+    heads and round(ffn_per_width x w) FFN units, the CNN whole. Its published shape is one width of it."""
+
+    depth: int | None
+    heads_per_64: float
+    ffn_per_width: float
+
+    def at_width(self, teacher: EncoderConfig, width: int) -> CompressionConfig:
+        config = CompressionConfig.first_n(teacher, self.depth) if self.depth else CompressionConfig.identity(teacher)
+        config.hidden = width if width < teacher.embed_dim else None
+        config.heads = [max(1, min(h, round(self.heads_per_64 * width / teacher.head_dim))) for h in config.heads]
+        config.ffn = [max(1, min(f, round(self.ffn_per_width * width))) for f in config.ffn]
+        return config
+
+
+# Each family's rule, in one place (shares of HuBERT Base's 768 wide, 12 heads of 64, FFN 3072):
+# DistilHuBERT: 2 layers; at full width its heads and FFN are the teacher's, cut with the width to fit.
+# LightHuBERT Small: 12 x 384, 6 heads, FFN 1536 (thin, uniform: heads and FFN in the teacher's proportions).
+# FitHuBERT: thin-deep, 12 x 480, FFN 480 (FFN as wide as the hidden width; 64-dim heads filling it).
+# ARMHuBERT-S: 12 x 432, FFN 816 (64-dim heads filling the width: 7). STaRHuBERT: 12 x 432, 8 heads, FFN 976.
+ANCHOR_FAMILIES: dict[str, ThinFamily | None] = {
+    "uniform": None,  # heads, FFN units and CNN channels cut by one keep ratio: `uniform_to_budget`
+    "distilhubert-2layer": ThinFamily(depth=2, heads_per_64=1.0, ffn_per_width=4.0),
+    "lighthubert-small": ThinFamily(depth=None, heads_per_64=1.0, ffn_per_width=4.0),
+    "fithubert-like": ThinFamily(depth=None, heads_per_64=1.0, ffn_per_width=1.0),
+    "armhubert-s-like": ThinFamily(depth=None, heads_per_64=1.0, ffn_per_width=816 / 432),
+    "starhubert-like": ThinFamily(depth=None, heads_per_64=8 * 64 / 432, ffn_per_width=976 / 432),
+}
+
+
+def anchor_at_budget(name: str, teacher: EncoderConfig, max_macs: int, seconds: float,
+                     convention: str = "seconds") -> CompressionConfig:
+    """Family `name` (`ANCHOR_FAMILIES`) scaled to `max_macs`: within `ANCHOR_TOLERANCE` below it.
+
+    Width, heads and keep ratios move the MACs in steps of a few percent (more on a small teacher), so the FFN,
+    the finest knob, absorbs the rest: every layer gets the widest FFN (up to the teacher's) that keeps the shape
+    within the budget. A thin family takes, among the hidden widths (multiples of the positional conv's groups)
+    where that lands within the tolerance, the one whose FFN stays nearest the family's FFN-to-width ratio;
+    uniform pruning takes the largest keep ratio that fits, its FFN then widened. UserError when no shape of the
+    family gets within the tolerance (the budget is below its smallest or above its largest shape)."""
+
+    def macs(config: CompressionConfig) -> int:
+        return macs_in_convention(config.student_architecture(teacher), convention, seconds)
+
+    def reaches(config: CompressionConfig | None) -> bool:
+        return config is not None and macs(config) >= (1 - ANCHOR_TOLERANCE) * max_macs
+
+    family = ANCHOR_FAMILIES[name]
+    if family is None:
+        uniform = uniform_to_budget(teacher, max_macs, seconds, convention)
+        chosen = _widest_ffn(uniform, teacher, max_macs, macs) if uniform is not None else None
+        smallest, largest = uniform_config(teacher, 0.0), CompressionConfig.identity(teacher)
+        chosen = chosen if reaches(chosen) else None
+    else:
+        widths = range(teacher.pos_conv_groups, teacher.embed_dim + 1, teacher.pos_conv_groups)
+        fitted = [(w, _widest_ffn(family.at_width(teacher, w), teacher, max_macs, macs)) for w in widths]
+        fitted = [(w, config) for w, config in fitted if reaches(config)]
+        chosen = min(fitted, key=lambda wc: abs(math.log(wc[1].ffn[0] / (family.ffn_per_width * wc[0]))),
+                     default=(None, None))[1]
+        smallest, largest = family.at_width(teacher, widths[0]), family.at_width(teacher, widths[-1])
+    if chosen is None:
+        raise UserError(f"the {name} anchor cannot reach {format_macs(max_macs)}MACs: its shapes cost "
+                        f"{format_macs(macs(smallest))}MACs to "
+                        f"{format_macs(macs(_widest_ffn(largest, teacher, None, macs)))}MACs")
+    return chosen
+
+
+def _widest_ffn(config: CompressionConfig, teacher: EncoderConfig, max_macs: int | None,
+                macs: Callable[[CompressionConfig], int]) -> CompressionConfig | None:
+    """`config` with every layer's FFN at the widest common width (1 up to the teacher's) within `max_macs`
+    (None: no limit); None if even one unit is over it."""
+    full = [teacher.layers[t].ffn_dim for t in config.layers]
+
+    def with_ffn(units: int) -> CompressionConfig:
+        return CompressionConfig.from_dict({**config.to_dict(), "ffn": [min(units, f) for f in full]})
+
+    lo, hi = 1, max(full)
+    if max_macs is None:
+        return with_ffn(hi)
+    if macs(with_ffn(lo)) > max_macs:
+        return None
+    while lo < hi:  # MACs grow with the FFN width: the widest that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if macs(with_ffn(mid)) <= max_macs else (lo, mid - 1)
+    return with_ffn(lo)
+
+
+def anchors_at_budget(teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds"
+                      ) -> tuple[dict[str, CompressionConfig], dict[str, str]]:
+    """Every anchor family at the budget (`anchor_at_budget`), and why each family that cannot reach it cannot."""
+    configs, unreachable = {}, {}
+    for name in ANCHOR_FAMILIES:
+        try:
+            configs[name] = anchor_at_budget(name, teacher, max_macs, seconds, convention)
+        except UserError as error:
+            unreachable[name] = str(error)
+    return configs, unreachable

@@ -8,6 +8,7 @@ from sslc.trainers.distill import (
     FullTrainResult,
     ShortTrialResult,
     run_short_trial,
+    score_at_start,
     score_student,
     train_full,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "resolve_layer_map",
     "run_short_trial",
     "save_checkpoint",
+    "score_at_start",
     "score_student",
     "score_subnetwork",
     "segments_fingerprint",

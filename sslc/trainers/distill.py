@@ -340,29 +340,48 @@ class _TrainingLoop(TrainingLoop):
         return result
 
 
-HEAD_FIT_BATCHES = 8  # training batches a student's heads are fitted on before its first step
+# A student's heads start fitted on its first training batches (`fit_heads_`): at least HEAD_FIT_BATCHES, and more
+# until they hold FIT_FRAMES_PER_CHANNEL frames per student channel (a wide student at short batches would otherwise
+# be fitted on fewer frames than it has features), within one pass over the training data and HEAD_FIT_MAX_BATCHES.
+# Every CHECK_EVERY-th clip is kept out of the fit to choose the start on (frames of other clips than the fit's).
+HEAD_FIT_BATCHES, HEAD_FIT_MAX_BATCHES, FIT_FRAMES_PER_CHANNEL, CHECK_EVERY = 8, 64, 4, 4
 
 
 @torch.no_grad()
 def _fit_heads(student, heads, layer_map, train_targets, train_data, config: TrainerConfig) -> None:
-    """Fit the heads of a student to the teacher targets on its first training batches (`fit_heads_`)."""
+    """Start the heads of a student fitted to the teacher targets on its first training batches (`fit_heads_`)."""
     sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
     device = config.resolve_device()
     was_training = student.training
     student.to(device).eval()
-    xs, ys = [[] for _ in layer_map], [[] for _ in layer_map]
+    needed = FIT_FRAMES_PER_CHANNEL * max(head.in_features for head in heads.heads)
+    fit = ([[] for _ in layer_map], [[] for _ in layer_map])  # (student states, targets) per head
+    check = ([[] for _ in layer_map], [[] for _ in layer_map])
+    frames = clips = 0
     for count, indices in enumerate(sampler):
-        if count == HEAD_FIT_BATCHES:
+        if count == HEAD_FIT_MAX_BATCHES or (count >= HEAD_FIT_BATCHES and frames >= needed):
             break
         waves, lengths = collate([train_data[i] for i in indices])
         batch = train_targets.get(indices, waves, lengths)
         output = student(waves.to(device), lengths.to(device))
         real = batch.frame_mask.to(device)
-        for j, (s, _) in enumerate(layer_map):
-            xs[j].append(output.hidden_states[s][real].float().cpu())
-            ys[j].append(batch.hidden[j].to(device)[real].float().cpu())
+        for row in range(len(indices)):
+            is_check = clips % CHECK_EVERY == CHECK_EVERY - 1
+            clips += 1
+            frames += 0 if is_check else int(real[row].sum())
+            xs, ys = check if is_check else fit
+            for j, (s, _) in enumerate(layer_map):
+                xs[j].append(output.hidden_states[s][row][real[row]].float().cpu())
+                ys[j].append(batch.hidden[j][row].to(device)[real[row]].float().cpu())
     student.train(was_training)
-    fit_heads_(heads, [torch.cat(x) for x in xs], [torch.cat(y) for y in ys])
+    if not check[0][0]:  # fewer training clips than CHECK_EVERY: check on the fit frames themselves
+        check = fit
+
+    def stacked(part):
+        return tuple([torch.cat(tensors) for tensors in per_head] for per_head in part)
+
+    chosen = fit_heads_(heads, stacked(fit), stacked(check))
+    log.debug("heads start from %s (fit on %d frames)", chosen, frames)
 
 
 class Scorer:
@@ -415,6 +434,23 @@ def score_student(
     """The held-out score of `student` as it is, with fresh (identity where widths match) heads and no training:
     (mean over targets, {target layer: loss}). A student copied whole from the teacher scores 0."""
     return Scorer.for_student(student, targets, heldout_data, config, kept_layers).score()
+
+
+def score_at_start(
+    student: SpeechEncoder,
+    targets: TeacherTargets,
+    train_data: SegmentDataset,
+    heldout_data: SegmentDataset,
+    config: TrainerConfig,
+    kept_layers: Sequence[int] | None = None,
+) -> tuple[float, dict[str, float]]:
+    """The held-out score a trial of `student` starts from: its heads fitted as a trial's are (`_fit_heads`), no
+    training step. (mean over targets, {target layer: loss})."""
+    start_run(config)
+    scorer = Scorer.for_student(student, targets, heldout_data, config, kept_layers)
+    _fit_heads(student, scorer.heads, scorer.layer_map, _targets_for(targets, train_data, scorer.layer_map),
+               train_data, config)
+    return scorer.score()
 
 
 def _targets_for(targets: TeacherTargets, dataset: SegmentDataset, layer_map, exact: bool = False) -> _Columns:

@@ -170,7 +170,8 @@ def score_subnetwork(
         return _subnetwork_scorer(elastic, heads, config, targets, heldout_data, trainer_config).score()
     layer_map = subnetwork_layer_map(elastic, config, targets, trainer_config)
     model = SubNetwork(elastic, config)
-    own_heads = PredictionHeads(layer_map, len(elastic.residual_index(config)), targets.dim)
+    placement = elastic.residual_index(config)  # the placed start, as a trial's heads have it
+    own_heads = PredictionHeads(layer_map, len(placement), targets.dim, placement)
     _fit_heads(model, own_heads, layer_map, _targets_for(targets, fit_heads_on, layer_map), fit_heads_on,
                trainer_config)
     return Scorer.for_layer_map(model, own_heads, layer_map, targets, heldout_data, trainer_config).score()
