@@ -30,7 +30,7 @@ from sslc.metrics import (
     macs_in_convention,
 )
 from sslc.models.teachers import describe_teacher
-from sslc.runs.inputs import prepare_inputs
+from sslc.runs.inputs import prepare_inputs, train_crops
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
 from sslc.runs.study import BaselineRecord, StudyRecord, TeacherRecord, record_anytime, record_baselines
 from sslc.runs.trials import count_trained, pending_retries
@@ -244,7 +244,8 @@ def run_search(
     console = SearchProgress.make_console(settings.quiet)
     say = console.print
 
-    context = prepare_inputs(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
+    context = prepare_inputs(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed,
+                             train_crops(settings.to_dict()))
     context.ship_audio()  # a small corpus travels decoded with the context: no node needs a copy of the files
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
@@ -291,6 +292,7 @@ def run_search(
         say(f"resuming run '{name}': {retries} interrupted trial(s) will run again")
 
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training)
+    context.build_targets(targets, progress=not settings.quiet)  # before any trial: no trial builds or waits
     interrupted, failure = False, None
     try:
         if settings.mode == "anytime":

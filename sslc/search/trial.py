@@ -58,7 +58,7 @@ class TrialSetup:
 def _targets(setup: TrialSetup) -> TeacherTargets:
     key = str(setup.run.cache_dir)
     if key not in _TARGETS:
-        _TARGETS[key] = setup.run.targets()
+        _TARGETS[key] = setup.run.targets(setup.trainer.resolve_device())  # live targets run on the trial's device
     return _TARGETS[key]
 
 

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from sslc.data import LengthBucketBatchSampler, SegmentDataset, collate
+from sslc.data.loader import prefetched_batches
 from sslc.errors import UserError
 from sslc.models import SpeechEncoder
 from sslc.protocol import mean_score, target_key
@@ -184,8 +186,13 @@ class TrainingLoop:
         return []
 
     def batch(self, indices: list[int]):
-        """(waves, lengths, targets) of the training segments `indices`."""
-        waves, lengths = collate([self.train_data[i] for i in indices])
+        """(waves, lengths, targets) of the training segments `indices` (read ahead by the loader when they are
+        the batch it handed the loop)."""
+        ready = getattr(self, "_ready", None)
+        if ready is not None and ready[0] is indices:
+            waves, lengths = ready[1], ready[2]
+        else:
+            waves, lengths = collate([self.train_data[i] for i in indices])
         return waves, lengths, self.train_targets.get(indices, waves, lengths)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -250,12 +257,13 @@ class TrainingLoop:
         config = self.config
         status, reason = "completed", None
         written = None
-        batches = _endless(self.sampler)
+        batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda")
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
-        with bar:
+        with bar, contextlib.closing(batches):
             while state.step < self.total:
-                outcome = self.train_on(next(batches))
+                self._ready = next(batches)
+                outcome = self.train_on(self._ready[0])
                 if not outcome.finite:
                     status, reason = "nonfinite", f"{outcome.problem()} at step {state.step + 1}"
                     log.warning("stopping: %s", reason)
@@ -281,6 +289,7 @@ class TrainingLoop:
                     status = "stopped"
                     break
         state.seconds += time.perf_counter() - started
+        self._ready = None
         self.step.release_gradients()  # the model outlives the run: it should not keep a step's gradients
         return status, reason, written
 
@@ -433,11 +442,6 @@ class _Columns:
     def get(self, indices, waves=None, lengths=None):
         batch = self.source.get(indices, waves, lengths)
         return batch._replace(hidden=[batch.hidden[c] for c in self.columns])
-
-
-def _endless(sampler: LengthBucketBatchSampler) -> Iterator[list[int]]:
-    while True:  # the sampler moves to the next epoch by itself at the end of each pass
-        yield from sampler
 
 
 def _seed_everything(seed: int) -> None:
