@@ -249,3 +249,55 @@ def test_the_driver_builds_the_targets_before_any_trial_and_no_trial_does(driver
         # and never rebuilt since (a rebuild would replace the marker).
         assert built["pid"] == os.getpid() and built["device"] == "cpu"
         assert marker.stat().st_mtime <= first_trial
+
+
+# ---- the plan, and a cache that does not fit -----------------------------------------------------------------------
+def _cli_args(tmp_path, name, *extra):
+    return ["--teacher", "random:tiny", "--data", "demo", "--budget", "70%", "--trials", "2", "--steps", "20",
+            "--batch-size", "2", "--crop-seconds", "1", "--name", name, "--run-dir", str(tmp_path / name),
+            "--latency-repeats", "1", "--no-baselines", "--no-report", "--sampler", "random", *extra]
+
+
+def test_plan_prints_the_work_and_creates_no_study(tmp_path, capsys):
+    from sslc.cli.search import main
+    from sslc.metrics import count_macs
+    from sslc.models import tiny_config
+
+    assert main(_cli_args(tmp_path, "planned", "--plan")) == 0
+    out = capsys.readouterr().err  # the search prints on stderr
+    assert not (tmp_path / "planned" / "study.db").exists() and not (tmp_path / "planned" / "study.txt").exists()
+    assert not list((tmp_path / "planned").rglob("complete"))  # no target was computed either
+    lines = [line for line in out.splitlines() if line.startswith("plan:")]
+    assert "corpus 24 files" in lines[0] and "40 training crops" in lines[0]  # 20 steps x 2 crops
+    macs = 40 * count_macs(tiny_config(), seconds=1.0).total  # the demo's files are all >= 1 s
+    assert any(f"({format_macs_value(macs)} training" in line for line in lines), lines
+    assert any("free on the disk" in line for line in lines) and any("devices: cpu" in line for line in lines)
+
+
+def format_macs_value(macs: int) -> str:
+    from sslc.metrics import format_macs
+
+    return format_macs(macs)
+
+
+def test_a_cache_that_cannot_fit_goes_live_or_is_refused(tmp_path, capsys):
+    from sslc.cli.search import main
+    from sslc.runs.storage import load_study
+    from sslc.runs.trials import Outcome, read_trials
+
+    # The tiny teacher's held-out targets: 2 segments x 49 frames x 32 dims x 4 B x 2 layers = 25 KB; the training
+    # ones 40 crops x 49 x 32 x 2 B x 2 = 251 KB. A 100 KB limit holds the first, not the second: live training.
+    assert main(_cli_args(tmp_path, "live", "--cache-limit", "100KB")) == 0
+    out = capsys.readouterr().err
+    assert "training targets computed live on each trial's device" in out
+    trials = read_trials(load_study(tmp_path / "live"))
+    assert sum(t.outcome == Outcome.COMPLETE for t in trials) == 2
+    stored = [json.loads(p.read_text())["segments"] for p in (tmp_path / "live").rglob("layer-*/complete")]
+    assert stored == [2, 2]  # the held-out targets only, both layers
+
+    assert main(_cli_args(tmp_path, "refused", "--cache-limit", "10KB")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert errors == [err[-1]] and "held-out targets alone need" in err[-1] and "--cache-limit" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "refused" / "study.db").exists()

@@ -41,6 +41,7 @@ from .anytime import anytime_dir, check_space, train_shared_weights
 from .artifacts import start_sink
 from .baselines import baseline_configs
 from .pareto import pareto_table, write_pareto
+from .plan import plan_search
 from .progress import SearchProgress
 from .samplers import make_sampler, startup_trials
 from .scheduler import DominanceStopper
@@ -226,9 +227,11 @@ def run_search(
     settings: SearchSettings,
     sampler: optuna.samplers.BaseSampler | None = None,
     before_training: BeforeTraining | None = None,
+    plan_only: bool = False,
 ) -> SearchResult:
-    """Seams for tests: `sampler`, an Optuna sampler to use instead of the one `settings.sampler` names;
-    `before_training(trial_number, student)`, called in each trial before it trains (see `TrialSetup`)."""
+    """`plan_only`: print the plan (see `sslc.search.plan`) and return, creating no study. Seams for tests:
+    `sampler`, an Optuna sampler to use instead of the one `settings.sampler` names; `before_training(trial_number,
+    student)`, called in each trial before it trains (see `TrialSetup`)."""
     settings.check()  # a malformed budget, --targets or option fails before the teacher is loaded
     if settings.ray_address:
         _check_reachable(settings.ray_address)
@@ -264,8 +267,14 @@ def run_search(
         f"budget: {format_macs(budget.max_macs)} MACs {quoted} "
         f"({budget.max_macs / teacher_budgeted:.0%} of the teacher's {format_macs(teacher_budgeted)})"
     )
+    plan = plan_search(context, trainer, budget, budget.max_macs / teacher_budgeted, targets, settings.trials,
+                       settings.cache_limit)  # refuses a cache that cannot fit, before any work
+    say(plan.text())
+    context.live_training = plan.live_training
 
     storage_url = settings.storage or default_storage_url(run_dir)
+    if plan_only:
+        return SearchResult(run_dir, storage_url, name, [], False, {})
     study_name = name
     record = StudyRecord(
         settings=settings.to_dict(), objectives=list(settings.objectives), space=space.to_dict(),
