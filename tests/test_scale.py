@@ -301,3 +301,22 @@ def test_a_cache_that_cannot_fit_goes_live_or_is_refused(tmp_path, capsys):
     assert errors == [err[-1]] and "held-out targets alone need" in err[-1] and "--cache-limit" in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "refused" / "study.db").exists()
+
+
+def test_a_study_made_under_the_old_heldout_rule_is_not_resumed(driver_search):
+    from dataclasses import replace
+
+    from sslc.errors import UserError
+    from sslc.protocol import HELDOUT_RULE
+    from sslc.search.runner import run_search
+
+    settings, _, study = driver_search
+    current = study.user_attrs["protocol"]
+    old = {k: v for k, v in current.items() if k not in ("heldout_seconds", "heldout_rule")}
+    study.set_user_attr("protocol", {**old, "version": 1})
+    try:
+        with pytest.raises(UserError, match="protocol version 1, held-out set: 10% of the files") as refused:
+            run_search(replace(settings, trials=3))
+        assert HELDOUT_RULE in str(refused.value)
+    finally:
+        study.set_user_attr("protocol", current)

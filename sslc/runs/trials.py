@@ -35,7 +35,10 @@ STOPPED_AT_STEP = "stopped_at_step"
 LAST_TRAIN_LOSS = "last_train_loss"
 # What a finished trial's report carries and the trial keeps as is (the last two: what bringing its files back
 # cost; "node": which machine ran it).
-MEASUREMENTS = ("latency_ms", "nonzero_params", "train_curve", "seconds_training", "steps_done",
+# seconds_*: where a trial's wall time went besides training (see sslc.search.trial.train_and_measure).
+SECONDS_PARTS = ("seconds_build_student", "seconds_latency", "seconds_head_fit", "seconds_data", "seconds_heldout",
+                 "seconds_save")
+MEASUREMENTS = ("latency_ms", "nonzero_params", "train_curve", "seconds_training", *SECONDS_PARTS, "steps_done",
                 "artifact_bytes", "artifact_seconds", "node")
 # Keys that say where a trial came from, not what it measured: never copied onto a repeat.
 LINEAGE = (RETRY_OF, REPEAT_OF, RETRY_PARAMS, INTERRUPTED)

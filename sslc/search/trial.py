@@ -78,14 +78,18 @@ def train_and_measure(
         trial_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(trial_dir / "config.json", config.to_dict(), indent=2)
     # int8 models cannot be trained: the float student is distilled, latency is measured on its int8 copy.
+    started = time.perf_counter()
     if setup.shared is not None:
         student = setup.shared.student(config)
     else:
         student = setup.run.build_student(config, quantize=False)
+    parts = {"build_student": time.perf_counter() - started}
     if setup.before_training is not None and trial_number is not None:
         setup.before_training(trial_number, student)
     deployed = quantize_int8(student) if config.quantize == "int8" else student
+    started = time.perf_counter()
     latency = measure_latency(deployed, seconds=setup.budget.seconds, warmup=1, repeats=setup.latency_repeats)
+    parts["latency"] = time.perf_counter() - started
     base = {"macs": macs, "latency_ms": latency.median_ms, "nonzero_params": count_nonzero_params(deployed)}
     del deployed
     over = setup.budget.violations(None, latency_ms=latency.median_ms)  # MACs and params were checked when asked
@@ -104,9 +108,11 @@ def train_and_measure(
         student, _targets(setup), setup.run.data.train, setup.run.data.heldout, setup.trainer, on_report,
         kept_layers=config.layers,
     )
+    started = time.perf_counter()
     if trial_dir is not None and result.status == "completed":
         provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done}
         save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
+    parts.update(result.seconds_parts, save=time.perf_counter() - started)
     return {
         **base,
         "final": True,
@@ -117,6 +123,8 @@ def train_and_measure(
         "train_curve": [list(point) for point in result.curve],
         "steps_done": result.steps_done,
         "seconds_training": result.seconds_training,
+        # Flat keys: Tune flattens nested dicts in results.
+        **{f"seconds_{key}": round(value, 4) for key, value in parts.items()},
         "loss_measured_before_int8": config.quantize == "int8",
     }
 

@@ -62,6 +62,9 @@ class ShortTrialResult:
     reason: str | None = None
     layer_map: list[tuple[int, int]] = field(default_factory=list)
     heldout_loss_by_target: dict[str, float] | None = None
+    # Wall seconds of the run's other parts: "head_fit", "heldout" (scoring), "data" (waiting for batches, inside
+    # seconds_training), so a trial's time can be told apart from its training.
+    seconds_parts: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,9 +263,12 @@ class TrainingLoop:
         batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda")
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
+        self.seconds_data = 0.0
         with bar, contextlib.closing(batches):
             while state.step < self.total:
+                waiting = time.perf_counter()
                 self._ready = next(batches)
+                self.seconds_data += time.perf_counter() - waiting
                 outcome = self.train_on(self._ready[0])
                 if not outcome.finite:
                     status, reason = "nonfinite", f"{outcome.problem()} at step {state.step + 1}"
@@ -305,7 +311,9 @@ class _TrainingLoop(TrainingLoop):
         train_targets = _targets_for(targets, train_data, self.layer_map)
         # Every student's heads start fitted to the targets (see fit_heads_), whatever its shape: the same start
         # for every candidate (for a copy of the teacher it is the identity the heads would otherwise start as).
+        started = time.perf_counter()
         _fit_heads(student, self.scorer.heads, self.layer_map, train_targets, train_data, config)
+        self.seconds_head_fit = time.perf_counter() - started
         super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps)
         self.student = self.model
 
@@ -330,8 +338,11 @@ class _TrainingLoop(TrainingLoop):
     def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
         status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
         heldout, by_target = None, None
+        parts = {"head_fit": self.seconds_head_fit, "data": self.seconds_data}
         if status == "completed":
+            started = time.perf_counter()
             heldout, by_target = self.scorer.score()
+            parts["heldout"] = time.perf_counter() - started
             if not math.isfinite(heldout):
                 status, reason, heldout, by_target = "nonfinite", f"held-out loss is {heldout}", None, None
         result = result_type(
@@ -343,6 +354,7 @@ class _TrainingLoop(TrainingLoop):
             reason=reason,
             layer_map=list(self.layer_map),
             heldout_loss_by_target=by_target,
+            seconds_parts=parts,
         )
         if isinstance(result, FullTrainResult):
             result.checkpoint = str(written or checkpoint_path(checkpoint_dir)) if checkpoint_dir else None
