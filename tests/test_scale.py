@@ -320,3 +320,33 @@ def test_a_study_made_under_the_old_heldout_rule_is_not_resumed(driver_search):
         assert HELDOUT_RULE in str(refused.value)
     finally:
         study.set_user_attr("protocol", current)
+
+
+def test_the_gpu_projection_from_timed_steps(tmp_path, monkeypatch):
+    """Where CUDA is present (mocked here: a device name, its memory and the timed step), the plan projects the
+    trial's wall time and the GPU-hours from the measured step; the measurement itself runs on any device."""
+    from types import SimpleNamespace
+
+    import sslc.search.plan as plan
+    from sslc.budget import Budget
+    from sslc.metrics import count_macs
+    from sslc.runs.inputs import prepare_inputs
+    from sslc.trainers import TrainerConfig
+
+    context = prepare_inputs("random:tiny", "demo", tmp_path / "run", 1.0, 0, 8)
+    trainer = TrainerConfig(steps=4, batch_size=2, crop_seconds=1.0, targets=[1, 2], device="cpu")
+    teacher_macs = count_macs(context.teacher.config).total
+    budget = Budget(int(0.7 * teacher_macs), 10.0)
+    seconds = plan.time_training_steps(context, trainer, budget, device="cpu")
+    assert 0 < seconds < 60
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(name="Fake H200", total_memory=141 * 1024**3))
+    result = plan.plan_search(context, trainer, budget, 0.7, [1, 2], trials=50, measure=lambda *a: 0.5)
+    assert result.devices == ["cuda:0 Fake H200 (141 GiB)", "cuda:1 Fake H200 (141 GiB)"]
+    # 4 steps + (2 held-out segments + 8 head-fit batches x 2 crops) / (3 forwards x 2 crops) = 7 step-times.
+    per_trial = 0.5 * (4 + (len(context.data.heldout) + 16) / 6)
+    line = result.lines[-1]
+    assert f"{per_trial:.0f} s a trial" in line and f"50 trials {50 * per_trial / 3600:.2f} GPU-hours" in line
+    assert f"{50 * per_trial / 2 / 3600:.2f} h of wall time on 2 GPU(s)" in line
