@@ -72,17 +72,21 @@ def test_protocol_line_says_the_real_segment_lengths(tmp_path):
 
 # ---- training data: random crops over the whole corpus, read by seeking ------------------------------------------
 def test_random_crops_differ_across_steps_and_agree_across_trials(tmp_path):
-    split = load_audio_split(str(write_tree(tmp_path / "t", 60, seconds=1.0)), tmp_path / "c", 0.25, 7, 400)
+    split = load_audio_split(str(write_tree(tmp_path / "t", 60, seconds=1.0)), tmp_path / "c", 0.1, 7, 400)
     crops = [(s.path, s.start) for s in split.train.segments]
-    again = load_audio_split(str(tmp_path / "t"), tmp_path / "c2", 0.25, 7, 400)  # another trial, process, run
+    assert len(crops) == 400
+    again = load_audio_split(str(tmp_path / "t"), tmp_path / "c2", 0.1, 7, 400)  # another trial, process, run
     assert crops == [(s.path, s.start) for s in again.train.segments]
     assert len(set(crops)) == len(crops)  # every step's crops are new ones
     files = {path for path, _ in crops}
     heldout = {s.path for s in split.heldout.segments}
     assert not files & heldout and len(files) == 60 - len(heldout)  # drawn over every training file
-    longer = load_audio_split(str(tmp_path / "t"), tmp_path / "c", 0.25, 7, 800)
+    longer = load_audio_split(str(tmp_path / "t"), tmp_path / "c", 0.1, 7, 500)
     assert [(s.path, s.start) for s in longer.train.segments[:400]] == crops  # a longer run reads these first
-    other_seed = load_audio_split(str(tmp_path / "t"), tmp_path / "c", 0.25, 8, 400)
+    # Never more crops than the corpus holds (~54 s of training audio: ~540 crops of 0.1 s).
+    worth = sum(f.num_samples for f in split.files if f.path not in heldout) // 1600
+    assert len(load_audio_split(str(tmp_path / "t"), tmp_path / "c", 0.1, 7, 5000).train) == worth
+    other_seed = load_audio_split(str(tmp_path / "t"), tmp_path / "c", 0.1, 8, 400)
     assert [(s.path, s.start) for s in other_seed.train.segments] != crops
 
 

@@ -173,14 +173,18 @@ def load_audio_split(data_spec: str, cache_dir: Path, crop_seconds: float, seed:
                      num_train_crops: int | None = None) -> AudioSplit:
     """Discover audio (or make the demo corpus), split off the held-out files (one crop each, at most
     HELDOUT_SEGMENTS), cut the training crops: the first `num_train_crops` of the seeded random sequence over the
-    training files (None: one fixed crop per file). UserError when empty."""
+    training files, at most the corpus's length in crops (None: one fixed crop per file). UserError when empty."""
     root = resolve_data(data_spec, cache_dir)
     files = discover_audio(root, listing=cache_dir / CORPUS_LISTING)
     train_files, heldout_files = split_heldout(files, max_heldout=HELDOUT_SEGMENTS)
     if num_train_crops is None:
         train = SegmentDataset(make_segments(train_files, crop_seconds, seed))
     else:
-        train = SegmentDataset(random_crops(train_files, num_train_crops, crop_seconds, seed))
+        # No more crops than the corpus holds (at least one per file): a corpus shorter than the run's crops is
+        # read in several passes over the same crops, rather than its targets computed many times over.
+        worth = sum(f.num_samples for f in train_files) // max(1, int(crop_seconds * SAMPLE_RATE))
+        count = min(num_train_crops, max(len(train_files), worth))
+        train = SegmentDataset(random_crops(train_files, count, crop_seconds, seed))
     heldout = SegmentDataset(make_segments(heldout_files, crop_seconds, seed))
     kind = DEMO_NOTE if data_spec == DEMO_SPEC else f"audio from {data_spec}"
     hours = sum(f.num_samples for f in files) / SAMPLE_RATE / 3600
