@@ -136,7 +136,7 @@ def test_study_records_settings_teacher_and_baselines(finished_search):
     assert attrs["teacher"]["macs"] == TEACHER_MACS and attrs["teacher"]["is_random"]
     assert attrs["budget"]["max_macs"] == int(0.7 * TEACHER_MACS)
     names = {b["name"] for b in attrs["baselines"]}
-    assert names == {"uniform", "distilhubert-2layer", "lighthubert-small", "fithubert-like"}
+    assert names == {"uniform", "distilhubert-2layer", "lighthubert-small", "fithubert-like", "dphubert-like"}
     uniform = next(b for b in attrs["baselines"] if b["name"] == "uniform")
     assert uniform["macs"] <= attrs["budget"]["max_macs"] and uniform["heldout_loss"] > 0
 
@@ -316,8 +316,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 def test_ctrl_c_exits_130_and_leaves_no_trial_running(tmp_path):
     run_dir, stderr_path = tmp_path / "ctrlc", tmp_path / "stderr"
-    # 300 steps: long trials, while the targets the driver computes first (steps x batch crops) stay few.
-    with _search_process(_tiny_search_command(run_dir, trials=4, steps=300), _search_env(), stderr_path) as process:
+    with _search_process(_tiny_search_command(run_dir, trials=4, steps=2000), _search_env(), stderr_path) as process:
         _wait_for_trials(process, run_dir, stderr_path, lambda trials: TrialState.RUNNING in [t.state for t in trials],
                          "a trial started", timeout=180)
         time.sleep(3)  # let the trial get into training
