@@ -21,8 +21,10 @@ The trial length is chosen for a time target: before the search, one trial of th
 within the budget is timed in this process, and the steps are set so that the trials fill about
 `--time-target` seconds of every slot (at least MIN_STEPS); it prints what it chose. So the whole run takes about
 the target plus a minute or two on any machine (the fixed start-up weighs more on a short run: at ~12 s trials
-the share was ~2x that at ~30 s). `--quick` runs 2 trials of 5 steps: it checks that the benchmark still works
-(CI runs it), its figure means nothing.
+the share was ~2x that at ~30 s). `--quick` runs 2 trials of 5 steps at a 40% budget with the random sampler (so
+over-budget configs, COMPLETE in Optuna but never trained, are read as a default run may read them): it checks
+that the benchmark still works (CI runs it), its figure means nothing. Trials are read by the run record's
+outcomes (`sslc.runs.trials.outcome_of`), never by Optuna's state alone.
 
 The last line is the headline: `search_overhead: <share>` (goal <= 0.05).
 
@@ -41,10 +43,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optuna.trial import TrialState  # noqa: E402
-
 import sslc.search.runner as runner  # noqa: E402
 from sslc.runs.storage import load_study  # noqa: E402
+from sslc.runs.trials import Outcome, outcome_of  # noqa: E402
 
 TEACHER = "random:tiny"
 TRIALS = 16
@@ -58,11 +59,18 @@ CROP_SECONDS = 2.0
 LATENCY_REPEATS = 1
 
 
-def settings_for(run_dir: Path, steps: int, trials: int = TRIALS) -> runner.SearchSettings:
+BUDGET = "70%"
+# --quick: a budget and sampler that propose over-budget configs, so the quick run reads trials Optuna holds as
+# COMPLETE with placeholder values (never trained, no seconds_training), as a default run may.
+QUICK_BUDGET, QUICK_SAMPLER = "40%", "random"
+
+
+def settings_for(run_dir: Path, steps: int, trials: int = TRIALS, budget: str = BUDGET,
+                 sampler: str = runner.SearchSettings.sampler) -> runner.SearchSettings:
     return runner.SearchSettings(
-        teacher=TEACHER, data="demo", budget="70%", trials=trials, steps=steps, batch_size=BATCH_SIZE,
+        teacher=TEACHER, data="demo", budget=budget, trials=trials, steps=steps, batch_size=BATCH_SIZE,
         crop_seconds=CROP_SECONDS, name="overhead", run_dir=run_dir, latency_repeats=LATENCY_REPEATS,
-        baselines=False, quiet=True, early_stopping=False, sampler=runner.SearchSettings.sampler, seed=0,
+        baselines=False, quiet=True, early_stopping=False, sampler=sampler, seed=0,
     )
 
 
@@ -130,7 +138,7 @@ class Phases:
             setattr(owner, attr, original)
 
 
-def run_timed_search(run_dir: Path, steps: int, trials: int) -> tuple[float, float, Phases]:
+def run_timed_search(run_dir: Path, settings: runner.SearchSettings) -> tuple[float, float, Phases]:
     import ray
     from ray.tune import Tuner
 
@@ -141,7 +149,7 @@ def run_timed_search(run_dir: Path, steps: int, trials: int) -> tuple[float, flo
     phases.wrap(ray, "shutdown", "ray_shutdown")
     started = time.time()
     try:
-        runner.run_search(settings_for(run_dir, steps, trials))
+        runner.run_search(settings)
     finally:
         phases.restore()
     return started, time.time() - started, phases
@@ -228,14 +236,17 @@ def main() -> None:
         else:
             print(f"{'quick mode: ' if args.quick else ''}{n_trials} trials x {steps} steps, as asked")
         run_dir = Path(tmp) / "run"
-        search_start, wall, phases = run_timed_search(run_dir, steps, n_trials)
+        settings = (settings_for(run_dir, steps, n_trials, QUICK_BUDGET, QUICK_SAMPLER) if args.quick
+                    else settings_for(run_dir, steps, n_trials))
+        search_start, wall, phases = run_timed_search(run_dir, settings)
         search_end = search_start + wall
         study = load_study(run_dir)
         trials = study.get_trials(deepcopy=False)
         settings = study.user_attrs["settings"]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
-        others = [t for t in trials if t.state != TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
+        # By the run record's outcomes: Optuna's COMPLETE also holds over-budget configs (never trained).
+        complete = [t for t in trials if outcome_of(t) == Outcome.COMPLETE]
+        infeasible = [t for t in trials if outcome_of(t) == Outcome.INFEASIBLE]
+        others = [t for t in trials if outcome_of(t) not in (Outcome.COMPLETE, Outcome.INFEASIBLE)]
         slots = max(1, min(settings.get("concurrency") or int(os.cpu_count() // settings["cpus_per_trial"]), n_trials))
 
         def seconds(t) -> float:

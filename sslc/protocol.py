@@ -8,15 +8,21 @@ student and a 12-layer one are graded on the same questions.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from sslc.data.audio import SAMPLE_RATE
+from sslc.data.segments import segments_fingerprint
 from sslc.errors import UserError
 
-PROTOCOL_VERSION = 1
+# 2: the held-out set is sized in audio (at most HELDOUT_SEGMENTS segments), not 10% of the files; version 1
+# studies score on other segments, so they are never resumed under version 2.
+PROTOCOL_VERSION = 2
+# Held-out segments of a study by default: a tenth of the files, one crop each, but never more than this many, so
+# scoring costs the same on 30 files and on 281k (128 crops of 2 s: 256 s of audio, ~0.1 of a 100-step trial's
+# training compute at batch 4).
+HELDOUT_SEGMENTS = 128
+HELDOUT_RULE = f"one crop from each of 10% of the files (by a hash of their path), at most {HELDOUT_SEGMENTS}"
 LOSS_NAME = "l1+cosine"  # DistilHuBERT's L1 + -log sigmoid(cos), shifted so a perfect prediction scores 0
 WEIGHTING = "frame"  # each target's loss averages over the real frames of all held-out segments
 AVERAGE = "mean over targets"
@@ -57,24 +63,6 @@ def parse_targets(spec: str | Sequence[int] | None, teacher_depth: int | None = 
     return sorted(layers)
 
 
-def heldout_fingerprint(segments) -> str:
-    """sha256 over each held-out segment's file (relative to the segments' common folder), crop and file size.
-
-    Unlike the target cache's key it ignores where the corpus lies and file times, so a moved or copied run
-    keeps its protocol; a different held-out set (other files, crops or sizes) changes it.
-    """
-    paths = [os.path.abspath(segment.path) for segment in segments]
-    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
-    rows = []
-    for segment, path in zip(segments, paths):
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            size = -1
-        rows.append([os.path.relpath(path, root), segment.start, segment.num_samples, size])
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
 def target_key(layer: int) -> str:
     """How a target is named in records (`heldout_loss_by_target`): its 1-based teacher layer, as a string."""
     return str(int(layer))
@@ -96,6 +84,8 @@ class EvaluationProtocol:
     heldout_segments: int
     heldout_fingerprint: str  # the held-out segments: files (relative to their common folder), crops, sizes
     crop_seconds: float
+    heldout_seconds: float = 0.0  # the held-out audio in all
+    heldout_rule: str = HELDOUT_RULE
     loss: str = LOSS_NAME
     weighting: str = WEIGHTING
     average: str = AVERAGE
@@ -107,8 +97,9 @@ class EvaluationProtocol:
     @classmethod
     def for_heldout(cls, targets: Sequence[int], heldout, crop_seconds: float) -> EvaluationProtocol:
         """The protocol of scoring on `targets` over the segments of `heldout` (a SegmentDataset)."""
-        fingerprint = heldout_fingerprint(heldout.segments)
-        return cls(tuple(int(t) for t in targets), len(heldout), fingerprint, float(crop_seconds))
+        fingerprint = segments_fingerprint(heldout.segments)
+        seconds = sum(heldout.lengths) / SAMPLE_RATE
+        return cls(tuple(int(t) for t in targets), len(heldout), fingerprint, float(crop_seconds), round(seconds, 3))
 
     @classmethod
     def from_dict(cls, data: Mapping) -> EvaluationProtocol:
@@ -118,5 +109,10 @@ class EvaluationProtocol:
         layers = ", ".join(str(t) for t in self.targets)
         return (
             f"score = mean over teacher layers {layers} of the held-out {self.loss} loss ({self.weighting}-weighted), "
-            f"on {self.heldout_segments} held-out segments of {self.crop_seconds:g} s"
+            f"on {self.heldout_segments} held-out segments ({_duration(self.heldout_seconds)} of audio, crops of at "
+            f"most {self.crop_seconds:g} s)"
         )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds < 600 else f"{seconds / 60:.3g} min"

@@ -127,7 +127,8 @@ def test_tsv_manifest(tmp_path):
     files = discover_audio(manifest)
     assert [f.rel_path for f in files] == ["x/one.wav", "two.wav"]
     assert files[0].path == audio / "x" / "one.wav"
-    assert [f.num_samples for f in files] == [16000, 8000]
+    # The manifest's counts are the lengths (at 16 kHz, fairseq's convention): no file is opened to list them.
+    assert [f.num_samples for f in files] == [16000, 11025]
 
     # A relative root is resolved against the manifest's own directory.
     relative = tmp_path / "rel.tsv"

@@ -120,6 +120,12 @@ def build_parser():
                         help="the device the student is meant for: its latency is measured there (cuda: the trial's "
                         "GPU), while no other trial of the run uses that device")
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the plan (corpus, teacher work, cache size and free disk, per-trial compute, devices, "
+                        "a GPU projection) and exit without creating a study")
+    parser.add_argument("--cache-limit",
+                        help="most disk the teacher-target cache may take (e.g. 20GB; default: the free disk); training "
+                        "targets that would not fit are computed live on each trial's device")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the sampler, the data split and random teachers")
     return parser
 
@@ -141,7 +147,7 @@ def settings_from_args(args) -> SearchSettings:
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,
         baselines=not args.no_baselines, warm_start=not args.no_warm_start, latency_repeats=args.latency_repeats,
-        latency_device=args.latency_device, seed=args.seed,
+        latency_device=args.latency_device, cache_limit=args.cache_limit, seed=args.seed,
     )
     settings.check()
     return settings
@@ -150,10 +156,13 @@ def settings_from_args(args) -> SearchSettings:
 @cli_entry
 def main(argv: list[str] | None = None, before_training=None) -> int:
     """`before_training`: passed to `run_search` (a seam for tests of failure handling)."""
-    settings = settings_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
     from sslc.search.runner import run_search  # heavy imports (torch, Ray) after the checks
 
-    result = run_search(settings, before_training=before_training)
+    result = run_search(settings, before_training=before_training, plan_only=args.plan)
+    if args.plan:
+        return 0
     if settings.report and result.pareto:
         from sslc.dashboards import write_report  # after the search: the report reads what it recorded
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import soundfile as sf
 
 from sslc.data.audio import SAMPLE_RATE
 from sslc.errors import UserError
+from sslc.files import write_json_atomically
 
 log = logging.getLogger("sslc.data")
 
@@ -44,29 +46,63 @@ class AudioFile:
         return self.rel_path or self.path.name
 
 
-def discover_audio(spec: str | os.PathLike) -> list[AudioFile]:
+def discover_audio(spec: str | os.PathLike, listing: str | os.PathLike | None = None) -> list[AudioFile]:
     """List the usable audio of a corpus: a directory (searched recursively) or a fairseq TSV manifest.
 
-    Unreadable or empty files are skipped with one warning; a corpus with nothing usable is a UserError.
+    Unreadable or empty files are skipped with one warning; a corpus with nothing usable is a UserError. A
+    manifest's sample counts are taken as the files' lengths at 16 kHz (fairseq's convention), so those files are
+    not opened here; other files' headers are read once. With `listing` (a JSON file), a listing made there
+    before for the same corpus is read instead of scanning again, and a new one is written there.
     """
     root = Path(spec).expanduser()
+    if listing is not None and root.exists():
+        known = _read_listing(Path(listing), root)
+        if known is not None:
+            return known
+    base, files = _discover(root, spec)
+    if listing is not None:
+        rows = [[f.rel_path, f.num_samples] for f in files]
+        write_json_atomically(Path(listing), {"format": _LISTING_FORMAT, "corpus": str(root.resolve()),
+                                              "root": str(base), "files": rows})
+    return files
+
+
+_LISTING_FORMAT = 1
+
+
+def _read_listing(listing: Path, root: Path) -> list[AudioFile] | None:
+    """The files of an earlier listing of the corpus at `root` (None: none, or of another corpus)."""
+    try:
+        saved = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("format") != _LISTING_FORMAT or saved.get("corpus") != str(root.resolve()):
+        return None
+    base = Path(saved["root"])
+    return [AudioFile(path=base / rel, num_samples=int(n), rel_path=rel) for rel, n in saved["files"]]
+
+
+def _discover(root: Path, spec) -> tuple[Path, list[AudioFile]]:
+    """(the folder the files' relative paths start from, the usable files)."""
     if not root.exists():
         raise UserError(f"data path does not exist: {root} (expected {_EXPECTED})")
     skipped: dict[str, int] = {}
+    known: dict[str, int] = {}
     if root.is_dir():
         candidates, skipped = _scan_directory(root)
         where = f"under {root}"
     elif root.suffix.lower() in AUDIO_SUFFIXES:
         raise UserError(f"data path {root} is a single audio file (expected {_EXPECTED})")
     else:
-        root, candidates = _read_manifest(root)
+        root, candidates, known = _read_manifest(root)
         where = f"listed in {Path(spec)}"
 
     files: list[AudioFile] = []
     bad: list[str] = []
     for rel in candidates:
         path = root / rel
-        num_samples = _num_samples_16k(path)
+        # A manifest's count spares opening the file (a stat still drops files that are gone).
+        num_samples = (known[rel] if path.is_file() else 0) if rel in known else _num_samples_16k(path)
         if num_samples > 0:
             files.append(AudioFile(path=path, num_samples=num_samples, rel_path=rel))
         else:
@@ -82,8 +118,7 @@ def discover_audio(spec: str | os.PathLike) -> list[AudioFile]:
         log.warning("skipped %s unreadable or empty %s (first: %s)", _files(len(bad)), where, ", ".join(bad[:3]))
     if skipped:
         log.warning("ignored %s %s: this soundfile cannot decode them (convert them to .flac or .wav)", ignored, where)
-    return files
-
+    return root, files
 
 
 def _scan_directory(root: Path) -> tuple[list[str], dict[str, int]]:
@@ -99,8 +134,9 @@ def _scan_directory(root: Path) -> tuple[list[str], dict[str, int]]:
     return sorted(rels), skipped
 
 
-def _read_manifest(manifest: Path) -> tuple[Path, list[str]]:
-    """Parse a fairseq manifest: line 1 is the root directory, then `relative/path<TAB>num_samples` lines."""
+def _read_manifest(manifest: Path) -> tuple[Path, list[str], dict[str, int]]:
+    """Parse a fairseq manifest: line 1 is the root directory, then `relative/path<TAB>num_samples` lines.
+    Returns (root, relative paths, {relative path: num_samples} where the line gives a positive count)."""
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -114,18 +150,22 @@ def _read_manifest(manifest: Path) -> tuple[Path, list[str]]:
     if not root.is_dir():
         raise UserError(f"manifest {manifest}: root directory {root} (line 1) does not exist")
 
-    rels = []
+    rels, known = [], {}
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        # The sample count column is ignored: lengths are re-read from the files, which also validates them.
-        rel = line.split("\t")[0].strip()
+        columns = line.split("\t")
+        rel = columns[0].strip()
         if not rel:
             raise UserError(
                 f"manifest {manifest}: line {lineno} has no path (expected 'path<TAB>num_samples')"
             )
-        rels.append(Path(rel).as_posix())
-    return root, rels
+        rel = Path(rel).as_posix()
+        rels.append(rel)
+        count = columns[1].strip() if len(columns) > 1 else ""
+        if count.isdigit() and int(count) > 0:
+            known[rel] = int(count)  # trusted: a file that went bad fails with its name when read
+    return root, rels, known
 
 
 def _num_samples_16k(path: Path) -> int:
@@ -147,9 +187,10 @@ def _stable_hash(key: str) -> int:
 
 
 def split_heldout(
-    files: Sequence[AudioFile], fraction: float = 0.1, min_heldout: int = 1
+    files: Sequence[AudioFile], fraction: float = 0.1, min_heldout: int = 1, max_heldout: int | None = None
 ) -> tuple[list[AudioFile], list[AudioFile]]:
-    """Split into (train, heldout) by a stable hash of each file's corpus-relative path.
+    """Split into (train, heldout) by a stable hash of each file's corpus-relative path: `fraction` of the files,
+    at least `min_heldout` and at most `max_heldout` (None: no cap).
 
     The files with the smallest hashes are held out, so the split depends neither on listing order nor on
     the machine. Both sides are non-empty for >= 2 files; a single file is used for both (with a warning).
@@ -165,7 +206,10 @@ def split_heldout(
         )
         return [ordered[0]], [ordered[0]]
 
-    num_heldout = min(max(min_heldout, 1, round(fraction * len(ordered))), len(ordered) - 1)
+    num_heldout = max(min_heldout, 1, round(fraction * len(ordered)))
+    if max_heldout is not None:
+        num_heldout = min(num_heldout, max(1, max_heldout))
+    num_heldout = min(num_heldout, len(ordered) - 1)
     # Ties on the hash fall back to the sort position, which is itself order-independent.
     by_hash = sorted(range(len(ordered)), key=lambda i: (_stable_hash(ordered[i].key), i))
     held = set(by_hash[:num_heldout])

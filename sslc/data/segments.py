@@ -1,8 +1,11 @@
-"""The fixed training material: one deterministic crop per file, decoded on demand and cached in memory."""
+"""Crops of a corpus: a fixed one per file (held-out sets), or a seeded random sequence over the whole corpus
+(training), read by seeking and cached in memory."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslc.data.audio import SAMPLE_RATE, load_audio
+from sslc.data.audio import SAMPLE_RATE, read_crop
 from sslc.data.corpus import AudioFile
 
 DEFAULT_CACHE_BYTES = 512 * 1024**2
@@ -47,11 +50,58 @@ def make_segments(files: Sequence[AudioFile], max_seconds: float, seed: int) -> 
     return segments
 
 
-class SegmentDataset:
-    """Index -> float32 waveform of a segment.
+def random_crops(files: Sequence[AudioFile], count: int, max_seconds: float, seed: int) -> list[Segment]:
+    """The first `count` crops of the seeded random sequence over the whole corpus: each picks a file with
+    probability proportional to its length (every second of audio equally likely) and a start uniformly within it;
+    files shorter than `max_seconds` are taken whole.
 
-    Crops are cached (least recently used evicted beyond `cache_bytes`): corpora in short trials are small,
-    and decoding + resampling every step would dominate a CPU-bound trial.
+    One numpy Generator draws all of them in order, so the sequence of a longer `count` starts with this one
+    (a run that trains longer reads the same crops first) and every trial of a study (same seed) reads the same.
+    """
+    if max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if not files or count < 1:
+        raise ValueError(f"random_crops needs files and count >= 1, got {len(files)} files, count {count}")
+    max_len = int(max_seconds * SAMPLE_RATE)
+    # Sorted by corpus-relative path: the sequence does not depend on listing order or where the corpus lies.
+    ordered = sorted(files, key=lambda f: (f.key, str(f.path)))
+    lengths = np.array([f.num_samples for f in ordered], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    draws = np.random.default_rng(seed).random((count, 2))
+    picks = np.searchsorted(ends, draws[:, 0] * ends[-1], side="right").clip(max=len(ordered) - 1)
+    crops = []
+    for pick, position in zip(picks.tolist(), draws[:, 1].tolist()):
+        f = ordered[pick]
+        span = max(0, f.num_samples - max_len)
+        crops.append(Segment(f.path, int(position * (span + 1)), min(max_len, f.num_samples)))
+    return crops
+
+
+def segments_fingerprint(segments: Sequence[Segment]) -> str:
+    """sha256 over each segment's file (relative to the segments' common folder), crop and file size.
+
+    It ignores where the corpus lies and file times (a moved or copied corpus keeps its key); size stands in for
+    the content: re-reading a whole corpus to hash it would cost as much as computing the targets.
+    """
+    paths = [os.path.abspath(segment.path) for segment in segments]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    sizes: dict[str, int] = {}
+    rows = []
+    for segment, path in zip(segments, paths):
+        if path not in sizes:
+            try:
+                sizes[path] = os.path.getsize(path)
+            except OSError:
+                sizes[path] = -1  # unreadable now: loading will fail anyway
+        rows.append([os.path.relpath(path, root), segment.start, segment.num_samples, sizes[path]])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+class SegmentDataset:
+    """Index -> float32 waveform of a segment, read by seeking (only the crop is decoded).
+
+    Crops are cached (least recently used evicted beyond `cache_bytes`): a short trial reads the same few
+    hundred crops in every one of its head-fit, training and scoring passes.
     """
 
     def __init__(self, segments: Sequence[Segment], cache_bytes: int = DEFAULT_CACHE_BYTES):
@@ -75,12 +125,14 @@ class SegmentDataset:
         else:
             seg = self.segments[index]
             # Raises AudioReadError if the file went bad since discovery.
-            audio = load_audio(seg.path)
-            # Copy so the cache holds only the crop, not the whole decoded file.
-            wave = audio[seg.start : seg.start + seg.num_samples].copy()
+            wave = read_crop(seg.path, seg.start, seg.num_samples)
             self._remember(index, wave)
         # A copy: callers may modify what they get without corrupting the cache.
         return wave.copy()
+
+    def in_memory(self) -> bool:
+        """Every crop is decoded and cached (e.g. shipped with a trial's context): no file is read any more."""
+        return len(self._cache) == len(self.segments)
 
     def _remember(self, index: int, wave: np.ndarray) -> None:
         if wave.nbytes > self.cache_bytes:

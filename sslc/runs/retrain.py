@@ -28,7 +28,7 @@ from sslc.protocol import EvaluationProtocol
 from sslc.trainers import TrainerConfig, train_full
 
 from .export import RESULT_FILE
-from .inputs import RunInputs, prepare_inputs
+from .inputs import RunInputs, prepare_inputs, train_crops
 from .record import RunRecord, open_run
 from .student_file import WEIGHTS_FILE, save_student
 from .study import record_retrain
@@ -116,7 +116,8 @@ def prepare_context(run: RunRecord) -> RunInputs:
     missing = [k for k in ("teacher", "data", "crop_seconds", "seed") if k not in settings]
     if missing:
         raise UserError(f"run '{run.name}' records no {', '.join(missing)} setting: was it written by sslc-search?")
-    context = prepare_inputs(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"])
+    context = prepare_inputs(settings["teacher"], settings["data"], run.run_dir, settings["crop_seconds"], settings["seed"],
+                             train_crops(settings))  # the crops the trials trained on (and took importance data from)
     protocol = run.record.evaluation_protocol
     if protocol is not None:
         # The held-out audio must be the one the short trials were scored on, or the scores are not comparable.

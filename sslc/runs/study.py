@@ -109,9 +109,14 @@ class StudyRecord:
             return
         key = changed[0]
         before, after = stored[key], now[key]
+        versions = key == "protocol" and before.get("version") != after.get("version")
         if key == "protocol" and before.get("targets") != after.get("targets"):
             before, after = f"targets {before['targets']}", f"targets {after['targets']}"
-        values = f" ({before!r}, not {after!r})" if len(repr(before)) + len(repr(after)) < 160 else ""
+        elif versions:
+            # e.g. version 1 held out 10% of the files, version 2 at most HELDOUT_SEGMENTS: other segments
+            before, after = (f"protocol version {p.get('version')}, held-out set: {p.get('heldout_rule', '10% of the files')}"
+                             for p in (before, after))
+        values = f" ({before!r}, not {after!r})" if versions or len(repr(before)) + len(repr(after)) < 160 else ""
         raise UserError(f"run '{name}' was started with another {key}{values}: use another --name for a different search")
 
     @property

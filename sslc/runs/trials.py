@@ -36,8 +36,11 @@ LAST_TRAIN_LOSS = "last_train_loss"
 # What a finished trial's report carries and the trial keeps as is ("latency_measurement": how its latency was
 # timed, `LatencyResult.conditions`; "train_device": the device and precision it trained on; the artifact keys:
 # what bringing its files back cost; "node": which machine ran it).
-MEASUREMENTS = ("latency_ms", "latency_measurement", "nonzero_params", "train_curve", "seconds_training", "steps_done",
-                "artifact_bytes", "artifact_seconds", "node", "train_device")
+# seconds_*: where a trial's wall time went besides training (see sslc.search.trial.train_and_measure).
+SECONDS_PARTS = ("seconds_build_student", "seconds_latency", "seconds_head_fit", "seconds_data", "seconds_heldout",
+                 "seconds_save")
+MEASUREMENTS = ("latency_ms", "latency_measurement", "nonzero_params", "train_curve", "seconds_training",
+                *SECONDS_PARTS, "steps_done", "artifact_bytes", "artifact_seconds", "node", "train_device")
 # Keys that say where a trial came from, not what it measured: never copied onto a repeat.
 LINEAGE = (RETRY_OF, REPEAT_OF, RETRY_PARAMS, INTERRUPTED)
 

@@ -30,7 +30,7 @@ from sslc.metrics import (
     macs_in_convention,
 )
 from sslc.models.teachers import describe_teacher
-from sslc.runs.inputs import prepare_inputs
+from sslc.runs.inputs import prepare_inputs, train_crops
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
 from sslc.runs.study import (
     BaselineRecord,
@@ -50,6 +50,7 @@ from .baselines import baseline_configs
 from .device_gate import start_gate
 from .devices import TrialDevices, trial_devices, visible_gpus
 from .pareto import pareto_table, write_pareto
+from .plan import plan_search
 from .progress import SearchProgress
 from .samplers import make_sampler, startup_trials
 from .scheduler import DominanceStopper
@@ -251,9 +252,11 @@ def run_search(
     settings: SearchSettings,
     sampler: optuna.samplers.BaseSampler | None = None,
     before_training: BeforeTraining | None = None,
+    plan_only: bool = False,
 ) -> SearchResult:
-    """Seams for tests: `sampler`, an Optuna sampler to use instead of the one `settings.sampler` names;
-    `before_training(trial_number, student)`, called in each trial before it trains (see `TrialSetup`)."""
+    """`plan_only`: print the plan (see `sslc.search.plan`) and return, creating no study. Seams for tests:
+    `sampler`, an Optuna sampler to use instead of the one `settings.sampler` names; `before_training(trial_number,
+    student)`, called in each trial before it trains (see `TrialSetup`)."""
     settings.check()  # a malformed budget, --targets or option fails before the teacher is loaded
     if settings.ray_address:
         _check_reachable(settings.ray_address)
@@ -269,7 +272,8 @@ def run_search(
     console = SearchProgress.make_console(settings.quiet)
     say = console.print
 
-    context = prepare_inputs(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed)
+    context = prepare_inputs(settings.teacher, settings.data, run_dir, settings.crop_seconds, settings.seed,
+                             train_crops(settings.to_dict()))
     context.ship_audio()  # a small corpus travels decoded with the context: no node needs a copy of the files
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=settings.budget_seconds)
@@ -288,8 +292,14 @@ def run_search(
         f"budget: {format_macs(budget.max_macs)} MACs {quoted} "
         f"({budget.max_macs / teacher_budgeted:.0%} of the teacher's {format_macs(teacher_budgeted)})"
     )
+    plan = plan_search(context, trainer, budget, budget.max_macs / teacher_budgeted, targets, settings.trials,
+                       settings.cache_limit)  # refuses a cache that cannot fit, before any work
+    say(plan.text())
+    context.live_training = plan.live_training
 
     storage_url = settings.storage or default_storage_url(run_dir)
+    if plan_only:
+        return SearchResult(run_dir, storage_url, name, [], False, {})
     study_name = name
     record = StudyRecord(
         settings=settings.to_dict(), objectives=list(settings.objectives), space=space.to_dict(),
@@ -317,6 +327,7 @@ def run_search(
 
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training,
                        latency_device=settings.latency_device)
+    context.build_targets(targets, progress=not settings.quiet)  # before any trial: no trial builds or waits
     interrupted, failure = False, None
     started_ray = False
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from sslc.budget import parse_budget, parse_count
 from sslc.errors import UserError
 from sslc.protocol import parse_targets
+from sslc.search.sizes import parse_size
 
 # The objectives a search can minimise (see sslc.runs.study), in the combinations offered.
 OBJECTIVE_SETS = ("loss,macs", "loss,latency", "loss,macs,latency")
@@ -90,6 +91,9 @@ class SearchSettings:
     report: bool = True  # the CLI writes the HTML report after the search
     latency_repeats: int = 3
     latency_device: str = "cpu"
+    # The most disk the teacher-target cache may take (e.g. "20GB"; None: the free disk); training targets that
+    # would not fit are computed live on each trial's device instead (see sslc.search.plan).
+    cache_limit: str | None = None
     seed: int = 0
     quiet: bool = False
 
@@ -99,6 +103,8 @@ class SearchSettings:
         parse_targets(self.targets)  # its range needs the teacher: checked again once it is loaded
         if self.max_params is not None:
             parse_count(self.max_params)
+        if self.cache_limit is not None:
+            parse_size(self.cache_limit)
         if ",".join(self.objectives) not in OBJECTIVE_SETS:
             raise UserError(f"objectives must be one of {', '.join(OBJECTIVE_SETS)}, got {','.join(self.objectives)}")
         if self.macs_convention not in MACS_CONVENTIONS:

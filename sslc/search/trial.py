@@ -66,7 +66,7 @@ class TrialSetup:
 def _targets(setup: TrialSetup) -> TeacherTargets:
     key = str(setup.run.cache_dir)
     if key not in _TARGETS:
-        _TARGETS[key] = setup.run.targets()
+        _TARGETS[key] = setup.run.targets(setup.trainer.resolve_device())  # live targets run on the trial's device
     return _TARGETS[key]
 
 
@@ -86,18 +86,22 @@ def train_and_measure(
         trial_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(trial_dir / "config.json", config.to_dict(), indent=2)
     # int8 models cannot be trained: the float student is distilled, latency is measured on its int8 copy.
+    started = time.perf_counter()
     if setup.shared is not None:
         student = setup.shared.student(config)
     else:
         student = setup.run.build_student(config, quantize=False)
+    parts = {"build_student": time.perf_counter() - started}
     if setup.before_training is not None and trial_number is not None:
         setup.before_training(trial_number, student)
     deployed = quantize_int8(student) if config.quantize == "int8" else student
     if config.quantize == "int8" and setup.latency_device != "cpu":
         raise ValueError("int8 students (dynamic quantisation) run on the CPU only: measure with --latency-device cpu")
+    started = time.perf_counter()
     with measuring(setup.gate, measured_device(setup.latency_device) if setup.gate else ""):
         latency = measure_latency(deployed, seconds=setup.budget.seconds, device=setup.latency_device, warmup=1,
                                   repeats=setup.latency_repeats)
+    parts["latency"] = time.perf_counter() - started  # with the wait for the device (the gate)
     base = {"macs": macs, "latency_ms": latency.median_ms, "latency_measurement": latency.conditions,
             "train_device": train_device(setup.trainer),
             "nonzero_params": count_nonzero_params(deployed)}
@@ -120,9 +124,11 @@ def train_and_measure(
             student, _targets(setup), setup.run.data.train, setup.run.data.heldout, setup.trainer, on_report,
             kept_layers=config.layers,
         )
+    started = time.perf_counter()
     if trial_dir is not None and result.status == "completed":
         provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done}
         save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
+    parts.update(result.seconds_parts, save=time.perf_counter() - started)
     # Counted again after training, on what is saved: a sparse student's masks kept its zeros through training.
     trained = quantize_int8(student) if config.quantize == "int8" else student
     return {
@@ -136,6 +142,8 @@ def train_and_measure(
         "train_curve": [list(point) for point in result.curve],
         "steps_done": result.steps_done,
         "seconds_training": result.seconds_training,
+        # Flat keys: Tune flattens nested dicts in results.
+        **{f"seconds_{key}": round(value, 4) for key, value in parts.items()},
         "loss_measured_before_int8": config.quantize == "int8",
     }
 

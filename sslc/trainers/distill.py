@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from sslc.data import LengthBucketBatchSampler, SegmentDataset, collate
+from sslc.data.loader import prefetched_batches
 from sslc.errors import UserError
 from sslc.models import SpeechEncoder
 from sslc.protocol import mean_score, target_key
@@ -60,6 +62,9 @@ class ShortTrialResult:
     reason: str | None = None
     layer_map: list[tuple[int, int]] = field(default_factory=list)
     heldout_loss_by_target: dict[str, float] | None = None
+    # Wall seconds of the run's other parts: "head_fit", "heldout" (scoring), "data" (waiting for batches, inside
+    # seconds_training), so a trial's time can be told apart from its training.
+    seconds_parts: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,8 +189,13 @@ class TrainingLoop:
         return []
 
     def batch(self, indices: list[int]):
-        """(waves, lengths, targets) of the training segments `indices`."""
-        waves, lengths = collate([self.train_data[i] for i in indices])
+        """(waves, lengths, targets) of the training segments `indices` (read ahead by the loader when they are
+        the batch it handed the loop)."""
+        ready = getattr(self, "_ready", None)
+        if ready is not None and ready[0] is indices:
+            waves, lengths = ready[1], ready[2]
+        else:
+            waves, lengths = collate([self.train_data[i] for i in indices])
         return waves, lengths, self.train_targets.get(indices, waves, lengths)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -250,12 +260,16 @@ class TrainingLoop:
         config = self.config
         status, reason = "completed", None
         written = None
-        batches = _endless(self.sampler)
+        batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda")
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
-        with bar:
+        self.seconds_data = 0.0
+        with bar, contextlib.closing(batches):
             while state.step < self.total:
-                outcome = self.train_on(next(batches))
+                waiting = time.perf_counter()
+                self._ready = next(batches)
+                self.seconds_data += time.perf_counter() - waiting
+                outcome = self.train_on(self._ready[0])
                 if not outcome.finite:
                     status, reason = "nonfinite", f"{outcome.problem()} at step {state.step + 1}"
                     log.warning("stopping: %s", reason)
@@ -281,6 +295,7 @@ class TrainingLoop:
                     status = "stopped"
                     break
         state.seconds += time.perf_counter() - started
+        self._ready = None
         self.step.release_gradients()  # the model outlives the run: it should not keep a step's gradients
         return status, reason, written
 
@@ -296,7 +311,9 @@ class _TrainingLoop(TrainingLoop):
         train_targets = _targets_for(targets, train_data, self.layer_map)
         # Every student's heads start fitted to the targets (see fit_heads_), whatever its shape: the same start
         # for every candidate (for a copy of the teacher it is the identity the heads would otherwise start as).
+        started = time.perf_counter()
         _fit_heads(student, self.scorer.heads, self.layer_map, train_targets, train_data, config)
+        self.seconds_head_fit = time.perf_counter() - started
         super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps)
         self.student = self.model
 
@@ -321,8 +338,11 @@ class _TrainingLoop(TrainingLoop):
     def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
         status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
         heldout, by_target = None, None
+        parts = {"head_fit": self.seconds_head_fit, "data": self.seconds_data}
         if status == "completed":
+            started = time.perf_counter()
             heldout, by_target = self.scorer.score()
+            parts["heldout"] = time.perf_counter() - started
             if not math.isfinite(heldout):
                 status, reason, heldout, by_target = "nonfinite", f"held-out loss is {heldout}", None, None
         result = result_type(
@@ -334,6 +354,7 @@ class _TrainingLoop(TrainingLoop):
             reason=reason,
             layer_map=list(self.layer_map),
             heldout_loss_by_target=by_target,
+            seconds_parts=parts,
         )
         if isinstance(result, FullTrainResult):
             result.checkpoint = str(written or checkpoint_path(checkpoint_dir)) if checkpoint_dir else None
@@ -469,11 +490,6 @@ class _Columns:
     def get(self, indices, waves=None, lengths=None):
         batch = self.source.get(indices, waves, lengths)
         return batch._replace(hidden=[batch.hidden[c] for c in self.columns])
-
-
-def _endless(sampler: LengthBucketBatchSampler) -> Iterator[list[int]]:
-    while True:  # the sampler moves to the next epoch by itself at the end of each pass
-        yield from sampler
 
 
 def _seed_everything(seed: int) -> None:
