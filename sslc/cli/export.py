@@ -26,8 +26,9 @@ def build_parser():
                        "file; sslc.load_student(path, budget='20GMACs') returns the best point within a budget")
     parser.add_argument("-o", "--output", type=Path, help="output file (default: student-<run>-<trial>.pt)")
     parser.add_argument(
-        "--weights", choices=("auto", "retrained", "short-trial"), default="auto",
-        help="auto: retrained weights when sslc-retrain finished this trial, else the short trial's",
+        "--weights", choices=("auto", "retrained", "retrained-last", "short-trial"), default="auto",
+        help="auto: retrained weights when sslc-retrain finished this trial (its best validated ones; "
+        "retrained-last: its last), else the short trial's",
     )
     return parser
 

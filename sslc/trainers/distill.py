@@ -69,6 +69,12 @@ class ShortTrialResult:
 class FullTrainResult(ShortTrialResult):
     checkpoint: str | None = None  # the last checkpoint written (None if the run wrote none)
     resumed_from_step: int = 0
+    # With `config.eval_every`: (step, held-out score, {target: loss}) of every validation, and the best of them,
+    # whose student and heads are in `best_checkpoint` (BEST_NAME beside the last checkpoint).
+    validation: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
+    best_step: int | None = None
+    best_checkpoint: str | None = None
+    seconds_validating: float = 0.0
 
 
 def run_short_trial(
@@ -128,6 +134,9 @@ class _State:
     pending: list[float] = field(default_factory=list)  # losses since the last report
     seconds: float = 0.0
     resumed_from: int = 0
+    validation: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)  # see FullTrainResult
+    best_step: int | None = None
+    seconds_validating: float = 0.0
 
 
 def start_run(config: TrainerConfig) -> torch.device:
@@ -165,7 +174,7 @@ class TrainingLoop:
         )
         self.sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
         self.step = DistillationStep(
-            self.model, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device
+            self.model, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device, config.precision
         )
 
     # ---- what a subclass decides ------------------------------------------------------------------------------
@@ -183,6 +192,9 @@ class TrainingLoop:
         """What differs between this run and the checkpoint `saved` (besides `_RESUME_INVARIANTS`)."""
         return []
 
+    def after_step(self, state: _State, checkpoint_dir: Path | None) -> None:
+        """Runs after every step, before its checkpoint (validation, in full training)."""
+
     def batch(self, indices: list[int]):
         """(waves, lengths, targets) of the training segments `indices`."""
         waves, lengths = collate([self.train_data[i] for i in indices])
@@ -197,6 +209,9 @@ class TrainingLoop:
             "curve": [list(point) for point in state.curve],
             "pending": list(state.pending),
             "seconds": state.seconds,
+            "validation": [[s, v, t] for s, v, t in state.validation],
+            "best_step": state.best_step,
+            "seconds_validating": state.seconds_validating,
             "config": self.config.to_dict(),
             **self.model_state(),
             "heads": self.heads.state_dict(),
@@ -233,6 +248,9 @@ class TrainingLoop:
         state.curve = [(int(s), float(v)) for s, v in saved["curve"]]
         state.pending = [float(v) for v in saved["pending"]]
         state.seconds = float(saved["seconds"])
+        state.validation = [(int(s), float(v), dict(t)) for s, v, t in saved.get("validation", [])]
+        state.best_step = saved.get("best_step")
+        state.seconds_validating = float(saved.get("seconds_validating", 0.0))
 
     def resume_from(self, checkpoint_dir: str | os.PathLike | None) -> _State:
         """A fresh state, or the state of the checkpoint in `checkpoint_dir` (everything restored from it)."""
@@ -269,6 +287,7 @@ class TrainingLoop:
                     state.pending.clear()
                     state.curve.append((state.step, mean))
                     stop = bool(on_report(state.step, mean)) if on_report is not None else False
+                self.after_step(state, checkpoint_dir)
                 if checkpoint_dir is not None and (
                     stop or state.step == self.total or state.step % config.checkpoint_every == 0
                 ):
@@ -318,10 +337,29 @@ class _TrainingLoop(TrainingLoop):
     def load_model_state(self, saved: dict) -> None:
         self.student.load_state_dict(saved["student"])
 
+    def after_step(self, state: _State, checkpoint_dir: Path | None) -> None:
+        """Every `config.eval_every` steps and at the last: score by the protocol; keep the best weights."""
+        every = self.config.eval_every
+        if not every or checkpoint_dir is None or (state.step % every and state.step != self.total):
+            return
+        started = time.perf_counter()
+        score, by_target = self.scorer.score()
+        state.validation.append((state.step, score, by_target))
+        best = {s: v for s, v, _ in state.validation}.get(state.best_step)
+        if math.isfinite(score) and (best is None or score < best):
+            state.best_step = state.step
+            save_checkpoint(Path(checkpoint_dir) / BEST_NAME, {
+                "step": state.step, "heldout_loss": score, "heldout_loss_by_target": by_target,
+                **self.model_state(), "heads": self.heads.state_dict(),
+            })
+        state.seconds_validating += time.perf_counter() - started
+
     def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
         status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
         heldout, by_target = None, None
-        if status == "completed":
+        if status == "completed" and state.validation and state.validation[-1][0] == state.step:
+            heldout, by_target = state.validation[-1][1:]  # validated at the last step: the same weights
+        elif status == "completed":
             heldout, by_target = self.scorer.score()
             if not math.isfinite(heldout):
                 status, reason, heldout, by_target = "nonfinite", f"held-out loss is {heldout}", None, None
@@ -337,9 +375,14 @@ class _TrainingLoop(TrainingLoop):
         )
         if isinstance(result, FullTrainResult):
             result.checkpoint = str(written or checkpoint_path(checkpoint_dir)) if checkpoint_dir else None
+            result.validation, result.best_step = list(state.validation), state.best_step
+            result.seconds_validating = state.seconds_validating
+            if state.best_step is not None:
+                result.best_checkpoint = str(Path(checkpoint_dir) / BEST_NAME)
         return result
 
 
+BEST_NAME = "best.pt"  # the best validated student and heads, beside the last checkpoint
 HEAD_FIT_BATCHES = 8  # training batches a student's heads are fitted on before its first step
 
 

@@ -37,8 +37,8 @@ class StepOutcome:
 
 
 class DistillationStep:
-    """Student + heads against teacher targets. On CUDA the forward pass runs under bf16 autocast; the loss is
-    always computed in float32."""
+    """Student + heads against teacher targets. The forward pass runs under bf16 autocast on CUDA (precision
+    "auto") or on any device ("bf16"), in float32 with "fp32"; the loss is always computed in float32."""
 
     def __init__(
         self,
@@ -48,16 +48,18 @@ class DistillationStep:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         grad_clip: float | None = None,
         device: torch.device | str = "cpu",
+        precision: str = "auto",
     ):
         self.student, self.heads = student, heads
+        self.precision = precision
         self.optimizer, self.scheduler = optimizer, scheduler
         self.grad_clip = grad_clip
         self.device = torch.device(device)
         self.parameters = [p for m in (student, heads) for p in m.parameters() if p.requires_grad]
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def loss(

@@ -1,11 +1,18 @@
-"""Retrain chosen points of a search to completion: the full distillation schedule, resumable, measured again.
+"""Retrain chosen points of a search to completion by a named recipe, validated as they train, resumable.
+
+The driver of `sslc-retrain`. It lives with the search driver, not in the run record (`sslc/runs/`), because it
+runs training: it reads the run (`sslc.runs.record`), rebuilds its inputs, trains (`sslc.trainers.train_full`)
+and writes what it measured back through `sslc.runs` (the study's "retrain:<trial>" attr, the Pareto files).
 
 Each student is rebuilt exactly as its trial built it (`prepare_inputs(...).build_student`, same teacher, data,
-importance scores and trainer settings; in an anytime run, extracted from the shared weights it was scored on),
-then trained by `train_full` with its checkpoint under
-`<run_dir>/retrain/<trial>/`, so an interrupted retrain continues where it stopped when run again. At the end the
-held-out loss, params, MACs and latency are written to `result.json` there, recorded on the study (user attr
-"retrain:<trial>"), and the weights saved in the export format (`student.pt`).
+importance scores; in an anytime run, extracted from the shared weights it was scored on), then trained by the
+recipe (`sslc.trainers.recipes`: `quick` is 10x the trial's steps with its settings) under
+`<run_dir>/retrain/<trial>/checkpoint/`, so an interrupted retrain continues where it stopped when run again.
+Every `eval_every` steps it is scored by the study's own protocol (same targets, same held-out segments as its
+trial); the best validated weights are kept beside the last. At the end `student.pt` holds the best weights (what
+`sslc-export` takes), `student-last.pt` the last; the resumable checkpoint (optimizer state: ~3x the student) is
+deleted, and the result (recipe, validation curve, costs measured again) goes to `result.json`, the study and the
+Pareto files.
 """
 
 from __future__ import annotations
@@ -13,38 +20,56 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from optuna.trial import TrialState
 
 from sslc.compress import CompressionConfig
-from sslc.data import LengthBucketBatchSampler
+from sslc.data import LengthBucketBatchSampler, SegmentDataset
 from sslc.errors import UserError
 from sslc.files import write_json_atomically
 from sslc.protocol import EvaluationProtocol
-from sslc.trainers import TrainerConfig, train_full
-
-from .export import RESULT_FILE
-from .inputs import RunInputs, prepare_inputs
-from .record import RunRecord, open_run
-from .student_file import WEIGHTS_FILE, save_student
-from .study import record_retrain
-from .trials import Outcome, TrialRecord
+from sslc.runs.export import LAST_WEIGHTS_FILE, RESULT_FILE
+from sslc.runs.inputs import (  # TODO(lead): inputs.py is a driver too
+    RunInputs,
+    load_audio_split,
+    prepare_inputs,
+)
+from sslc.runs.record import RunRecord, open_run
+from sslc.runs.student_file import WEIGHTS_FILE, save_student
+from sslc.runs.study import record_retrain
+from sslc.runs.trials import Outcome, TrialRecord
+from sslc.trainers import TrainerConfig, load_checkpoint, train_full
+from sslc.trainers.recipes import apply_recipe
 
 log = logging.getLogger("sslc.retrain")
 
-# Full training is this many times the short trials' steps unless --steps / --epochs say otherwise.
-DEFAULT_STEPS_FACTOR = 10
 CHECKPOINTS_PER_RUN = 10
 REPORTS_PER_RUN = 50
+VALIDATIONS_PER_RUN = 10  # default --eval-every: this many held-out scorings over a run
 LATENCY_REPEATS = 5
 
 
 class RetrainStopped(KeyboardInterrupt):
     """Retraining was asked to stop; the checkpoint written at the stop resumes it."""
+
+
+@dataclass
+class RetrainPlan:
+    """How the chosen points are retrained: the trainer settings and the recipe they came from (recorded)."""
+
+    trainer: TrainerConfig
+    recipe: dict
+
+    @property
+    def label(self) -> str:
+        """e.g. "quick, 40 steps" (what the report's legend and the progress lines say)."""
+        length = f"{self.trainer.epochs} epochs" if self.trainer.epochs else f"{self.trainer.steps} steps"
+        return f"{self.recipe['name']}, {length}"
 
 
 def select_trials(
@@ -78,36 +103,42 @@ def check_length(steps: int | None, epochs: int | None) -> None:
         raise UserError("--steps and --epochs must be at least 1")
 
 
-def full_trainer_config(
+def retrain_plan(
     run: RunRecord,
+    recipe: str = "quick",
     steps: int | None = None,
     epochs: int | None = None,
     device: str | None = None,
     batches_per_epoch: int | None = None,
-) -> TrainerConfig:
-    """The search's trainer settings, run for longer (and in this process: torch's own thread count).
-
-    `batches_per_epoch` (of the run's training data) sets the report and checkpoint cadence for `epochs`.
-    """
+    eval_every: int | None = None,
+    **overrides,
+) -> RetrainPlan:
+    """The search's trainer settings under `recipe` with `overrides` (Recipe fields: batch_seconds, lr, warmup,
+    ...), run in this process (torch's own thread count). `batches_per_epoch` (of the recipe's training data) sets
+    the report, validation and checkpoint cadence for `epochs`."""
     check_length(steps, epochs)
+    if eval_every is not None and eval_every < 1:
+        raise UserError(f"--eval-every must be at least 1, got {eval_every}")
     stored = run.record.trainer
     if not stored:
         raise UserError(f"run '{run.name}' records no trainer settings: was it written by sslc-search?")
     if run.record.protocol is None:
         # Its short trials were scored by an older rule: a retrained score would not be comparable with them.
         raise UserError(f"run '{run.name}' was made by an older sslc (no evaluation protocol recorded): search again")
-    short = TrainerConfig.from_dict(stored)
-    steps = steps if steps is not None else short.steps * DEFAULT_STEPS_FACTOR
-    total = epochs * (batches_per_epoch or 1) if epochs is not None else steps
-    return replace(
-        short,
-        steps=steps,
+    trainer, resolved = apply_recipe(TrainerConfig.from_dict(stored), recipe, steps=steps, **overrides)
+    total = epochs * (batches_per_epoch or 1) if epochs is not None else trainer.steps
+    trainer = replace(
+        trainer,
         epochs=epochs,
         num_threads=None,
-        device=device or short.device,
+        device=device or trainer.device,
         log_every=max(1, total // REPORTS_PER_RUN),
-        checkpoint_every=max(1, min(short.checkpoint_every, total // CHECKPOINTS_PER_RUN)),
+        checkpoint_every=max(1, min(trainer.checkpoint_every, total // CHECKPOINTS_PER_RUN)),
+        eval_every=eval_every or max(1, total // VALIDATIONS_PER_RUN),
     ).validate()
+    if epochs is not None:
+        resolved = {**resolved, "steps": None, "epochs": epochs}
+    return RetrainPlan(trainer, {**resolved, "eval_every": trainer.eval_every})
 
 
 def prepare_context(run: RunRecord) -> RunInputs:
@@ -129,22 +160,43 @@ def prepare_context(run: RunRecord) -> RunInputs:
     return context
 
 
+def training_data(run: RunRecord, context: RunInputs, trainer: TrainerConfig) -> SegmentDataset:
+    """The run's training audio cut into the recipe's crops (the search's segments when the length is theirs).
+    The held-out segments always stay the search's: they are the protocol."""
+    if trainer.crop_seconds == context.crop_seconds:
+        return context.data.train
+    settings = run.record.settings
+    return load_audio_split(settings["data"], context.cache_dir, trainer.crop_seconds, context.seed).train
+
+
 def retrain_trial(
     run: RunRecord,
     trial: TrialRecord,
-    trainer: TrainerConfig,
+    plan: RetrainPlan,
     context: RunInputs,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    train_data: SegmentDataset | None = None,
 ) -> dict:
-    """Train one trial's student to the end of `trainer`'s schedule (resuming from `out_dir`) and measure it.
+    """Train one trial's student to the end of `plan` (resuming from `out_dir`), keep its best validated weights
+    and measure them.
 
     `should_stop()` is polled at every training report; when it says so, a checkpoint is written and
     `RetrainStopped` raised. A run whose result is already in `out_dir` for the same settings is not redone.
     """
     from sslc.compress.quantize import quantize_int8
     from sslc.metrics import count_macs, count_nonzero_params, count_params, measure_latency
+
+    trainer = plan.trainer
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
 
     record = out_dir is None  # only the run's own retrain directory is recorded on the study
     out_dir = Path(out_dir) if out_dir is not None else run.retrain_dir(trial.number)
@@ -167,30 +219,47 @@ def retrain_trial(
         student = load_once_for_all(run.anytime_dir).elastic.extract(config)
     else:
         student = context.build_student(config, quantize=False)
+    train_data = train_data if train_data is not None else training_data(run, context, trainer)
+    lap("build_student")
 
     def on_report(step: int, loss: float) -> bool:
         return bool(should_stop()) if should_stop is not None else False
 
+    checkpoint_dir = out_dir / "checkpoint"
     result = train_full(
-        student, context.targets(), context.data.train, context.data.heldout, trainer, out_dir / "checkpoint",
+        student, context.targets(), train_data, context.data.heldout, trainer, checkpoint_dir,
         progress=progress, on_report=on_report, kept_layers=config.layers,
     )
+    lap("train_full")
+    timings["of_which_training_steps"] = result.seconds_training - result.seconds_validating
+    timings["of_which_validation"] = result.seconds_validating
     if result.status == "stopped":
         raise RetrainStopped(f"trial {trial.number} stopped at step {result.steps_done}; rerun to resume")
 
+    student = student.cpu().eval()
+    last_state = {k: v.clone() for k, v in student.state_dict().items()}
+    best = load_checkpoint(result.best_checkpoint) if result.best_checkpoint else None
+    if best is not None:  # the exported student is the best validated one
+        student.load_state_dict(best["student"])
     seconds = run.record.budget_seconds
     search_threads = (run.record.trainer or {}).get("num_threads")
-    student = student.cpu().eval()
     deployed = quantize_int8(student) if config.quantize == "int8" else student
     latency = measure_latency(deployed, seconds=seconds, warmup=1, repeats=LATENCY_REPEATS, threads=search_threads)
+    lap("measure")
     summary = {
         "trial": trial.number,
         "status": result.status,
         "reason": result.reason,
+        "recipe": plan.recipe,
+        "label": plan.label,
         "steps": result.steps_done,
         "epochs": trainer.epochs,
-        "heldout_loss": result.heldout_loss,
-        "heldout_loss_by_target": result.heldout_loss_by_target,
+        # The exported (best validated) weights' score; the last step's beside it.
+        "heldout_loss": best["heldout_loss"] if best else result.heldout_loss,
+        "heldout_loss_by_target": best["heldout_loss_by_target"] if best else result.heldout_loss_by_target,
+        "best_step": best["step"] if best else result.steps_done,
+        "last_heldout_loss": result.heldout_loss,
+        "validation": [[s, v] for s, v, _ in result.validation],
         "short_trial_heldout_loss": trial.heldout_loss,
         "short_trial_steps": trial.steps_done,
         "params": count_params(student),
@@ -206,10 +275,21 @@ def retrain_trial(
         "trainer": trainer.to_dict(),
     }
     if result.status == "completed":
-        provenance = {"run": run.name, "trial": trial.number, "weights": "retrained", "steps": result.steps_done}
+        provenance = {"run": run.name, "trial": trial.number, "weights": "retrained", "steps": result.steps_done,
+                      "recipe": plan.recipe["name"], "best_step": summary["best_step"]}
         metrics = {k: summary[k] for k in ("macs", "params", "nonzero_params", "latency_ms", "heldout_loss")}
         save_student(out_dir / WEIGHTS_FILE, student, config.to_dict(), context.teacher_spec, provenance, metrics)
-    write_json_atomically(out_dir / RESULT_FILE, {**summary, "curve": [list(p) for p in result.curve]})
+        student.load_state_dict(last_state)
+        last = {**provenance, "weights": "retrained-last", "best_step": None}
+        save_student(out_dir / LAST_WEIGHTS_FILE, student, config.to_dict(), context.teacher_spec, last,
+                     {**metrics, "heldout_loss": result.heldout_loss})
+    lap("write")
+    summary["seconds"] = timings
+    write_json_atomically(out_dir / RESULT_FILE, {**summary, "curve": [list(p) for p in result.curve],
+                                                  "validation_by_target": [list(v) for v in result.validation]})
+    if result.status == "completed":
+        # Both weights are in the student files now: what only resuming needed (optimizer state) goes.
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if record:
         _record(run, trial.number, summary)
     return summary
@@ -225,28 +305,38 @@ def retrain(
     numbers: list[int] | None = None,
     pareto: bool = False,
     under_budget: bool = False,
+    recipe: str = "quick",
     steps: int | None = None,
     epochs: int | None = None,
     device: str | None = None,
+    eval_every: int | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] = print,
+    **overrides,
 ) -> list[dict]:
-    """Retrain the chosen trials of the run in `run_dir` one after the other; returns their results."""
+    """Retrain the chosen trials of the run in `run_dir` one after the other by `recipe` (+ `overrides`, see
+    `retrain_plan`); returns their results."""
     check_length(steps, epochs)
     run = open_run(run_dir)
     chosen = select_trials(run, numbers, pareto, under_budget)
-    trainer = full_trainer_config(run, steps, epochs, device)  # every check before the teacher is loaded
+    options = dict(recipe=recipe, steps=steps, epochs=epochs, device=device, eval_every=eval_every, **overrides)
+    plan = retrain_plan(run, **options)  # every check before the teacher is loaded
     context = prepare_context(run)
-    if epochs is not None:  # reports and checkpoints follow the real epoch length
-        sampler = LengthBucketBatchSampler(context.data.train.lengths, trainer.batch_size, seed=trainer.seed)
-        trainer = full_trainer_config(run, steps, epochs, device, batches_per_epoch=len(sampler))
-    length = f"{trainer.epochs} epochs" if trainer.epochs else f"{trainer.steps} steps"
+    train_data = training_data(run, context, plan.trainer)
+    if epochs is not None:  # reports, validations and checkpoints follow the real epoch length
+        sampler = LengthBucketBatchSampler(train_data.lengths, plan.trainer.batch_size, seed=plan.trainer.seed)
+        plan = retrain_plan(run, batches_per_epoch=len(sampler), **options)
     results = []
     for index, trial in enumerate(chosen, 1):
-        say(f"[{index}/{len(chosen)}] retraining trial {trial.number} ({length}) in {run.retrain_dir(trial.number)}")
-        result = retrain_trial(run, trial, trainer, context, progress=progress, should_stop=should_stop)
+        say(f"[{index}/{len(chosen)}] retraining trial {trial.number} ({plan.label}) in {run.retrain_dir(trial.number)}")
+        result = retrain_trial(run, trial, plan, context, progress=progress, should_stop=should_stop,
+                               train_data=train_data)
         if result.get("skipped"):
             say(f"trial {trial.number} was already retrained with these settings (delete its result.json to redo)")
         results.append(result)
+    if any(r["status"] == "completed" for r in results):
+        from sslc.search.pareto import write_pareto  # the Pareto files carry the retrained results too
+
+        write_pareto(run.study, run.run_dir)
     return results
