@@ -85,7 +85,14 @@ def test_report_shows_the_retrained_point(run_dir, retrained):
     [trace] = [t for t in report.section("front").figure.data if t.meta == "retrained"]
     assert list(trace.customdata) == [trial.number]
     assert list(trace.y) == pytest.approx([result["heldout_loss"]])
-    assert f"<td>{result['heldout_loss']:.4f}</td><td>{STEPS}</td>" in report.section("table").html
+    assert trace.name == f"retrained (quick, {STEPS} steps) (1)"  # says how it was retrained, not "full schedule"
+    assert f"<td>{result['heldout_loss']:.4f}</td><td>{STEPS}</td><td>quick</td>" in report.section("table").html
+    # The validation curve as recorded, beside the short trial's score.
+    figure = report.section("retrains").figure
+    [curve] = [t for t in figure.data if t.meta == f"validation-{trial.number}"]
+    assert [[int(x), y] for x, y in zip(curve.x, curve.y)] == result["validation"]
+    [short] = [t for t in figure.data if t.meta == f"short-{trial.number}"]
+    assert set(short.y) == {trial.user_attrs["heldout_loss"]}
 
 
 def test_rerun_of_a_finished_retrain_is_not_redone(run_dir, retrained, capsys):

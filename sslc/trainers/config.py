@@ -42,6 +42,7 @@ class TrainerConfig:
     targets: list[int] | None = None
     layer_map: list[list[int]] | None = None
     checkpoint_every: int = 500
+    checkpoint_seconds: float | None = None  # full training: at most one periodic checkpoint this often (after the first)
     epochs: int | None = None
     device: str = "auto"
     num_threads: int | None = None  # None: leave torch's setting alone (a Ray worker may have set it)

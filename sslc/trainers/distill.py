@@ -195,6 +195,9 @@ class TrainingLoop:
     def after_step(self, state: _State, checkpoint_dir: Path | None) -> None:
         """Runs after every step, before its checkpoint (validation, in full training)."""
 
+    def before_checkpoint(self, checkpoint_dir: Path) -> None:
+        """Runs right before a checkpoint is written (what must be on disk with it)."""
+
     def batch(self, indices: list[int]):
         """(waves, lengths, targets) of the training segments `indices`."""
         waves, lengths = collate([self.train_data[i] for i in indices])
@@ -267,7 +270,7 @@ class TrainingLoop:
         the last checkpoint written or None)."""
         config = self.config
         status, reason = "completed", None
-        written = None
+        written, last_written = None, 0.0
         batches = _endless(self.sampler)
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
@@ -288,14 +291,20 @@ class TrainingLoop:
                     state.curve.append((state.step, mean))
                     stop = bool(on_report(state.step, mean)) if on_report is not None else False
                 self.after_step(state, checkpoint_dir)
-                if checkpoint_dir is not None and (
-                    stop or state.step == self.total or state.step % config.checkpoint_every == 0
-                ):
+                # With checkpoint_seconds, a periodic checkpoint (after this run's first) waits until that long
+                # has passed since the last: a large model's checkpoint can take longer than many steps.
+                periodic = state.step % config.checkpoint_every == 0 and (
+                    written is None or not config.checkpoint_seconds
+                    or time.perf_counter() - last_written >= config.checkpoint_seconds
+                )
+                if checkpoint_dir is not None and (stop or state.step == self.total or periodic):
                     now = time.perf_counter()
                     state.seconds += now - started
                     started = now
                     written = checkpoint_path(checkpoint_dir)
+                    self.before_checkpoint(checkpoint_dir)
                     save_checkpoint(written, self.snapshot(state))
+                    last_written = time.perf_counter()
                 if stop:
                     status = "stopped"
                     break
@@ -348,14 +357,22 @@ class _TrainingLoop(TrainingLoop):
         best = {s: v for s, v, _ in state.validation}.get(state.best_step)
         if math.isfinite(score) and (best is None or score < best):
             state.best_step = state.step
-            save_checkpoint(Path(checkpoint_dir) / BEST_NAME, {
-                "step": state.step, "heldout_loss": score, "heldout_loss_by_target": by_target,
-                **self.model_state(), "heads": self.heads.state_dict(),
-            })
+            # Kept in memory and written with the next checkpoint (a resume replays to the same best).
+            copy = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+            heads = {k: v.detach().to("cpu", copy=True) for k, v in self.heads.state_dict().items()}
+            self._best = {"step": state.step, "heldout_loss": score, "heldout_loss_by_target": by_target,
+                          **self.model_state(), "student": copy, "heads": heads}
         state.seconds_validating += time.perf_counter() - started
+
+    def before_checkpoint(self, checkpoint_dir: Path) -> None:
+        if getattr(self, "_best", None) is not None:  # a new best since the last checkpoint
+            save_checkpoint(Path(checkpoint_dir) / BEST_NAME, self._best)
+            self._best = None
 
     def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
         status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
+        if checkpoint_dir is not None:
+            self.before_checkpoint(checkpoint_dir)  # a run that ended without a checkpoint keeps its best too
         heldout, by_target = None, None
         if status == "completed" and state.validation and state.validation[-1][0] == state.step:
             heldout, by_target = state.validation[-1][1:]  # validated at the last step: the same weights
