@@ -41,6 +41,12 @@ def build_parser():
     parser.add_argument("--grad-clip", type=float, help="max gradient norm (0: no clipping)")
     parser.add_argument("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32")
     parser.add_argument("--eval-every", type=int, help="validate every N steps (default: 10 times a run)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data-parallel training on N Ray Train workers (DDP; the global batch stays the recipe's)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --workers: GPUs per worker (0: CPU)")
+    parser.add_argument("--ray-address", help="with --workers: an existing Ray cluster (auto or host:port)")
+    parser.add_argument("--storage-path", help="with --workers: Ray Train's checkpoint storage (a path every node "
+                        "sees, or s3://...; default <run_dir>/retrain/<trial>/ray)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the search's setting")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             eval_every=args.eval_every, progress=not args.no_progress, should_stop=should_stop,
             say=lambda line: print(line, file=sys.stderr), batch_seconds=args.batch_seconds,
             crop_seconds=args.crop_seconds, lr=args.lr, warmup=args.warmup, decay=args.decay,
-            grad_clip=args.grad_clip, precision=args.precision,
+            grad_clip=args.grad_clip, precision=args.precision, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address, storage_path=args.storage_path,
         )
     _print_results(results)
     if any(r["status"] == "completed" for r in results):

@@ -65,6 +65,9 @@ class RetrainPlan:
 
     trainer: TrainerConfig
     recipe: dict
+    workers: int = 0  # Ray Train workers (0: train in this process)
+    gpus_per_worker: float = 0.0
+    storage_path: str | None = None  # Ray Train's storage (default <run_dir>/retrain/<trial>/ray)
 
     @property
     def label(self) -> str:
@@ -228,10 +231,20 @@ def retrain_trial(
         return bool(should_stop()) if should_stop is not None else False
 
     checkpoint_dir = out_dir / "checkpoint"
-    result = train_full(
-        student, context.targets(), train_data, context.data.heldout, trainer, checkpoint_dir,
-        progress=progress, on_report=on_report, kept_layers=config.layers,
-    )
+    if plan.workers:
+        from .retrain_parallel import train_data_parallel
+
+        anytime = run.anytime_dir if run.record.mode == "anytime" else None
+        result, last, _ = train_data_parallel(
+            context, train_data, trial.config, trainer, out_dir, plan.workers, plan.gpus_per_worker,
+            plan.storage_path, name=f"{run.name}-retrain-{trial.number}", anytime_dir=anytime,
+        )
+        student.load_state_dict(last["student"])
+    else:
+        result = train_full(
+            student, context.targets(), train_data, context.data.heldout, trainer, checkpoint_dir,
+            progress=progress, on_report=on_report, kept_layers=config.layers,
+        )
     lap("train_full")
     timings["of_which_training_steps"] = result.seconds_training - result.seconds_validating
     timings["of_which_validation"] = result.seconds_validating
@@ -256,6 +269,7 @@ def retrain_trial(
         "label": plan.label,
         "steps": result.steps_done,
         "epochs": trainer.epochs,
+        "workers": plan.workers or 1,
         # The exported (best validated) weights' score; the last step's beside it.
         "heldout_loss": best["heldout_loss"] if best else result.heldout_loss,
         "heldout_loss_by_target": best["heldout_loss_by_target"] if best else result.heldout_loss_by_target,
@@ -292,6 +306,11 @@ def retrain_trial(
     if result.status == "completed":
         # Both weights are in the student files now: what only resuming needed (optimizer state) goes.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if plan.workers and not plan.storage_path:
+            from .retrain_parallel import RAY_DIR
+
+            shutil.rmtree(out_dir / RAY_DIR, ignore_errors=True)
+            (out_dir / "best.pt").unlink(missing_ok=True)
     if record:
         _record(run, trial.number, summary)
     return summary
@@ -315,6 +334,10 @@ def retrain(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] = print,
+    workers: int = 0,
+    gpus_per_worker: float = 0.0,
+    ray_address: str | None = None,
+    storage_path: str | None = None,
     **overrides,
 ) -> list[dict]:
     """Retrain the chosen trials of the run in `run_dir` one after the other by `recipe` (+ `overrides`, see
@@ -324,11 +347,24 @@ def retrain(
     chosen = select_trials(run, numbers, pareto, under_budget)
     options = dict(recipe=recipe, steps=steps, epochs=epochs, device=device, eval_every=eval_every, **overrides)
     plan = retrain_plan(run, **options)  # every check before the teacher is loaded
+    if workers < 0 or gpus_per_worker < 0 or (gpus_per_worker and not workers):
+        raise UserError("--workers must be >= 1 and --gpus-per-worker >= 0 (with --workers)")
+    if ray_address and not workers:
+        raise UserError("--ray-address goes with --workers")
+    if workers and plan.trainer.batch_size < workers:
+        raise UserError(f"a global batch of {plan.trainer.batch_size} crops cannot be shared by {workers} workers: "
+                        "raise --batch-seconds or lower --workers")
     context = prepare_context(run)
     train_data = training_data(run, context, plan.trainer)
     if epochs is not None:  # reports, validations and checkpoints follow the real epoch length
         sampler = LengthBucketBatchSampler(train_data.lengths, plan.trainer.batch_size, seed=plan.trainer.seed)
         plan = retrain_plan(run, batches_per_epoch=len(sampler), **options)
+    plan = replace(plan, workers=workers, gpus_per_worker=gpus_per_worker, storage_path=storage_path)
+    if workers:
+        from sslc.search.runner import start_ray
+
+        start_ray(ray_address)
+        context.ship_audio()  # small corpora travel with the workers' inputs (no shared disk needed)
     results = []
     for index, trial in enumerate(chosen, 1):
         say(f"[{index}/{len(chosen)}] retraining trial {trial.number} ({plan.label}) in {run.retrain_dir(trial.number)}")

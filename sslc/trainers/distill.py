@@ -107,12 +107,14 @@ def train_full(
     progress: bool = True,
     on_report: ReportCallback | None = None,
     kept_layers: Sequence[int] | None = None,
+    loop_class: type | None = None,
 ) -> FullTrainResult:
     """Train `student` for `config.epochs` epochs (or `config.steps` steps), checkpointing every
     `config.checkpoint_every` steps and at the end; when `checkpoint_dir` already holds a checkpoint, training
-    resumes from it exactly (weights, heads, optimizer, schedule, RNG and data position)."""
+    resumes from it exactly (weights, heads, optimizer, schedule, RNG and data position). `loop_class`: a
+    `StudentLoop` subclass (data-parallel training)."""
     total = full_run_steps(train_data, config)
-    run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
+    run = (loop_class or _TrainingLoop)(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
     state = run.resume_from(checkpoint_dir)
     result = run.train(state, on_report, progress, Path(checkpoint_dir), result_type=FullTrainResult)
     result.resumed_from_step = state.resumed_from
@@ -197,6 +199,13 @@ class TrainingLoop:
 
     def before_checkpoint(self, checkpoint_dir: Path) -> None:
         """Runs right before a checkpoint is written (what must be on disk with it)."""
+
+    def write_checkpoint(self, checkpoint_dir: Path, state: _State) -> Path:
+        """Write the checkpoint of `state` into `checkpoint_dir` (what it needs first too); returns its path."""
+        self.before_checkpoint(checkpoint_dir)
+        path = checkpoint_path(checkpoint_dir)
+        save_checkpoint(path, self.snapshot(state))
+        return path
 
     def batch(self, indices: list[int]):
         """(waves, lengths, targets) of the training segments `indices`."""
@@ -301,9 +310,7 @@ class TrainingLoop:
                     now = time.perf_counter()
                     state.seconds += now - started
                     started = now
-                    written = checkpoint_path(checkpoint_dir)
-                    self.before_checkpoint(checkpoint_dir)
-                    save_checkpoint(written, self.snapshot(state))
+                    written = self.write_checkpoint(checkpoint_dir, state)
                     last_written = time.perf_counter()
                 if stop:
                     status = "stopped"
@@ -399,6 +406,7 @@ class _TrainingLoop(TrainingLoop):
         return result
 
 
+StudentLoop = _TrainingLoop  # the name a subclass uses (see train_full's loop_class)
 BEST_NAME = "best.pt"  # the best validated student and heads, beside the last checkpoint
 HEAD_FIT_BATCHES = 8  # training batches a student's heads are fitted on before its first step
 
