@@ -368,3 +368,21 @@ def test_two_ray_train_workers_train_what_one_does(copy_run, tmp_path):
     assert max(float((weights[1][k] - weights[2][k]).abs().max()) for k in weights[1]) < 1e-5
     assert [s for s, _ in curves[1]] == [s for s, _ in curves[2]] == [2, 4]
     assert [v for _, v in curves[2]] == pytest.approx([v for _, v in curves[1]], rel=1e-6)
+
+
+def test_retrain_heads_start_fitted_on_enough_frames(run_dir, tmp_path, monkeypatch):
+    """Fitted on about as many frames as channels, least-squares heads fit their own batches only (the demo's
+    0.12 -> 14.0 jump after the first step); a retrain fits them on at least 8 frames per student channel."""
+    import sslc.trainers.distill as distill
+
+    seen = []
+    fit = distill.fit_heads_
+    monkeypatch.setattr(distill, "fit_heads_", lambda heads, xs, ys: seen.append(xs[0].shape) or fit(heads, xs, ys))
+    run = open_run(run_dir)
+    trial = TrialRecord.read(front_trials(run.study)[0])
+    # One 0.25 s crop a batch (12 frames): the trials' 8 batches would be ~100 frames for 32 channels.
+    plan = retrain_plan(run, steps=1, batch_seconds=0.25, crop_seconds=0.25)
+    assert plan.trainer.head_fit_frames_per_dim == 8
+    retrain_trial(run, trial, plan, prepare_context(run), tmp_path / "r", progress=False)
+    [(frames, dim)] = seen
+    assert frames >= 8 * dim > 8 * 13

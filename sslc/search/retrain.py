@@ -49,6 +49,7 @@ from sslc.trainers.recipes import apply_recipe
 log = logging.getLogger("sslc.retrain")
 
 CHECKPOINTS_PER_RUN = 10
+HEAD_FIT_FRAMES_PER_DIM = 8  # the heads' least-squares start, fitted on 8x as many frames as student channels
 CHECKPOINT_SECONDS = 60.0  # and at most one periodic checkpoint a minute (each is ~3x the student, fsynced)
 REPORTS_PER_RUN = 50
 VALIDATIONS_PER_RUN = 10  # default --eval-every: this many held-out scorings over a run
@@ -139,6 +140,7 @@ def retrain_plan(
         log_every=max(1, total // REPORTS_PER_RUN),
         checkpoint_every=max(1, min(trainer.checkpoint_every, total // CHECKPOINTS_PER_RUN)),
         checkpoint_seconds=CHECKPOINT_SECONDS,
+        head_fit_frames_per_dim=HEAD_FIT_FRAMES_PER_DIM,
         eval_every=eval_every or max(1, total // VALIDATIONS_PER_RUN),
     ).validate()
     if epochs is not None:

@@ -47,6 +47,7 @@ class TrainerConfig:
     device: str = "auto"
     num_threads: int | None = None  # None: leave torch's setting alone (a Ray worker may have set it)
     precision: str = "auto"  # see PRECISIONS
+    head_fit_frames_per_dim: int | None = None  # full training: fit the heads on at least this many frames per channel
     eval_every: int | None = None  # full training: score the held-out set every this many steps (None: at the end)
 
     def validate(self) -> TrainerConfig:
