@@ -371,8 +371,8 @@ def test_two_ray_train_workers_train_what_one_does(copy_run, tmp_path):
 
 
 def test_retrain_heads_start_fitted_on_enough_frames(run_dir, tmp_path, monkeypatch):
-    """Fitted on about as many frames as channels, least-squares heads fit their own batches only (the demo's
-    0.12 -> 14.0 jump after the first step); a retrain fits them on at least 8 frames per student channel."""
+    """A retrain fits its heads on at least 8 frames per student channel (the trials' 8 batches can hold about as
+    many frames as channels: a least-squares fit that matches its own batches only)."""
     import sslc.trainers.distill as distill
 
     seen = []
