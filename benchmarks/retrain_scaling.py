@@ -13,8 +13,11 @@ Why it may not scale here: the machine has 2 cores, shared with other jobs; two 
 adds a gloo all-reduce of every gradient (the student's ~24 M parameters: ~100 MB through loopback per step) and
 the per-step all-reduce of the loss; a batch of 4 crops leaves each worker 2, too little to amortise that.
 
-Measured (2 shared cores, load average ~25 from other jobs, so both figures are inflated and noisy):
-- not measured yet on an idle machine; see the lead's report.
+Measured (2 cores shared with other helpers' jobs, load average falling from ~16 to ~8 during the run, so both
+figures are inflated and noisy):
+- defaults: 1 worker 0.242 steps/s, 0.97 samples/s (82.6 s); 2 workers 0.276 steps/s, 1.11 samples/s (72.4 s):
+  retrain_scaling 1.141.
+- --quick (random:tiny, 3 steps): 1.136. No GPU run (no device was used for this).
 
     python benchmarks/retrain_scaling.py [--steps 20] [--batch 4] [--crop 2] [--gpus]
 """
