@@ -422,7 +422,7 @@ def _fit_heads(student, heads, layer_map, train_targets, train_data, config: Tra
     # With head_fit_frames_per_dim (full training), more batches until the fit has that many frames per student
     # channel (within one pass over the data): 8 batches of 2 x 1 s crops are ~800 frames for a 672-wide student,
     # a fit that matches its own batches (loss 0.2) far better than anything else.
-    needed = (config.head_fit_frames_per_dim or 0) * student.config.embed_dim
+    needed = config.head_fit_frames_per_dim * student.config.embed_dim if config.head_fit_frames_per_dim else 0
     frames = 0
     for count, indices in enumerate(sampler):
         if count >= HEAD_FIT_BATCHES and frames >= needed:
