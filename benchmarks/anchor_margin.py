@@ -67,6 +67,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -80,9 +81,9 @@ from sslc.metrics import count_macs, count_params  # noqa: E402
 from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
 from sslc.probes.results import encode_fn  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
-from sslc.runs.retrain import full_trainer_config, prepare_context, retrain_trial  # noqa: E402
 from sslc.runs.student_file import ExportedStudent  # noqa: E402
 from sslc.search.baselines import anchors_at_budget  # noqa: E402
+from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 from sslc.trainers import train_full  # noqa: E402
 
@@ -138,7 +139,9 @@ def main(argv=None) -> int:
         front = run.front()
         best = min(front, key=lambda t: (t.heldout_loss, t.number))  # what the short trials rank first
         context = prepare_context(run)
-        trainer = full_trainer_config(run, steps=args.retrain_steps)
+        plan = retrain_plan(run, steps=args.retrain_steps)
+        # Every model keeps its last weights (no best-validated pick): the baselines below are trained alike.
+        plan.trainer = trainer = replace(plan.trainer, eval_every=None)
         teacher_config = context.teacher.config
         teacher_macs = count_macs(teacher_config, seconds=10.0).total
         budget = parse_budget(args.budget).resolve(teacher_macs)
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
         retrained = []
         for trial in sorted(candidates, key=lambda t: t.number):
             t0 = time.perf_counter()
-            summary = retrain_trial(run, trial, trainer, context, progress=False)
+            summary = retrain_trial(run, trial, plan, context, progress=False)
             retrained.append((summary["heldout_loss"], trial, time.perf_counter() - t0))
             arch = CompressionConfig.from_dict(trial.config).student_architecture(context.teacher.config)
             print(f"  front trial {trial.number:3d}: {arch.num_layers} layers x {arch.embed_dim}, short-trial score "

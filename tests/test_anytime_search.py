@@ -45,7 +45,7 @@ def test_configs_are_scored_on_the_shared_weights_without_training(anytime_run):
     assert len([t for t in complete if t.user_attrs.get("steps_done") == 0]) >= 5
     # Each trial's score is the protocol's held-out score of its sub-network on the shared weights, with its
     # heads fitted as a trial's start: recomputed.
-    from sslc.runs.retrain import prepare_context
+    from sslc.search.retrain import prepare_context
     from sslc.trainers import TrainerConfig
 
     context = prepare_context(run)

@@ -15,9 +15,9 @@ from sslc.errors import UserError
 from sslc.models import EncoderConfig, build_encoder, tiny_config
 from sslc.runs.export import export_student
 from sslc.runs.record import open_run
-from sslc.runs.retrain import retrain
 from sslc.runs.student_file import load_student, save_student
 from sslc.runs.trials import front_trials
+from sslc.search.retrain import retrain
 
 
 @pytest.fixture(scope="module")

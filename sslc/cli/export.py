@@ -45,8 +45,9 @@ def build_parser():
     parser.add_argument("-o", "--output", type=Path,
                         help="output file or directory (default: student-<run>-<trial> with the format's suffix)")
     parser.add_argument(
-        "--weights", choices=("auto", "retrained", "short-trial"), default="auto",
-        help="auto: retrained weights when sslc-retrain finished this trial, else the short trial's",
+        "--weights", choices=("auto", "retrained", "retrained-last", "short-trial"), default="auto",
+        help="auto: retrained weights when sslc-retrain finished this trial (its best validated ones; "
+        "retrained-last: its last), else the short trial's",
     )
     parser.add_argument("--budget", help="with --anytime: export only the best front point within this budget "
                         "(20GMACs, 40%%), as one student in any format")

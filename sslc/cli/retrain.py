@@ -1,7 +1,7 @@
 """`sslc-retrain`: train chosen points of a search to completion (resumable), and record how good they became.
 
 sslc-retrain runs/hubert30 --trial 7 --trial 12
-sslc-retrain runs/hubert30 --pareto --under-budget --steps 20000
+sslc-retrain runs/hubert30 --pareto --under-budget --recipe distilhubert --steps 20000
 """
 
 from __future__ import annotations
@@ -17,17 +17,36 @@ from sslc.cli.common import ArgumentParser, cli_entry
 def build_parser():
     parser = ArgumentParser(
         prog="sslc-retrain",
-        description="Retrain chosen trials of a search with the full distillation schedule. Checkpoints live in "
-        "<run_dir>/retrain/<trial>/; rerunning the same command resumes an interrupted retrain.",
+        description="Retrain chosen trials of a search to completion by a recipe (sslc/trainers/recipes.py), scored "
+        "on the study's held-out protocol every --eval-every steps; the best validated weights are exported. "
+        "Checkpoints live in <run_dir>/retrain/<trial>/; rerunning the same command resumes an interrupted retrain.",
     )
     parser.add_argument("run_dir", type=Path, help="the search's run directory (holds study.db)")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--trial", type=int, action="append", help="trial number to retrain (repeatable)")
     choice.add_argument("--pareto", action="store_true", help="retrain every point of the Pareto front")
     parser.add_argument("--under-budget", action="store_true", help="with --pareto: only points within the budget")
+    # Names and values are checked by sslc.trainers.recipes (their one place), after parsing: no torch import here.
+    parser.add_argument("--recipe", default="quick",
+                        help="quick: 10x the search's short trials with their settings (the default); distilhubert, "
+                        "dphubert: the published schedules (each value below overrides the recipe's)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="training steps (default: 10x the search's short-trial steps)")
+    length.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     length.add_argument("--epochs", type=int, help="training epochs over the run's training data")
+    parser.add_argument("--batch-seconds", type=float, help="seconds of audio per optimizer step (all workers)")
+    parser.add_argument("--crop-seconds", type=float, help="training crop length (held-out segments stay the search's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--warmup", type=float, help="linear warm-up, as a fraction of the steps")
+    parser.add_argument("--decay", choices=("cosine", "linear"), help="decay after the warm-up, to zero at the end")
+    parser.add_argument("--grad-clip", type=float, help="max gradient norm (0: no clipping)")
+    parser.add_argument("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32")
+    parser.add_argument("--eval-every", type=int, help="validate every N steps (default: 10 times a run)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data-parallel training on N Ray Train workers (DDP; the global batch stays the recipe's)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --workers: GPUs per worker (0: CPU)")
+    parser.add_argument("--ray-address", help="with --workers: an existing Ray cluster (auto or host:port)")
+    parser.add_argument("--storage-path", help="with --workers: Ray Train's checkpoint storage (a path every node "
+                        "sees, or s3://...; default <run_dir>/retrain/<trial>/ray)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the search's setting")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -62,7 +81,8 @@ def _print_results(results: list[dict]) -> None:
     from sslc.metrics import format_macs, format_params
 
     table = Table(title="retrained")
-    for name in ("trial", "status", "steps", "short-trial loss", "loss", "params", "MACs", "latency ms"):
+    for name in ("trial", "status", "recipe", "steps", "best step", "short-trial loss", "loss", "params", "MACs",
+                 "latency ms"):
         table.add_column(name, justify="right")
 
     def number(value, fmt):
@@ -70,7 +90,8 @@ def _print_results(results: list[dict]) -> None:
 
     for r in results:
         table.add_row(
-            str(r["trial"]), r["status"] + (" earlier" if r.get("skipped") else ""), str(r["steps"]),
+            str(r["trial"]), r["status"] + (" earlier" if r.get("skipped") else ""),
+            (r.get("recipe") or {}).get("name", "quick"), str(r["steps"]), str(r.get("best_step", "-")),
             number(r.get("short_trial_heldout_loss"), ".4f"), number(r.get("heldout_loss"), ".4f"),
             format_params(r["params"]), format_macs(r["macs"]), number(r.get("latency_ms"), ".1f"),
         )
@@ -80,13 +101,17 @@ def _print_results(results: list[dict]) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sslc.runs.retrain import retrain  # heavy imports after the arguments are checked
+    from sslc.search.retrain import retrain  # heavy imports after the arguments are checked
 
     with _stop_on_first_ctrl_c() as should_stop:
         results = retrain(
             args.run_dir, numbers=args.trial, pareto=args.pareto, under_budget=args.under_budget,
-            steps=args.steps, epochs=args.epochs, device=args.device, progress=not args.no_progress,
-            should_stop=should_stop, say=lambda line: print(line, file=sys.stderr),
+            recipe=args.recipe, steps=args.steps, epochs=args.epochs, device=args.device,
+            eval_every=args.eval_every, progress=not args.no_progress, should_stop=should_stop,
+            say=lambda line: print(line, file=sys.stderr), batch_seconds=args.batch_seconds,
+            crop_seconds=args.crop_seconds, lr=args.lr, warmup=args.warmup, decay=args.decay,
+            grad_clip=args.grad_clip, precision=args.precision, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address, storage_path=args.storage_path,
         )
     _print_results(results)
     if any(r["status"] == "completed" for r in results):

@@ -36,6 +36,11 @@ COLORS = {
 }
 
 
+def retrain_label(retrain: dict) -> str:
+    """How a point was retrained, e.g. "quick, 20 steps" (a result older than recipes was quick)."""
+    return retrain.get("label") or f"quick, {retrain.get('steps')} steps"
+
+
 def _scatter(points: list[TrialPoint], x_of, y_of, kind: str, name: str, row: int, symbol="circle", size=9):
     shown = [p for p in points if x_of(p) is not None and y_of(p) is not None]
     return go.Scatter(
@@ -80,7 +85,8 @@ def pareto_figure(run: RunRecord, points: list[TrialPoint], axis: str = "macs") 
     }[axis]
     traces.append(
         _scatter(retrained, x_retrained, lambda p: p.retrain["heldout_loss"], "retrained",
-                 "retrained (full schedule)", 1, symbol="star", size=14)
+                 f"retrained ({'; '.join(sorted({retrain_label(p.retrain) for p in retrained}))})", 1,
+                 symbol="star", size=14)
     )
     for point in retrained:  # a thin line from the short-trial point to its retrained result
         if x_of(point) is not None and x_retrained(point) is not None and point.loss is not None:

@@ -25,6 +25,7 @@ from .front import has_latency, pareto_figure
 from .history import hypervolume_figure, importance_figure, parallel_figure
 from .points import CATEGORY_COUNTS, collect_points, count_by_category
 from .probes import probe_figure
+from .retrains import retrain_figure
 from .table import pareto_rows, reference_rows, table_html
 
 REPORT_FILE = "report.html"
@@ -131,6 +132,9 @@ def build_report(run: RunRecord) -> Report:
         "table", "Pareto points", html=table_html(rows) if rows else "<p>No complete trial yet.</p>",
         note="Retrain points with sslc-retrain RUN_DIR --trial N (or --pareto); export with sslc-export.",
     ))
+    figure, note = retrain_figure(run)
+    if figure is not None:  # only once sslc-retrain validated a point
+        report.sections.append(Section("retrains", "Retrained points: validation curves", note, figure))
     figure, note = hypervolume_figure(run)
     report.sections.append(Section("hypervolume", "Hypervolume over trials", note, figure))
     teacher = teacher_architecture(run) if any(p.pareto for p in points) else None

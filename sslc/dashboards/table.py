@@ -19,6 +19,8 @@ COLUMNS = (
     ("speedup", "fewer MACs"),
     ("retrained_loss", "retrained loss"),
     ("retrained_steps", "retrained steps"),
+    ("retrained_recipe", "retrain recipe"),
+    ("probe", "probe (weights)"),
     ("macs_superb", "MACs, SUPERB convention"),  # summed over SUPERB's 32 utterances, as published tables quote
 )
 
@@ -37,6 +39,11 @@ def pareto_rows(run: RunRecord) -> list[dict]:
             **front_row(trial, run.record.objectives, run.record.teacher),
             "retrained_loss": retrain.get("heldout_loss"),
             "retrained_steps": retrain.get("steps"),
+            "retrained_recipe": (retrain.get("recipe") or {}).get("name", "quick") if retrain else None,
+            "probe": "; ".join(
+                f"{task} {found[trial.number]['metric']:.3f} ({found[trial.number].get('weights', '?')})"
+                for task, found in sorted(run.record.probes.items()) if trial.number in found
+            ) or None,
         })
     return rows
 

@@ -19,6 +19,7 @@ from .record import open_run
 from .student_file import WEIGHTS_FILE, build_from_payload, read_student_file, save_student, student_payload
 
 RESULT_FILE = "result.json"  # what sslc-retrain writes next to the retrained weights
+LAST_WEIGHTS_FILE = "student-last.pt"  # the retrain's last weights (its student.pt holds the best validated ones)
 
 
 def retrained_result(retrain_dir: Path) -> dict | None:
@@ -61,18 +62,21 @@ def export_student(
     """Write trial `trial` of a run as a standalone student in `fmt`; returns its provenance and metrics.
 
     source: "auto" (retrained weights when `<run_dir>/retrain/<trial>/` finished, else the short trial's),
-    "retrained" or "short-trial". split_layer: ONNX only, a client / server pair cut after that layer.
-    remote_code: transformers only (None: a plain config where the student fits one).
+    "retrained" (the retrain's best validated weights), "retrained-last" (its last) or "short-trial". split_layer:
+    ONNX only, a client / server pair cut after that layer. remote_code: transformers only (None: a plain config
+    where the student fits one).
     """
-    if source not in ("auto", "retrained", "short-trial"):
-        raise UserError(f"source must be auto, retrained or short-trial, got {source!r}")
+    if source not in ("auto", "retrained", "retrained-last", "short-trial"):
+        raise UserError(f"source must be auto, retrained, retrained-last or short-trial, got {source!r}")
     check_format(fmt, split_layer)
     run = open_run(run_dir)
     record = run.complete_trial(trial)
     retrained = retrained_result(run.retrain_dir(trial)) if source != "short-trial" else None
-    if source == "retrained" and retrained is None:
+    if source in ("retrained", "retrained-last") and retrained is None:
         raise UserError(f"trial {trial} has not been retrained to completion: run sslc-retrain {run_dir} --trial {trial}")
     weights = run.retrain_dir(trial) / WEIGHTS_FILE if retrained else run.trial_dir(trial) / WEIGHTS_FILE
+    if source == "retrained-last":
+        weights = run.retrain_dir(trial) / LAST_WEIGHTS_FILE
     if not weights.is_file():
         raise UserError(f"the weights of trial {trial} are missing ({weights})")
     payload = read_student_file(weights)
@@ -97,12 +101,14 @@ def export_student(
         metrics["heldout_loss"] = retrained.get("heldout_loss")
         metrics["retrained_heldout_loss"] = retrained.get("heldout_loss")
         metrics["retrained_steps"] = retrained.get("steps")
+        if source == "retrained-last":
+            metrics["heldout_loss"] = metrics["retrained_heldout_loss"] = retrained.get("last_heldout_loss")
     teacher = run.record.teacher
     provenance = {
         "run": run.name,
         "run_dir": str(run.run_dir),
         "trial": trial,
-        "weights": "retrained" if retrained else "short-trial",
+        "weights": ("retrained-last" if source == "retrained-last" else "retrained") if retrained else "short-trial",
         "teacher_description": teacher.description,
         "teacher_is_random": teacher.is_random,
         "teacher_macs": teacher.macs,

@@ -14,6 +14,7 @@ from sslc.runs.study import StudyRecord
 from sslc.runs.trials import TrialRecord, front_trials
 
 ROW_FIELDS = ("trial", "loss", "gmacs", "gmacs_superb", "params_m", "latency_ms", "mac_ratio", "param_ratio")
+RETRAINED_FIELDS = ("retrained_loss", "retrained_recipe", "retrained_steps", "retrained_best_step")
 
 
 def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:
@@ -21,6 +22,8 @@ def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:
     pareto.csv: the rows. Returns the rows (by MACs)."""
     record = StudyRecord.read(study)
     rows = [front_row(TrialRecord.read(t), record.objectives, record.teacher) for t in front_trials(study)]
+    for row in rows:  # what sslc-retrain made of the point, when it ran
+        row["retrained"] = retrained_summary(record.retrains.get(row["trial"]))
     run_dir = Path(run_dir)
     document = {
         "study": study.study_name,
@@ -33,12 +36,28 @@ def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow([*ROW_FIELDS, "macs", "params", "config"])
+            writer.writerow([*ROW_FIELDS, "macs", "params", *RETRAINED_FIELDS, "config"])
             for row in rows:
-                writer.writerow([row[f] for f in ROW_FIELDS] + [row["macs"], row["params"], json.dumps(row["config"])])
+                retrained = [(row["retrained"] or {}).get(f.removeprefix("retrained_")) for f in RETRAINED_FIELDS]
+                writer.writerow([row[f] for f in ROW_FIELDS] + [row["macs"], row["params"], *retrained,
+                                                                json.dumps(row["config"])])
 
     write_atomically(run_dir / "pareto.csv", write_csv)
     return rows
+
+
+def retrained_summary(retrain: dict | None) -> dict | None:
+    """A retrain's result as the Pareto files give it (None: not retrained to completion)."""
+    if not retrain or retrain.get("status") != "completed":
+        return None
+    return {
+        "loss": retrain.get("heldout_loss"),
+        "recipe": (retrain.get("recipe") or {}).get("name", "quick"),  # a result older than recipes was quick
+        "steps": retrain.get("steps"),
+        "best_step": retrain.get("best_step"),
+        "latency_ms": retrain.get("latency_ms"),
+        "loss_by_target": retrain.get("heldout_loss_by_target"),
+    }
 
 
 def pareto_table(rows: list[dict], title: str = "Pareto front"):

@@ -153,21 +153,25 @@ def _check_reachable(address: str) -> None:
 
 
 def _start_ray(settings: SearchSettings) -> bool:
-    """Start a local Ray sized to this machine (or join `--ray-address`); True when we started it."""
+    return start_ray(settings.ray_address)
+
+
+def start_ray(address: str | None) -> bool:
+    """Start a local Ray sized to this machine (or join the cluster at `address`); True when we started it."""
     import ray
 
     if ray.is_initialized():
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-    if settings.ray_address:
+    if address:
         from ray.exceptions import AuthenticationError
 
         try:
-            ray.init(address=settings.ray_address, **kwargs)
+            ray.init(address=address, **kwargs)
         except AuthenticationError:
             # Ray's own text is several sentences; this is what a user sets (docs.ray.io ray-security/token-auth).
             raise UserError(
-                f"the Ray cluster at {settings.ray_address} requires token authentication: set RAY_AUTH_MODE=token "
+                f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
                 "and the cluster's token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH, default "
                 "~/.ray/auth_token; `ray get-auth-token` on the head node prints it)"
             ) from None
@@ -178,7 +182,7 @@ def _start_ray(settings: SearchSettings) -> bool:
                 " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or "
                 "RAY_AUTH_TOKEN_PATH)"
             )
-            raise UserError(f"cannot join the Ray cluster at {settings.ray_address}: {one_line(error)}{hint}") from None
+            raise UserError(f"cannot join the Ray cluster at {address}: {one_line(error)}{hint}") from None
     else:
         # The GPUs torch sees, as Ray would detect them (CUDA_VISIBLE_DEVICES), said explicitly: the trials'
         # GPU resources then follow what this process sees.

@@ -12,6 +12,8 @@ from sslc.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 DECAYS = ("cosine", "linear")
+# auto: bf16 autocast on CUDA, fp32 elsewhere (what every trial does); bf16 / fp32: that, on any device.
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -40,9 +42,13 @@ class TrainerConfig:
     targets: list[int] | None = None
     layer_map: list[list[int]] | None = None
     checkpoint_every: int = 500
+    checkpoint_seconds: float | None = None  # full training: at most one periodic checkpoint this often (after the first)
     epochs: int | None = None
     device: str = "auto"
     num_threads: int | None = None  # None: leave torch's setting alone (a Ray worker may have set it)
+    precision: str = "auto"  # see PRECISIONS
+    head_fit_frames_per_dim: int | None = None  # full training: fit the heads on at least this many frames per channel
+    eval_every: int | None = None  # full training: score the held-out set every this many steps (None: at the end)
 
     def validate(self) -> TrainerConfig:
         problems = []
@@ -71,6 +77,10 @@ class TrainerConfig:
             problems.append(f"epochs must be >= 1 or null, got {self.epochs}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.eval_every is not None and self.eval_every < 1:
+            problems.append(f"eval_every must be >= 1 or null, got {self.eval_every}")
         if self.num_threads is not None and self.num_threads < 1:
             problems.append(f"num_threads must be >= 1 or null, got {self.num_threads}")
         if self.targets is not None and (

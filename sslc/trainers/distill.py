@@ -74,6 +74,12 @@ class ShortTrialResult:
 class FullTrainResult(ShortTrialResult):
     checkpoint: str | None = None  # the last checkpoint written (None if the run wrote none)
     resumed_from_step: int = 0
+    # With `config.eval_every`: (step, held-out score, {target: loss}) of every validation, and the best of them,
+    # whose student and heads are in `best_checkpoint` (BEST_NAME beside the last checkpoint).
+    validation: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
+    best_step: int | None = None
+    best_checkpoint: str | None = None
+    seconds_validating: float = 0.0
 
 
 def run_short_trial(
@@ -106,12 +112,14 @@ def train_full(
     progress: bool = True,
     on_report: ReportCallback | None = None,
     kept_layers: Sequence[int] | None = None,
+    loop_class: type | None = None,
 ) -> FullTrainResult:
     """Train `student` for `config.epochs` epochs (or `config.steps` steps), checkpointing every
     `config.checkpoint_every` steps and at the end; when `checkpoint_dir` already holds a checkpoint, training
-    resumes from it exactly (weights, heads, optimizer, schedule, RNG and data position)."""
+    resumes from it exactly (weights, heads, optimizer, schedule, RNG and data position). `loop_class`: a
+    `StudentLoop` subclass (data-parallel training)."""
     total = full_run_steps(train_data, config)
-    run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
+    run = (loop_class or _TrainingLoop)(student, targets, train_data, heldout_data, config, kept_layers, total_steps=total)
     state = run.resume_from(checkpoint_dir)
     result = run.train(state, on_report, progress, Path(checkpoint_dir), result_type=FullTrainResult)
     result.resumed_from_step = state.resumed_from
@@ -133,6 +141,9 @@ class _State:
     pending: list[float] = field(default_factory=list)  # losses since the last report
     seconds: float = 0.0
     resumed_from: int = 0
+    validation: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)  # see FullTrainResult
+    best_step: int | None = None
+    seconds_validating: float = 0.0
 
 
 def start_run(config: TrainerConfig) -> torch.device:
@@ -170,7 +181,7 @@ class TrainingLoop:
         )
         self.sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
         self.step = DistillationStep(
-            self.model, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device
+            self.model, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device, config.precision
         )
 
     # ---- what a subclass decides ------------------------------------------------------------------------------
@@ -187,6 +198,19 @@ class TrainingLoop:
     def resume_problems(self, saved: dict) -> list[str]:
         """What differs between this run and the checkpoint `saved` (besides `_RESUME_INVARIANTS`)."""
         return []
+
+    def after_step(self, state: _State, checkpoint_dir: Path | None) -> None:
+        """Runs after every step, before its checkpoint (validation, in full training)."""
+
+    def before_checkpoint(self, checkpoint_dir: Path) -> None:
+        """Runs right before a checkpoint is written (what must be on disk with it)."""
+
+    def write_checkpoint(self, checkpoint_dir: Path, state: _State) -> Path:
+        """Write the checkpoint of `state` into `checkpoint_dir` (what it needs first too); returns its path."""
+        self.before_checkpoint(checkpoint_dir)
+        path = checkpoint_path(checkpoint_dir)
+        save_checkpoint(path, self.snapshot(state))
+        return path
 
     def batch(self, indices: list[int]):
         """(waves, lengths, targets) of the training segments `indices` (read ahead by the loader when they are
@@ -207,6 +231,9 @@ class TrainingLoop:
             "curve": [list(point) for point in state.curve],
             "pending": list(state.pending),
             "seconds": state.seconds,
+            "validation": [[s, v, t] for s, v, t in state.validation],
+            "best_step": state.best_step,
+            "seconds_validating": state.seconds_validating,
             "config": self.config.to_dict(),
             **self.model_state(),
             "heads": self.heads.state_dict(),
@@ -243,6 +270,9 @@ class TrainingLoop:
         state.curve = [(int(s), float(v)) for s, v in saved["curve"]]
         state.pending = [float(v) for v in saved["pending"]]
         state.seconds = float(saved["seconds"])
+        state.validation = [(int(s), float(v), dict(t)) for s, v, t in saved.get("validation", [])]
+        state.best_step = saved.get("best_step")
+        state.seconds_validating = float(saved.get("seconds_validating", 0.0))
 
     def resume_from(self, checkpoint_dir: str | os.PathLike | None) -> _State:
         """A fresh state, or the state of the checkpoint in `checkpoint_dir` (everything restored from it)."""
@@ -259,7 +289,7 @@ class TrainingLoop:
         the last checkpoint written or None)."""
         config = self.config
         status, reason = "completed", None
-        written = None
+        written, last_written = None, 0.0
         batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda")
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
@@ -283,14 +313,19 @@ class TrainingLoop:
                     state.pending.clear()
                     state.curve.append((state.step, mean))
                     stop = bool(on_report(state.step, mean)) if on_report is not None else False
-                if checkpoint_dir is not None and (
-                    stop or state.step == self.total or state.step % config.checkpoint_every == 0
-                ):
+                self.after_step(state, checkpoint_dir)
+                # With checkpoint_seconds, a periodic checkpoint (after this run's first) waits until that long
+                # has passed since the last: a large model's checkpoint can take longer than many steps.
+                periodic = state.step % config.checkpoint_every == 0 and (
+                    written is None or not config.checkpoint_seconds
+                    or time.perf_counter() - last_written >= config.checkpoint_seconds
+                )
+                if checkpoint_dir is not None and (stop or state.step == self.total or periodic):
                     now = time.perf_counter()
                     state.seconds += now - started
                     started = now
-                    written = checkpoint_path(checkpoint_dir)
-                    save_checkpoint(written, self.snapshot(state))
+                    written = self.write_checkpoint(checkpoint_dir, state)
+                    last_written = time.perf_counter()
                 if stop:
                     status = "stopped"
                     break
@@ -335,12 +370,39 @@ class _TrainingLoop(TrainingLoop):
     def load_model_state(self, saved: dict) -> None:
         self.student.load_state_dict(saved["student"])
 
+    def after_step(self, state: _State, checkpoint_dir: Path | None) -> None:
+        """Every `config.eval_every` steps and at the last: score by the protocol; keep the best weights."""
+        every = self.config.eval_every
+        if not every or checkpoint_dir is None or (state.step % every and state.step != self.total):
+            return
+        started = time.perf_counter()
+        score, by_target = self.scorer.score()
+        state.validation.append((state.step, score, by_target))
+        best = {s: v for s, v, _ in state.validation}.get(state.best_step)
+        if math.isfinite(score) and (best is None or score < best):
+            state.best_step = state.step
+            # Kept in memory and written with the next checkpoint (a resume replays to the same best).
+            copy = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+            heads = {k: v.detach().to("cpu", copy=True) for k, v in self.heads.state_dict().items()}
+            self._best = {"step": state.step, "heldout_loss": score, "heldout_loss_by_target": by_target,
+                          **self.model_state(), "student": copy, "heads": heads}
+        state.seconds_validating += time.perf_counter() - started
+
+    def before_checkpoint(self, checkpoint_dir: Path) -> None:
+        if getattr(self, "_best", None) is not None:  # a new best since the last checkpoint
+            save_checkpoint(Path(checkpoint_dir) / BEST_NAME, self._best)
+            self._best = None
+
     def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
         status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
+        if checkpoint_dir is not None:
+            self.before_checkpoint(checkpoint_dir)  # a run that ended without a checkpoint keeps its best too
         heldout, by_target = None, None
         parts = {"head_fit": self.seconds_head_fit, "data": self.seconds_data}
-        if status == "completed":
-            started = time.perf_counter()
+        started = time.perf_counter()
+        if status == "completed" and state.validation and state.validation[-1][0] == state.step:
+            heldout, by_target = state.validation[-1][1:]  # validated at the last step: the same weights
+        elif status == "completed":
             heldout, by_target = self.scorer.score()
             parts["heldout"] = time.perf_counter() - started
             if not math.isfinite(heldout):
@@ -358,12 +420,19 @@ class _TrainingLoop(TrainingLoop):
         )
         if isinstance(result, FullTrainResult):
             result.checkpoint = str(written or checkpoint_path(checkpoint_dir)) if checkpoint_dir else None
+            result.validation, result.best_step = list(state.validation), state.best_step
+            result.seconds_validating = state.seconds_validating
+            if state.best_step is not None:
+                result.best_checkpoint = str(Path(checkpoint_dir) / BEST_NAME)
         return result
 
 
+StudentLoop = _TrainingLoop  # the name a subclass uses (see train_full's loop_class)
+BEST_NAME = "best.pt"  # the best validated student and heads, beside the last checkpoint
 # A student's heads start fitted on its first training batches (`fit_heads_`): at least HEAD_FIT_BATCHES, and more
-# until they hold FIT_FRAMES_PER_CHANNEL frames per student channel (a wide student at short batches would otherwise
-# be fitted on fewer frames than it has features), within one pass over the training data and HEAD_FIT_MAX_BATCHES.
+# until they hold FIT_FRAMES_PER_CHANNEL (or the config's head_fit_frames_per_dim) frames per student channel (a
+# wide student at short batches would otherwise be fitted on fewer frames than it has features), within one pass
+# over the training data and HEAD_FIT_MAX_BATCHES.
 # Every CHECK_EVERY-th clip is kept out of the fit to choose the start on (frames of other clips than the fit's).
 HEAD_FIT_BATCHES, HEAD_FIT_MAX_BATCHES, FIT_FRAMES_PER_CHANNEL, CHECK_EVERY = 8, 64, 4, 4
 
@@ -375,7 +444,7 @@ def _fit_heads(student, heads, layer_map, train_targets, train_data, config: Tra
     device = config.resolve_device()
     was_training = student.training
     student.to(device).eval()
-    needed = FIT_FRAMES_PER_CHANNEL * max(head.in_features for head in heads.heads)
+    needed = (config.head_fit_frames_per_dim or FIT_FRAMES_PER_CHANNEL) * max(head.in_features for head in heads.heads)
     fit = ([[] for _ in layer_map], [[] for _ in layer_map])  # (student states, targets) per head
     check = ([[] for _ in layer_map], [[] for _ in layer_map])
     frames = clips = 0

@@ -36,9 +36,21 @@ class StepOutcome:
         return ""
 
 
+class StudentAndHeads(nn.Module):
+    """Student and prediction heads as one module (what a data-parallel wrapper needs): (output, predictions)."""
+
+    def __init__(self, student: nn.Module, heads: PredictionHeads):
+        super().__init__()
+        self.student, self.heads = student, heads
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor):
+        out = self.student(waves, lengths)
+        return out, self.heads(out.hidden_states)
+
+
 class DistillationStep:
-    """Student + heads against teacher targets. On CUDA the forward pass runs under bf16 autocast; the loss is
-    always computed in float32."""
+    """Student + heads against teacher targets. The forward pass runs under bf16 autocast on CUDA (precision
+    "auto") or on any device ("bf16"), in float32 with "fp32"; the loss is always computed in float32."""
 
     def __init__(
         self,
@@ -48,16 +60,21 @@ class DistillationStep:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         grad_clip: float | None = None,
         device: torch.device | str = "cpu",
+        precision: str = "auto",
     ):
         self.student, self.heads = student, heads
+        self.precision = precision
+        # When set (a data-parallel wrapper of student and heads, see `StudentAndHeads`), training's forward pass
+        # goes through it, so its gradient hooks see the backward pass.
+        self.network: nn.Module | None = None
         self.optimizer, self.scheduler = optimizer, scheduler
         self.grad_clip = grad_clip
         self.device = torch.device(device)
         self.parameters = [p for m in (student, heads) for p in m.parameters() if p.requires_grad]
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def loss(
@@ -68,8 +85,7 @@ class DistillationStep:
         waves = waves.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
         with self._autocast():
-            out = self.student(waves, lengths)
-            predictions = self.heads(out.hidden_states)
+            out, predictions = (self.network or StudentAndHeads(self.student, self.heads))(waves, lengths)
         # Students and teachers share the conv strides, so frame counts agree; trimming guards odd front ends.
         frames = min(predictions[0].shape[1], targets.hidden[0].shape[1])
         predictions = [p[:, :frames].float() for p in predictions]
