@@ -25,13 +25,14 @@ from sslc.models.teachers import load_teacher
 from sslc.runs.inputs import RunInputs
 from sslc.runs.storage import load_study
 from sslc.runs.trials import Outcome, outcome_of
-from sslc.search import device_gate, devices, runner
+from sslc.search import device_gate, devices, plan, runner
 from sslc.search.device_gate import DeviceLocks
 from sslc.search.runner import SearchSettings, run_search, trainer_config
 from sslc.search.trial import train_baseline
 from sslc.spaces import SearchSpace
 from sslc.trainers import default_targets
 from sslc.trainers import step as step_module
+from sslc.trainers import targets as targets_module
 
 GiB = 2**30
 RESOURCE_LOG = "SSLC_TEST_RESOURCE_LOG"
@@ -211,6 +212,10 @@ def test_on_a_gpu_trials_and_baselines_get_the_same_share_and_an_oom_trial_fails
     monkeypatch.setenv(RESOURCE_LOG, str(log))
     monkeypatch.setattr(devices, "measure_trial_bytes", lambda *args, **kwargs: 3 * GiB)
     monkeypatch.setattr(runner, "train_baseline", recorded_baseline)
+    # The driver's own GPU work (the plan's device list and timed steps, the target build) cannot run on a fake GPU.
+    monkeypatch.setattr(plan, "devices_found", lambda: ["cuda:0 Fake GPU 16GB (16 GiB)"])
+    monkeypatch.setattr(plan, "time_training_steps", lambda *args, **kwargs: 0.01)
+    monkeypatch.setattr(targets_module, "build_device", lambda: torch.device("cpu"))
     # 70%: one baseline trains (the others are over budget), which is all this needs, at a fraction of the time.
     settings = _settings(tmp_path, cpus_per_trial=0.5, baselines=True, budget="70%")
     run_search(settings, before_training=ResourcesThenFaults({0: "oom"}))
