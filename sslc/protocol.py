@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from sslc.data.audio import SAMPLE_RATE
-from sslc.data.segments import segments_fingerprint
 from sslc.errors import UserError
 
 # 2: the held-out set is sized in audio (at most HELDOUT_SEGMENTS segments), not 10% of the files; version 1
@@ -97,6 +95,10 @@ class EvaluationProtocol:
     @classmethod
     def for_heldout(cls, targets: Sequence[int], heldout, crop_seconds: float) -> EvaluationProtocol:
         """The protocol of scoring on `targets` over the segments of `heldout` (a SegmentDataset)."""
+        # Imported here: the CLI's early input checks read this module before torch (which sslc.data needs).
+        from sslc.data.audio import SAMPLE_RATE
+        from sslc.data.segments import segments_fingerprint
+
         fingerprint = segments_fingerprint(heldout.segments)
         seconds = sum(heldout.lengths) / SAMPLE_RATE
         return cls(tuple(int(t) for t in targets), len(heldout), fingerprint, float(crop_seconds), round(seconds, 3))

@@ -377,7 +377,9 @@ def test_retrain_heads_start_fitted_on_enough_frames(run_dir, tmp_path, monkeypa
 
     seen = []
     fit = distill.fit_heads_
-    monkeypatch.setattr(distill, "fit_heads_", lambda heads, xs, ys: seen.append(xs[0].shape) or fit(heads, xs, ys))
+    # fit_heads_(heads, (student states, targets) to fit on, the same to choose the start on)
+    monkeypatch.setattr(distill, "fit_heads_",
+                        lambda heads, fitted, check: seen.append(fitted[0][0].shape) or fit(heads, fitted, check))
     run = open_run(run_dir)
     trial = TrialRecord.read(front_trials(run.study)[0])
     # One 0.25 s crop a batch (12 frames): the trials' 8 batches would be ~100 frames for 32 channels.

@@ -66,7 +66,7 @@ def test_help_shows_every_default_and_readable_choices():
     flat = " ".join(text.split("options:", 1)[1].split())  # the options' entries, without the usage lines
     for option, default in [("--trials", "20"), ("--steps", "100"), ("--batch-size", "4"), ("--crop-seconds", "2.0"),
                             ("--lr", "0.0002"), ("--budget-seconds", "10.0"), ("--latency-repeats", "3"),
-                            ("--seed", "0"), ("--cpus-per-trial", "1.0"), ("--gpus-per-trial", "0.0"),
+                            ("--seed", "0"), ("--cpus-per-trial", "1.0"), ("--gpus-per-trial", "auto"),
                             ("--space", "combined"), ("--sampler", "gp"), ("--objectives", "loss,macs")]:
         help_of = re.search(rf"{option} \S+ (.*?)(?= --[a-z]|$)", flat)
         assert help_of and f"(default: {default})" in help_of.group(1), option
