@@ -120,8 +120,9 @@ def test_two_node_search_brings_every_student_back(cluster, tmp_path):
     cache_id = (run_dir / "cache" / "run-id").read_text().strip()
     node_cache = Path("/tmp") / "sslc-cache" / cache_id
     try:
-        # The workers could not see the run's cache: they built the teacher targets in a node-local one.
-        assert list((node_cache / "targets").iterdir()) and not (run_dir / "cache" / "targets").exists()
+        # The driver built the teacher targets in the run's cache before the trials; the workers could not see it,
+        # so they built their own in a node-local one.
+        assert list((node_cache / "targets").iterdir()) and list((run_dir / "cache" / "targets").iterdir())
     finally:
         shutil.rmtree(node_cache, ignore_errors=True)
     assert len({t.user_attrs["node"] for t in trials}) == 1  # all on the second node (the head has no CPU)
@@ -162,7 +163,8 @@ def test_a_node_that_cannot_read_the_audio_fails_its_trials_in_one_line_and_the_
         run_dir = runs / "run"
         finished = subprocess.run([
             sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny",
-            "--data", str(corpus), "--budget", "100%", "--trials", "4", "--steps", "2", "--batch-size", "1",
+            # Trials read steps x batch crops: 32 x 2 take every training file, so the crops exceed the limit too.
+            "--data", str(corpus), "--budget", "100%", "--trials", "4", "--steps", "32", "--batch-size", "2",
             "--crop-seconds", str(crop_seconds), "--concurrency", "2", "--latency-repeats", "1", "--name", "unseen",
             "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--no-early-stopping",
         ], env=env, capture_output=True, text=True, timeout=600)

@@ -28,6 +28,7 @@ from sslc.search.retrain import (
     retrain,
     retrain_plan,
     retrain_trial,
+    training_data,
 )
 from sslc.trainers import load_checkpoint
 
@@ -371,20 +372,24 @@ def test_two_ray_train_workers_train_what_one_does(copy_run, tmp_path):
 
 
 def test_retrain_heads_start_fitted_on_enough_frames(run_dir, tmp_path, monkeypatch):
-    """A retrain fits its heads on at least 8 frames per student channel (the trials' 8 batches can hold about as
-    many frames as channels: a least-squares fit that matches its own batches only)."""
+    """A retrain fits its heads on at least 8 frames per student channel where one pass over its training crops
+    holds them (the trials' 8 batches can hold about as many frames as channels: a least-squares fit that matches
+    its own batches only); otherwise on that whole pass (less the clips kept out to choose the start on)."""
     import sslc.trainers.distill as distill
 
     seen = []
     fit = distill.fit_heads_
     # fit_heads_(heads, (student states, targets) to fit on, the same to choose the start on)
-    monkeypatch.setattr(distill, "fit_heads_",
-                        lambda heads, fitted, check: seen.append(fitted[0][0].shape) or fit(heads, fitted, check))
+    monkeypatch.setattr(distill, "fit_heads_", lambda heads, fitted, check: seen.append(
+        (fitted[0][0].shape, check[0][0].shape[0])) or fit(heads, fitted, check))
     run = open_run(run_dir)
     trial = TrialRecord.read(front_trials(run.study)[0])
     # One 0.25 s crop a batch (12 frames): the trials' 8 batches would be ~100 frames for 32 channels.
     plan = retrain_plan(run, steps=1, batch_seconds=0.25, crop_seconds=0.25)
     assert plan.trainer.head_fit_frames_per_dim == 8
-    retrain_trial(run, trial, plan, prepare_context(run), tmp_path / "r", progress=False)
-    [(frames, dim)] = seen
-    assert frames >= 8 * dim > 8 * 13
+    context = prepare_context(run)
+    retrain_trial(run, trial, plan, context, tmp_path / "r", progress=False)
+    [((frames, dim), check_frames)] = seen
+    one_pass = sum(context.teacher.config.frames_for(n) for n in training_data(run, context, plan.trainer).lengths)
+    assert frames > 8 * 12  # more than the trials' 8 batches
+    assert frames >= 8 * dim or frames + check_frames == one_pass, (frames, dim, check_frames, one_pass)
