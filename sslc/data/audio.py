@@ -17,19 +17,25 @@ class AudioReadError(Exception):
     """A file could not be decoded into usable audio; the message names the file and says why."""
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Read `path` as a 1-D float32 mono waveform at `target_sr` Hz.
-
-    Channels are averaged (not just the first one taken) so stereo recordings keep all their content.
-    """
+def _existing_audio_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path; AudioReadError, said plainly, when it cannot be opened or is empty (libsndfile's own
+    messages for both are cryptic: "System error.")."""
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise AudioReadError(f"{path}: cannot open ({exc.strerror or exc})") from exc
-    # libsndfile's message for a 0-byte file is cryptic; say it plainly.
     if size == 0:
         raise AudioReadError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read `path` as a 1-D float32 mono waveform at `target_sr` Hz.
+
+    Channels are averaged (not just the first one taken) so stereo recordings keep all their content.
+    """
+    path = _existing_audio_file(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     # soundfile's own errors subclass RuntimeError; ValueError/OSError cover odd headers and I/O failures.
@@ -56,7 +62,7 @@ def read_crop(path: str | os.PathLike, start: int, num_samples: int, target_sr: 
     only the crop is decoded (libsndfile seeks sample-exactly in wav and flac), resampled with soxr only when the
     file's rate differs. Zero-padded past the file's end. At the file's own rate it equals
     `load_audio(path)[start:start + num_samples]`."""
-    path = Path(path)
+    path = _existing_audio_file(path)
     try:
         with sf.SoundFile(str(path)) as handle:
             rate = handle.samplerate

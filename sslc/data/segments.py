@@ -109,6 +109,15 @@ class SegmentDataset:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
+        # Decoded crops travel with a pickled copy (to Ray's workers) only when asked (`RunInputs.ship_audio`):
+        # the driver decodes every crop to build the teacher targets, and a large corpus must not go along.
+        self.pickle_decoded = False
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if not self.pickle_decoded:
+            state["_cache"], state["_cached_bytes"] = OrderedDict(), 0
+        return state
 
     def __len__(self) -> int:
         return len(self.segments)

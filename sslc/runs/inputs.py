@@ -114,6 +114,7 @@ class RunInputs:
         for dataset in datasets:
             for index in range(len(dataset)):
                 dataset[index]
+            dataset.pickle_decoded = True
         return True
 
     def use_node_cache(self) -> Path:
