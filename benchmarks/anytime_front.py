@@ -114,8 +114,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sslc-anytime-") as tmp:
         inputs = prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), CROP_SECONDS, args.seed)
         targets, teacher_config = inputs.targets(), inputs.teacher.config
-        teacher_macs = count_macs(teacher_config, seconds=10.0).total
-        budget = Budget(parse_budget(BUDGET).resolve(teacher_macs), 10.0, None, None)
+        teacher_macs = count_macs(teacher_config, seconds=fixture.budget_seconds).total
+        budget = Budget(parse_budget(BUDGET).resolve(teacher_macs), fixture.budget_seconds, None, None)
         print(f"teacher: fixture ({teacher_config.num_layers} layers, {teacher_config.embed_dim} wide); space "
               f"'anytime', budget {BUDGET}; sampler {SAMPLER}; {steps}-step short trials; one thread")
 
@@ -137,7 +137,7 @@ def main() -> None:
         elastic = make_elastic(inputs.teacher, criteria={k: "l1" for k in ("head", "ffn", "conv", "hidden")})
 
         def fits(config) -> bool:
-            return count_macs(config.student_architecture(teacher_config), seconds=10.0).total <= budget.max_macs
+            return count_macs(config.student_architecture(teacher_config), seconds=fixture.budget_seconds).total <= budget.max_macs
 
         def sample_config(rng: random.Random):
             for _ in range(1000):

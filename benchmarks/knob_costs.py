@@ -81,12 +81,12 @@ def main(argv=None) -> int:
         inputs = prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), settings.crop_seconds,
                                 settings.seed)
         targets, teacher = inputs.targets(), inputs.teacher.config
-        teacher_macs = count_macs(teacher, seconds=10.0).total
+        teacher_macs = count_macs(teacher, seconds=fixture.budget_seconds).total
         print(f"teacher: fixture ({teacher.num_layers} layers, {teacher.embed_dim} wide); losses after "
               f"{args.short} / {args.long} steps of the search's trainer")
         losses = {}
         for name, config in variants(teacher).items():
-            share = count_macs(config.student_architecture(teacher), seconds=10.0).total / teacher_macs
+            share = count_macs(config.student_architecture(teacher), seconds=fixture.budget_seconds).total / teacher_macs
             row = []
             for steps in (args.short, args.long):
                 trainer = dataclasses.replace(trainer_config(settings), steps=steps, log_every=max(1, steps // 10),

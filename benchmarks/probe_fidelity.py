@@ -51,15 +51,16 @@ from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import run_short_trial  # noqa: E402
 
 
-def draw_configs(space, teacher_config, count: int, low: float, high: float, seed: int):
-    """`count` configs from `space` whose students cost between `low` and `high` of the teacher's MACs."""
+def draw_configs(space, teacher_config, count: int, low: float, high: float, seed: int, seconds: float):
+    """`count` configs from `space` whose students cost between `low` and `high` of the teacher's MACs (per
+    `seconds` of audio)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    teacher_macs = count_macs(teacher_config).total
+    teacher_macs = count_macs(teacher_config, seconds=seconds).total
     chosen = []
     for _ in range(2000):
         config = space.suggest(study.ask(), teacher_config)
-        share = count_macs(config.student_architecture(teacher_config)).total / teacher_macs
+        share = count_macs(config.student_architecture(teacher_config), seconds=seconds).total / teacher_macs
         if low <= share <= high:
             chosen.append((config, share))
         if len(chosen) == count:
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
             str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), SearchSettings.crop_seconds, args.seed
         )
         teacher_config = context.teacher.config
-        configs = draw_configs(SearchSpace.load("combined"), teacher_config, args.configs, 0.2, 0.8, args.seed)
+        configs = draw_configs(SearchSpace.load("combined"), teacher_config, args.configs, 0.2, 0.8, args.seed,
+                               fixture.budget_seconds)
         # The search's own short-trial settings (and protocol: default targets), on the CPU.
         search = SearchSettings(budget="100%", steps=args.steps, seed=args.seed)
         trainer = replace(trainer_config(search), device="cpu", num_threads=args.threads)

@@ -1,28 +1,28 @@
-"""Do short search trials rank candidates like training 10x longer? (Kendall tau between the two rankings)
+"""Do short search trials rank candidates like training 10x and 30x longer? (Kendall tau between the rankings)
 
 The premise of the whole search: a short distillation trial (the search's defaults) scores a candidate so that
 better short scores mean better students after full training. Here a set of configs spread over the `combined`
-space between 20% and 80% of the teacher's MACs (depths from 2 to the teacher's, width-pruned ones, the
-search's baselines) is scored twice, each time by the search's own protocol (mean over the default target layers
-of the held-out L1 + cosine loss): after a short trial with the search's default trainer settings, and after a
-training run LONG_FACTOR (10) times longer with the same settings (what `sslc-retrain` does by default). The
-headline is Kendall's tau between the two scores (scipy); goal >= 0.7.
+space between 20% and 80% of the teacher's MACs (at the fixture's `budget_seconds`; depths from 2 to the
+teacher's, width-pruned ones, the search's baselines) is scored by the search's own protocol (mean over the
+default target layers of the held-out L1 + cosine loss) three times: after a short trial with the search's default
+trainer settings, and after the retrain driver's `quick` recipe (`sslc.trainers.recipes`: the trial's settings,
+10x the steps, the schedule stretched; what `sslc-retrain` does by default) and the same recipe at 30x. The headline
+is Kendall's tau (scipy) between the short and the 10x scores; the 30x tau is printed too. Goal >= 0.7.
 
-Teacher: a random 8-layer HuBERT-style encoder, 128 wide (8 heads of 16, FFN 512, 32 conv channels, the real 320x
-front end), small enough that every config trains 10x longer on 2 CPU cores within the time limit. Random
-weights: its layers carry no learned structure (the trained fixture teacher of the probes issue is the better
-test when it exists). Data: the synthetic demo corpus. Trials use the search's default steps, learning rate and
-schedule, with the batch of `make demo` (2 crops of 1 s instead of 4 of 2 s: a quarter of the compute, so the
-10x longer runs fit the time limit). Configs run in WORKERS processes of one torch thread each.
+Teacher: by default the trained fixture teacher of `--teacher-recipe` (`benchmarks/fixtures`), with its training
+voices as data; `--teacher random` takes a random 8-layer HuBERT-style encoder, 128 wide (8 heads of 16, FFN 512,
+32 conv channels, the real 320x front end) on the synthetic demo corpus. Trials use the search's default steps,
+learning rate and schedule, with the batch of `make demo` (2 crops of 1 s instead of 4 of 2 s: a quarter of the
+compute, so the long runs fit the time limit). Configs run in WORKERS processes of one torch thread each.
 
-`--teacher fixture` runs it on the trained fixture teacher instead (`benchmarks/fixtures`, recipe gpu: 3 layers,
-192 wide, HuBERT-style pretrained on an eSpeak NG corpus), with the fixture's training voices as data.
-Measured there (12 configs, 2 workers): tau 0.815, wall 762 s on 2 shared cores; on the random teacher, the same
-day: tau 0.939, wall 657 s. A 3-layer teacher leaves few depths (2 or 3 layers), and its DistilHuBERT baseline is
-the same config as "first 2 layers" (one tied pair); the two rank first in both scores (0.28 short, 0.24 long),
-far ahead of every width-pruned config.
+Measured before (10x only, the trainer's settings x 10): on the 3-layer gpu-recipe fixture (12 configs, 2
+workers) tau 0.815, wall 762 s on 2 shared cores; on the random teacher, the same day, tau 0.939, wall 657 s. A
+3-layer teacher leaves few depths (2 or 3 layers), and its DistilHuBERT baseline is the same config as "first 2
+layers" (one tied pair); the two rank first in both scores (0.28 short, 0.24 long), far ahead of every
+width-pruned config.
 
-    python benchmarks/proxy_fidelity.py [--configs 12] [--workers 2] [--teacher random|fixture] [--quick]
+    python benchmarks/proxy_fidelity.py [--configs 12] [--workers 2] [--teacher fixture|random]
+                                        [--teacher-recipe gpu|cpu|mini] [--quick]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
+from benchmarks.fixtures import add_recipe_option  # noqa: E402
 from sslc.compress import CompressionConfig  # noqa: E402
 from sslc.data.demo import DEMO_SPEC  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
@@ -52,9 +53,10 @@ from sslc.search.baselines import baseline_configs, uniform_config  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import default_targets, run_short_trial  # noqa: E402
+from sslc.trainers.recipes import QUICK_STEPS_FACTOR, apply_recipe  # noqa: E402
 
 TEACHER = "random 8-layer HuBERT-style encoder, 128 wide"
-LONG_FACTOR = 10
+LONG_FACTORS = (QUICK_STEPS_FACTOR, 30)  # the quick retrain recipe (10x the trial), and a longer run
 BATCH_SIZE, CROP_SECONDS = 2, 1.0  # `make demo`'s; everything else is the search's default
 MAC_RANGE = (0.2, 0.8)
 SEED = 0
@@ -70,16 +72,17 @@ def teacher_architecture():
     return config.validate()
 
 
-def fixture_teacher(quick: bool):
+def fixture_teacher(recipe: str, quick: bool):
     from benchmarks.fixtures import trained_teacher
 
-    return trained_teacher("gpu", quick=quick)
+    return trained_teacher(recipe, quick=quick)
 
 
 def make_context(run_dir: Path, crop_seconds: float, teacher_kind: str = "random") -> RunInputs:
-    """What `prepare_inputs` builds for a search, for this benchmark's teacher (no preset names the random one)."""
+    """What `prepare_inputs` builds for a search, for this benchmark's teacher (no preset names the random one).
+    `teacher_kind`: "random", or "fixture:<recipe>" ("fixture:quick" for the quick fixture)."""
     if teacher_kind.startswith("fixture"):
-        fixture = fixture_teacher(quick=teacher_kind == "fixture-quick")
+        fixture = fixture_teacher(teacher_kind.split(":")[1], quick=teacher_kind == "fixture:quick")
         return prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), run_dir, crop_seconds, SEED)
     teacher = build_encoder(teacher_architecture(), seed=SEED).eval().requires_grad_(False)
     teacher.teacher_spec, teacher.is_random = TEACHER, True
@@ -89,30 +92,31 @@ def make_context(run_dir: Path, crop_seconds: float, teacher_kind: str = "random
     return RunInputs(TEACHER, teacher, data, cache_dir, crop_seconds, SEED, model_fingerprint(teacher))
 
 
-def mac_share(config: CompressionConfig, teacher) -> float:
-    teacher_macs = count_macs(teacher, seconds=10).total
-    return count_macs(config.student_architecture(teacher), seconds=10).total / teacher_macs
+def mac_share(config: CompressionConfig, teacher, seconds: float) -> float:
+    teacher_macs = count_macs(teacher, seconds=seconds).total
+    return count_macs(config.student_architecture(teacher), seconds=seconds).total / teacher_macs
 
 
-def choose_configs(teacher, count: int) -> list[tuple[str, CompressionConfig]]:
+def choose_configs(teacher, count: int, seconds: float) -> list[tuple[str, CompressionConfig]]:
     """Named configs within MAC_RANGE: depth cuts (2 .. all layers), uniform width cuts, the search's baselines,
     then random `combined`-space configs spread over the MAC range, `count` in all."""
     depth = teacher.num_layers
     fixed = [(f"first {n} layers", CompressionConfig.first_n(teacher, n)) for n in range(2, depth + 1, 2)]
     fixed += [(f"evenly {n} layers", CompressionConfig.evenly_spaced(teacher, n)) for n in (3, 5) if n < depth]
     fixed += [(f"uniform keep {keep:.0%}", uniform_config(teacher, keep)) for keep in (0.35, 0.55, 0.75)]
-    teacher_macs = count_macs(teacher, seconds=10).total
-    fixed += [(f"baseline {name}", c) for name, c in baseline_configs(teacher, int(0.5 * teacher_macs), 10).items()]
-    chosen = [(name, c) for name, c in fixed if MAC_RANGE[0] <= mac_share(c, teacher) <= MAC_RANGE[1]]
+    teacher_macs = count_macs(teacher, seconds=seconds).total
+    fixed += [(f"baseline {name}", c)
+              for name, c in baseline_configs(teacher, int(0.5 * teacher_macs), seconds).items()]
+    chosen = [(name, c) for name, c in fixed if MAC_RANGE[0] <= mac_share(c, teacher, seconds) <= MAC_RANGE[1]]
     chosen = chosen[: max(count // 2, count - 4)]  # leave room for random configs
     space = SearchSpace.load("combined")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=SEED))
     pool = []
     while len(pool) < 40:
         config = space.suggest(study.ask(), teacher)
-        if MAC_RANGE[0] <= mac_share(config, teacher) <= MAC_RANGE[1]:
+        if MAC_RANGE[0] <= mac_share(config, teacher, seconds) <= MAC_RANGE[1]:
             pool.append(config)
-    pool.sort(key=lambda c: mac_share(c, teacher))
+    pool.sort(key=lambda c: mac_share(c, teacher, seconds))
     need = count - len(chosen)
     picks = [pool[round(i * (len(pool) - 1) / max(1, need - 1))] for i in range(need)]
     chosen += [(f"combined #{i}", c) for i, c in enumerate(picks)]
@@ -157,17 +161,19 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a few configs and steps: checks the script runs")
-    parser.add_argument("--teacher", choices=("random", "fixture"), default="random",
-                        help="the random 8-layer teacher (default) or the trained fixture teacher")
+    parser.add_argument("--teacher", choices=("random", "fixture"), default="fixture",
+                        help="the trained fixture teacher of --teacher-recipe (default) or a random 8-layer one")
+    add_recipe_option(parser)
     args = parser.parse_args()
 
-    kind = "random"
+    kind, seconds = "random", 10.0
     if args.teacher == "fixture":
-        kind = "fixture-quick" if args.quick else "fixture"
-        fixture = fixture_teacher(quick=args.quick)  # built (or found) once, before the workers
+        kind = "fixture:quick" if args.quick else f"fixture:{args.teacher_recipe}"
+        fixture = fixture_teacher(args.teacher_recipe, quick=args.quick)  # built (or found) once, before the workers
         from sslc import load_teacher
 
         teacher = load_teacher(str(fixture.teacher_dir)).config
+        seconds = fixture.budget_seconds
         description = f"trained fixture teacher {fixture.teacher_dir} ({teacher.num_layers} layers, " \
                       f"{teacher.embed_dim} wide); data: its training voices"
     else:
@@ -179,17 +185,19 @@ def main() -> None:
     count = args.configs
     if args.quick:
         count, short, args.workers = 4, replace(short, steps=2, log_every=1), 1
-    long = replace(short, steps=short.steps * LONG_FACTOR, log_every=max(1, short.steps * LONG_FACTOR // 10))
-    configs = choose_configs(teacher, count)
+    # The long runs are the retrain driver's `quick` recipe (10x the trial, its schedule stretched) and 30x.
+    longs = [replace(apply_recipe(short, "quick", steps=short.steps * factor)[0],
+                     log_every=max(1, short.steps * factor // 10)) for factor in LONG_FACTORS]
+    configs = choose_configs(teacher, count, seconds)
     print(f"teacher: {description}, {short.crop_seconds:g} s crops")
     print(f"score: mean held-out loss over teacher layers {targets}; short trial {short.steps} steps "
-          f"(batch {short.batch_size}, lr {short.lr:g}), long {long.steps} steps; {len(configs)} configs, "
-          f"{args.workers} workers")
+          f"(batch {short.batch_size}, lr {short.lr:g}), long {' and '.join(str(t.steps) for t in longs)} steps "
+          f"(retrain recipe quick, steps set); {len(configs)} configs, {args.workers} workers")
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         make_context(Path(tmp), short.crop_seconds, kind)  # the corpus crops are written once, before the workers
-        jobs = [(name, c.to_dict(), t.to_dict()) for t in (long, short) for name, c in configs]  # long ones first
+        jobs = [(name, c.to_dict(), t.to_dict()) for t in (*reversed(longs), short) for name, c in configs]  # long first
         if args.workers == 1:
             _init_worker(tmp, short.crop_seconds, kind)
             results = [_report(i, len(jobs), _score(job)) for i, job in enumerate(jobs, 1)]
@@ -197,21 +205,27 @@ def main() -> None:
             spawn = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
             with spawn.Pool(args.workers, _init_worker, (tmp, short.crop_seconds, kind)) as pool:
                 results = [_report(i, len(jobs), r) for i, r in enumerate(pool.imap(_score, jobs), 1)]
-    half = len(configs)
-    long_scores = {name: score for name, score, _ in results[:half]}
-    short_scores = {name: score for name, score, _ in results[half:]}
+    n = len(configs)
+    scores = {}  # steps -> {config name: score}
+    for block, trainer in enumerate((*reversed(longs), short)):
+        scores[trainer.steps] = {name: score for name, score, _ in results[block * n:(block + 1) * n]}
     seconds = sum(s for _, _, s in results)
 
     names = [name for name, _ in configs]
-    short_rank = {n: r for r, n in enumerate(sorted(names, key=short_scores.get), 1)}
-    long_rank = {n: r for r, n in enumerate(sorted(names, key=long_scores.get), 1)}
-    print(f"\n{'config':<24} {'MACs':>6} {'depth':>5} {'short':>8} {'rank':>4} {'long':>8} {'rank':>4}")
-    for name, config in sorted(configs, key=lambda item: long_rank[item[0]]):
-        print(f"{name:<24} {mac_share(config, teacher):>6.0%} {len(config.layers):>5} {short_scores[name]:>8.4f} "
-              f"{short_rank[name]:>4} {long_scores[name]:>8.4f} {long_rank[name]:>4}")
-    tau = kendalltau([short_scores[n] for n in names], [long_scores[n] for n in names]).statistic
+    order = sorted(scores)  # short first
+    ranks = {steps: {c: r for r, c in enumerate(sorted(names, key=scores[steps].get), 1)} for steps in order}
+    header = "".join(f" {f'{steps} steps':>11} {'rank':>4}" for steps in order)
+    print(f"\n{'config':<24} {'MACs':>6} {'depth':>5}{header}")
+    for name, config in sorted(configs, key=lambda item: ranks[order[-1]][item[0]]):
+        row = "".join(f" {scores[steps][name]:>11.4f} {ranks[steps][name]:>4}" for steps in order)
+        print(f"{name:<24} {mac_share(config, teacher, seconds):>6.0%} {len(config.layers):>5}{row}")
+    taus = {steps: kendalltau([scores[short.steps][c] for c in names], [scores[steps][c] for c in names]).statistic
+            for steps in order[1:]}
     print(f"\ntraining time {seconds:.0f} s over {args.workers} workers, wall {time.perf_counter() - started:.0f} s")
-    print(f"proxy_fidelity: {tau:.3f}")
+    for steps, tau in taus.items():
+        print(f"tau short vs {steps} steps ({steps // short.steps}x): {tau:.3f}")
+    # Headline: the agreement with the quick retrain recipe (10x), what sslc-retrain does by default.
+    print(f"proxy_fidelity: {taus[longs[0].steps]:.3f}")
 
 
 if __name__ == "__main__":

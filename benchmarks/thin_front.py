@@ -113,7 +113,7 @@ def main() -> None:
         inputs = prepare_inputs(str(fixture.teacher_dir), str(fixture.train_dir), Path(tmp), CROP_SECONDS, 0)
         targets = inputs.targets()
         teacher_config = inputs.teacher.config
-        teacher_macs = count_macs(teacher_config, seconds=10.0).total
+        teacher_macs = count_macs(teacher_config, seconds=fixture.budget_seconds).total
         print(f"teacher: fixture ({fixture.info.get('recipe')}; {teacher_config.num_layers} layers, "
               f"{teacher_config.embed_dim} wide, {teacher_macs / 1e9:.3f} GMACs / 10 s); {trials} trials of {steps} "
               f"steps per search, sampler {DEFAULT_SAMPLER}, {args.seeds} seed(s); held-out "
@@ -121,7 +121,7 @@ def main() -> None:
         ratios: dict[str, list[float]] = {}
         budgets = BUDGETS[1:] if args.quick else BUDGETS  # the quick teacher's full-width configs miss 30%
         for label in budgets:
-            budget = Budget(parse_budget(label).resolve(teacher_macs), 10.0, None, None)
+            budget = Budget(parse_budget(label).resolve(teacher_macs), fixture.budget_seconds, None, None)
             ratios[label] = []
             for seed in range(args.seeds):
                 runs = {}
