@@ -4,10 +4,15 @@ Builds (or reuses) `benchmarks/fixtures` (eSpeak NG corpus + HuBERT-style pretra
 with sslc-probe's ctc task on phonemes (`.phn`, `--units tokens`): trained on the training voices, scored on the
 held-out voices. The trained teacher is only worth using in benchmarks if its error rate is clearly lower.
 
-    python benchmarks/teacher_probe.py [--quick] [--epochs 20] [--max-train N] [--teacher-recipe gpu|cpu]
+    python benchmarks/teacher_probe.py [--quick] [--epochs 20] [--max-train N] [--teacher-recipe mini|gpu|cpu]
 
 Last line: `teacher_probe: <PER trained> vs <PER random> (ratio R)`. Measured with --max-train 240, 20 epochs:
-- recipe gpu (the default; committed fp16 weights, 24000 GPU steps): 0.1848 vs 0.8623 (ratio 0.21), the probe's
+- recipe mini (the default; 12-layer mini-HuBERT, committed fp16 weights, 3000 CPU steps; 2026-12-03): 0.3747 vs
+  0.8876 (ratio 0.42), the probe's layer weights 0.03 on the CNN output and 0.04 / 0.05 / 0.06 / 0.15 / 0.15 /
+  0.15 / 0.08 / 0.11 / 0.09 / 0.06 / 0.02 / 0.02 on layers 1-12 (the random teacher's lean on layers 8-10: 0.17 /
+  0.25 / 0.16): trained well below the random teacher, its middle layers carry what the probe uses. 49 s + 58 s
+  on 2 cores shared with other jobs.
+- recipe gpu (committed fp16 weights, 24000 GPU steps): 0.1848 vs 0.8623 (ratio 0.21), the probe's
   layer weights 0.06 / 0.41 / 0.46 / 0.06 (CNN output, layers 1-3; the random teacher's 0.11 / 0.47 / 0.10 / 0.32):
   clearly better, and its Transformer layers carry what the probe uses. 137 s + 160 s on 2 shared cores. (fp32
   weights before the fp16 copy: 0.1852; the same recipe with masked frames only in the loss: 0.3284.)
