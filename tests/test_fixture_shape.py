@@ -45,3 +45,16 @@ def test_the_analytic_cnn_count_is_torchs_on_the_mini_model():
         model.feature_extractor(torch.zeros(1, samples))
     analytic = count_macs(config_from_hf(model.config), seconds=recipe["budget_seconds"]).cnn
     assert counter.get_total_flops() / 2 == pytest.approx(analytic, rel=1e-3)
+
+
+def test_the_committed_mini_teacher_is_the_recipes_and_loads_as_fp32():
+    from benchmarks.fixtures.build import _committed
+    from sslc import load_teacher
+
+    path = _committed("mini", RECIPES["mini"])
+    assert path is not None, "teachers/mini/recipe.json must record the mini recipe's current settings"
+    teacher = load_teacher(str(path))
+    expected = config_from_hf(teacher_config(**shape_of(RECIPES["mini"])))
+    assert teacher.config.num_layers == expected.num_layers and teacher.config.embed_dim == expected.embed_dim
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert all(torch.isfinite(p).all() for p in teacher.parameters())
