@@ -11,9 +11,20 @@ away from the anchors' region.
 Last line: `knob_costs: R` = the loss after LONG steps with half the CNN channels / the shape's own (how much the
 cheapest-looking knob costs here).
 
-    python benchmarks/knob_costs.py [--short 60] [--long 300] [--teacher-recipe gpu|cpu] [--quick]
+    python benchmarks/knob_costs.py [--short 60] [--long 300] [--teacher-recipe mini|gpu|cpu] [--quick]
 
-Measured 2026-12-01 (2 idle cores, 275 s; losses after 60 / 300 steps):
+Measured 2026-12-03 on the mini-HuBERT (the default teacher now: 12 layers, HuBERT Base's MAC shares at 2.5 s,
+where the shares below are counted; 708 s on 2 cores shared with three other jobs; losses after 60 / 300 steps):
+  fithubert-like 52.0% of the MACs 0.213 / 0.164; half the CNN channels 26.8% 0.555 / 0.418; attention rank 1/2
+  of break-even 47.8% 0.218 / 0.170; FFN rank 1/2 49.9% 0.227 / 0.180; one head per layer 45.7% 0.230 / 0.181;
+  first 2 layers 38.1% 0.285 / 0.239. knob_costs: 2.55. With HuBERT Base's proportions the CNN is a third of the
+  MACs and halving it saves 25 points, yet after 300 steps it still costs 2.55x the loss, more than keeping 2 of
+  12 layers (1.46x). What this measures is the cost at short-trial length: every layer above a narrowed CNN sees
+  new inputs and must re-learn, which the published CNN pruning (DPHuBERT: 75k steps) has time for and 300 steps
+  do not. A short-trial search on this judge therefore under-rates CNN cuts; longer fidelities (issue 24's
+  promotion, the finalists' retraining) are where such a cut can show its worth.
+
+Measured 2026-12-01 on the 3-layer gpu-recipe teacher (2 idle cores, 275 s; losses after 60 / 300 steps):
   fithubert-like 42.3% of the MACs 0.637 / 0.592; half the CNN channels 35.5% 0.983 / 0.906; attention rank 1/2
   of break-even 38.0% 0.641 / 0.596; FFN rank 1/2 40.1% 0.653 / 0.612; one head per layer 29.5% 0.647 / 0.602;
   first 2 layers 32.3% 0.642 / 0.600. knob_costs: 1.53. The fixture's CNN is narrow (32 channels, about a tenth of
