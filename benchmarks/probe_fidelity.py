@@ -26,7 +26,7 @@ Measured on the gpu-recipe teacher (defaults: 10 configs, 100 steps, 15 probe ep
 Measured on the mini-HuBERT (the default teacher since 2026-12-03: 12 layers, MAC shares counted at its 2.5 s;
 defaults as above; the held-out ridge-chosen head fit): tau 0.822 (goal met); 791 s on 2 cores shared with three
 other jobs (57-154 s a config). The 10 drawn students cost 22-42% of the MACs; scores 0.375-0.616, probe PER
-0.496-0.694, the two largest-MAC students best in both.
+0.496-0.694; the best PER (0.496, 40% of the MACs) is second by score (0.378), the best score (0.375, 36%) third by PER.
 """
 
 from __future__ import annotations
