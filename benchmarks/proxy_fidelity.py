@@ -32,6 +32,7 @@ import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -202,9 +203,11 @@ def main() -> None:
             _init_worker(tmp, short.crop_seconds, kind)
             results = [_report(i, len(jobs), _score(job)) for i, job in enumerate(jobs, 1)]
         else:
-            spawn = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-            with spawn.Pool(args.workers, _init_worker, (tmp, short.crop_seconds, kind)) as pool:
-                results = [_report(i, len(jobs), r) for i, r in enumerate(pool.imap(_score, jobs), 1)]
+            # spawn: fork after torch has started threads can deadlock; an executor's workers are not daemonic,
+            # so each trial's DataLoader may start its own reader processes (a multiprocessing.Pool's may not).
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.workers, spawn, _init_worker, (tmp, short.crop_seconds, kind)) as pool:
+                results = [_report(i, len(jobs), r) for i, r in enumerate(pool.map(_score, jobs), 1)]
     n = len(configs)
     scores = {}  # steps -> {config name: score}
     for block, trainer in enumerate((*reversed(longs), short)):
