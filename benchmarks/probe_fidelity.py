@@ -44,8 +44,8 @@ from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
 from sslc.probes.results import encode_fn  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.runs.student_file import ExportedStudent  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import run_short_trial  # noqa: E402

@@ -34,16 +34,11 @@ from sslc.errors import UserError
 from sslc.files import write_json_atomically
 from sslc.protocol import EvaluationProtocol
 from sslc.runs.export import LAST_WEIGHTS_FILE, RESULT_FILE
-from sslc.runs.inputs import (  # TODO(lead): inputs.py is a driver too
-    RunInputs,
-    load_audio_split,
-    prepare_inputs,
-    train_crops,
-)
 from sslc.runs.record import RunRecord, open_run
 from sslc.runs.student_file import WEIGHTS_FILE, save_student
 from sslc.runs.study import record_retrain
 from sslc.runs.trials import Outcome, TrialRecord
+from sslc.search.inputs import RunInputs, load_audio_split, prepare_inputs, train_crops
 from sslc.trainers import TrainerConfig, load_checkpoint, train_full
 from sslc.trainers.recipes import apply_recipe
 
