@@ -187,12 +187,14 @@ def retrain_trial(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     train_data: SegmentDataset | None = None,
+    before_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train one trial's student to the end of `plan` (resuming from `out_dir`), keep its best validated weights
     and measure them.
 
     `should_stop()` is polled at every training report; when it says so, a checkpoint is written and
     `RetrainStopped` raised. A run whose result is already in `out_dir` for the same settings is not redone.
+    `before_step`: with `plan.workers`, passed to every Ray Train worker (`train_data_parallel`; a test seam).
     """
     from sslc.compress.quantize import quantize_int8
     from sslc.metrics import count_macs, count_nonzero_params, count_params, measure_latency
@@ -241,7 +243,7 @@ def retrain_trial(
         anytime = run.anytime_dir if run.record.mode == "anytime" else None
         result, last, _ = train_data_parallel(
             context, train_data, trial.config, trainer, out_dir, plan.workers, plan.gpus_per_worker,
-            plan.storage_path, name=f"{run.name}-retrain-{trial.number}", anytime_dir=anytime,
+            plan.storage_path, name=f"{run.name}-retrain-{trial.number}", anytime_dir=anytime, before_step=before_step,
         )
         student.load_state_dict(last["student"])
     else:

@@ -15,6 +15,7 @@ path or s3://...) keeps the latest; a killed run started again with the same com
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from dataclasses import replace
@@ -33,11 +34,12 @@ RAY_DIR = "ray"  # under the trial's retrain directory: Ray Train's storage for 
 class DataParallelLoop(StudentLoop):
     """The student loop on one Ray Train worker: its shard of each global batch, DDP over student and heads."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, before_step=None, **kwargs):
         import ray.train
         import ray.train.torch
 
         super().__init__(*args, **kwargs)
+        self.before_step = before_step
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         if self.config.batch_size < self.world:
@@ -49,6 +51,8 @@ class DataParallelLoop(StudentLoop):
         )
 
     def train_on(self, indices: list[int]):
+        if self.before_step is not None:
+            self.before_step(self.rank, self.scheduler.last_epoch + 1)  # the step about to be trained
         outcome = self.step.train(*self.batch(indices[self.rank::self.world]))
         both = torch.tensor([outcome.loss, outcome.audio_seconds], dtype=torch.float64)
         torch.distributed.all_reduce(both)  # the global batch's loss (mean of the shards) and audio
@@ -88,17 +92,19 @@ def _worker(config: dict) -> None:
             for file in Path(saved).iterdir():
                 shutil.copy2(file, local / file.name)
     trainer = TrainerConfig.from_dict(config["trainer"])
+    loop = functools.partial(DataParallelLoop, before_step=config["before_step"])
     train_full(student, context.targets(), train_data, context.data.heldout, trainer, local, progress=False,
-               kept_layers=compression.layers, loop_class=DataParallelLoop)
+               kept_layers=compression.layers, loop_class=loop)
 
 
 def train_data_parallel(
     context, train_data, compression: dict, trainer, out_dir: Path, workers: int, gpus_per_worker: float = 0.0,
-    storage_path: str | None = None, name: str = "retrain", anytime_dir: Path | None = None,
+    storage_path: str | None = None, name: str = "retrain", anytime_dir: Path | None = None, before_step=None,
 ) -> tuple[FullTrainResult, dict, dict | None]:
     """Train on `workers` Ray Train workers (Ray must be initialised); returns (the result as `train_full` gives
     it, the last checkpoint, the best checkpoint or None). `best_checkpoint` in the result names a copy of the
-    best under `out_dir`."""
+    best under `out_dir`. `before_step(rank, step)` (picklable) runs on every worker before it trains each step:
+    a seam for tests that crash a worker."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -112,7 +118,7 @@ def train_data_parallel(
         _worker,
         train_loop_config={
             "inputs": ray.put((context, train_data)), "compression": compression, "trainer": trainer.to_dict(),
-            "anytime_dir": str(anytime_dir) if anytime_dir else None,
+            "anytime_dir": str(anytime_dir) if anytime_dir else None, "before_step": before_step,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_worker), resources_per_worker=resources),
