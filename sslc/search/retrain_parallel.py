@@ -93,18 +93,26 @@ def _worker(config: dict) -> None:
                 shutil.copy2(file, local / file.name)
     trainer = TrainerConfig.from_dict(config["trainer"])
     loop = functools.partial(DataParallelLoop, before_step=config["before_step"])
+    feed = config["on_report"] if ray.train.get_context().get_world_rank() == 0 else None
+
+    def on_report(step: int, loss: float) -> bool:
+        if feed is not None:
+            feed(step, loss)  # a progress view's feed; a stop would need every worker to agree: not asked here
+        return False
+
     train_full(student, context.targets(), train_data, context.data.heldout, trainer, local, progress=False,
-               kept_layers=compression.layers, loop_class=loop)
+               kept_layers=compression.layers, loop_class=loop, on_report=on_report)
 
 
 def train_data_parallel(
     context, train_data, compression: dict, trainer, out_dir: Path, workers: int, gpus_per_worker: float = 0.0,
     storage_path: str | None = None, name: str = "retrain", anytime_dir: Path | None = None, before_step=None,
+    on_report=None,
 ) -> tuple[FullTrainResult, dict, dict | None]:
     """Train on `workers` Ray Train workers (Ray must be initialised); returns (the result as `train_full` gives
     it, the last checkpoint, the best checkpoint or None). `best_checkpoint` in the result names a copy of the
     best under `out_dir`. `before_step(rank, step)` (picklable) runs on every worker before it trains each step:
-    a seam for tests that crash a worker."""
+    a seam for tests that crash a worker. `on_report(step, loss)` (picklable) gets rank 0's training reports."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -119,6 +127,7 @@ def train_data_parallel(
         train_loop_config={
             "inputs": ray.put((context, train_data)), "compression": compression, "trainer": trainer.to_dict(),
             "anytime_dir": str(anytime_dir) if anytime_dir else None, "before_step": before_step,
+            "on_report": on_report,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_worker), resources_per_worker=resources),
