@@ -1,8 +1,8 @@
 """Data-parallel retraining (`sslc-retrain --workers N [--gpus-per-worker G]`) with Ray Train's TorchTrainer.
 
 Every worker builds the same student (same teacher, data and importance scores), fits the same heads and runs the
-same loop (`sslc.trainers.train_full`); each step it takes its shard of the same global batch (the recipe's:
-indices `rank::world`), and DistributedDataParallel (gloo on CPU, nccl on GPUs) averages the gradients, so 1 and
+same loop (`sslc.trainers.train_full`); each step it reads and takes only its shard of the same global batch (the
+recipe's: indices `rank::world`, `prefetched_batches(shard=...)`), and DistributedDataParallel (gloo on CPU, nccl on GPUs) averages the gradients, so 1 and
 N workers train the same thing (up to float summation order, and exactly when the shards hold equally many
 frames: crops of one length). The loss on the curve is the workers' mean. Teacher targets come from the run's
 cache (or a node-local one on another node, `RunInputs.use_node_cache`), as in the search's trials.
@@ -42,6 +42,7 @@ class DataParallelLoop(StudentLoop):
         self.before_step = before_step
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.shard = (self.rank, self.world)  # the loader reads this worker's part of each global batch only
         if self.config.batch_size < self.world:
             raise UserError(f"a global batch of {self.config.batch_size} crops cannot be shared by {self.world} workers")
         # Parameters no target reaches (layers above the deepest mapped one) get no gradient: DDP must know.
@@ -53,7 +54,7 @@ class DataParallelLoop(StudentLoop):
     def train_on(self, indices: list[int]):
         if self.before_step is not None:
             self.before_step(self.rank, self.scheduler.last_epoch + 1)  # the step about to be trained
-        outcome = self.step.train(*self.batch(indices[self.rank::self.world]))
+        outcome = self.step.train(*self.batch(indices))  # `indices`: this worker's shard, as the loader read it
         both = torch.tensor([outcome.loss, outcome.audio_seconds], dtype=torch.float64)
         torch.distributed.all_reduce(both)  # the global batch's loss (mean of the shards) and audio
         return replace(outcome, loss=float(both[0]) / self.world, audio_seconds=float(both[1]))
