@@ -19,9 +19,9 @@ labels, as `probe_fidelity.py` and `teacher_probe.py` run it) on the held-out vo
 Last line: `recipe_gain: X` = quick PER / distilhubert PER (goal > 1.0: the longer recipe helps).
 
 Measured (2026-12-03, 2 cores shared with two other helpers' tests and a teacher pretraining, load 8-11):
-- `--quick` (quick fixture teacher, 2 configs of 1 step, 2 retraining steps each, 1 probe epoch on 12 files):
-  recipe_gain 1.006 (PER 2.783 vs 2.766: a smoke test, not a figure), 275 s (56 s of CPU: the rest waiting for
-  the cores).
+- `--quick` as first written (quick fixture teacher, 2 configs of 1 step, 10 retraining steps each, 1 probe
+  epoch on 12 files): recipe_gain 1.006 (PER 2.783 vs 2.766: a smoke test, not a figure), 275 s (56 s of CPU:
+  the rest waiting for the cores). `--quick` now retrains 2 steps each.
 - the default run (gpu fixture teacher): NOT measured yet. Started at 16:25 UTC, its first 40-step short trial
   alone took about 6 minutes under that load; it had not finished when this was committed.
 """
