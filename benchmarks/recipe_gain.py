@@ -25,7 +25,7 @@ Measured (2026-12-03, 2 cores shared with two other helpers' tests and a teacher
 - the default run (gpu fixture teacher): NOT finished. Started 16:25 UTC; the point found is 48% of the MACs
   (3 layers, hidden 144; short-trial score 0.9712 against 0.9813 and 0.9860); its `quick` retrain (400 steps of
   8 s) reached held-out loss 0.8350 and phone error rate 0.4669 in 309 s; the distilhubert retrain (400 steps of
-  16 s) had not finished after 20 minutes when this was committed (17:00), so there is no recipe_gain figure
+  16 s) had not finished when the run hit its 25-minute timeout (16:50, ~12 minutes into it): no recipe_gain figure
   and the 10-minute default was not met under that load.
 """
 
