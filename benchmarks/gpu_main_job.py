@@ -48,9 +48,9 @@ import torch  # noqa: E402
 
 from sslc.data.demo import synthesize_utterance  # noqa: E402
 from sslc.protocol import default_targets  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.runs.storage import load_study  # noqa: E402
 from sslc.runs.trials import Outcome, outcome_of  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 
 NAME = "gpu_main_job"

@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from sslc.compress import CompressionConfig  # noqa: E402
 from sslc.compress.config import hidden_width  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.search.baselines import uniform_to_budget  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.trainers import run_short_trial  # noqa: E402
 

@@ -47,8 +47,8 @@ import torch  # noqa: E402
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.compress.config import break_even_rank  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.search.baselines import thin_config  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.trainers import run_short_trial  # noqa: E402
 

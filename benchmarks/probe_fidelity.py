@@ -48,8 +48,8 @@ from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
 from sslc.probes.results import encode_fn  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
 from sslc.runs.student_file import ExportedStudent  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import run_short_trial  # noqa: E402
@@ -72,6 +72,13 @@ def draw_configs(space, teacher_config, count: int, low: float, high: float, see
     return chosen
 
 
+def phone_probe_files(fixture, max_train: int):
+    """The phone probe's (training, held-out) files of the fixture: at most `max_train` training files, spread
+    over the corpus so every voice stays."""
+    probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
+    return probe_train[:: max(1, len(probe_train) // max_train)][:max_train], probe_heldout
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="quick fixture, 4 configs, few steps (smoke test)")
@@ -88,8 +95,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
-    probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
-    probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
+    probe_train, probe_heldout = phone_probe_files(fixture, args.max_probe_train)
 
     with tempfile.TemporaryDirectory() as tmp:
         context = prepare_inputs(

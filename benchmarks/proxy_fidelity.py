@@ -49,8 +49,8 @@ from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import tiny_config  # noqa: E402
 from sslc.models.fingerprint import model_fingerprint  # noqa: E402
-from sslc.runs.inputs import RunInputs, load_audio_split, prepare_inputs  # noqa: E402
 from sslc.search.baselines import baseline_configs, uniform_config  # noqa: E402
+from sslc.search.inputs import RunInputs, load_audio_split, prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
 from sslc.trainers import default_targets, run_short_trial  # noqa: E402

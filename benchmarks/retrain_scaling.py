@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sslc.compress import CompressionConfig  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.retrain_parallel import train_data_parallel  # noqa: E402
 from sslc.search.runner import start_ray  # noqa: E402
 from sslc.trainers import TrainerConfig  # noqa: E402

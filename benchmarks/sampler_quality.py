@@ -49,7 +49,7 @@ from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import base_config  # noqa: E402
 from sslc.models.fingerprint import model_fingerprint  # noqa: E402
-from sslc.runs.inputs import RunInputs, load_audio_split  # noqa: E402
+from sslc.search.inputs import RunInputs, load_audio_split  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
 from sslc.search.samplers import make_sampler, startup_trials  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402

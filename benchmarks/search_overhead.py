@@ -77,7 +77,7 @@ def settings_for(run_dir: Path, steps: int, trials: int = TRIALS, budget: str = 
 def trial_setup(run_dir: Path, steps: int):
     """What a trial of the benchmark's search gets, built in this process with the search's public functions."""
     from sslc.metrics import count_macs
-    from sslc.runs.inputs import prepare_inputs
+    from sslc.search.inputs import prepare_inputs
     from sslc.search.trial import TrialSetup
 
     settings = settings_for(run_dir, steps)
@@ -170,7 +170,7 @@ def replay_in_process(run_dir: Path, trials) -> dict[str, list[float]]:
     import torch
 
     import sslc.search.trial as trial_module
-    from sslc.runs.inputs import RunInputs
+    from sslc.search.inputs import RunInputs
     from sslc.search.trial import train_and_measure
     from sslc.trainers import DistillationStep
 

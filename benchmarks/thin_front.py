@@ -48,7 +48,7 @@ from sampler_quality import Normalisation, pareto_2d  # noqa: E402
 
 from sslc.budget import Budget, parse_budget  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
-from sslc.runs.inputs import prepare_inputs  # noqa: E402
+from sslc.search.inputs import prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings  # noqa: E402
 from sslc.search.samplers import make_sampler, startup_trials  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402

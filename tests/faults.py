@@ -7,8 +7,11 @@ training until the search is killed; "oom" raises torch's out-of-GPU-memory erro
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import torch
@@ -36,6 +39,30 @@ class Faults:
         if kind == "nan":
             with torch.no_grad():
                 next(student.parameters()).fill_(float("nan"))
+
+
+class CrashBeforeStep:
+    """A data-parallel retrain's `before_step(rank, step)`: worker `rank` dies (os._exit, no cleanup: to Ray Train a
+    crashed worker) before it trains `step`, once Ray Train has recorded the checkpoint of the step before in
+    `snapshot` (its checkpoint_manager_snapshot.json), so the run is killed at a known point."""
+
+    def __init__(self, step: int, rank: int, snapshot: Path, timeout: float = 120.0):
+        self.step, self.rank, self.snapshot, self.timeout = step, rank, Path(snapshot), timeout
+
+    def recorded_step(self) -> int | None:
+        try:
+            latest = json.loads(self.snapshot.read_text()).get("latest_checkpoint_result") or {}
+        except (OSError, ValueError):  # not written yet, or being written
+            return None
+        return (latest.get("metrics") or {}).get("step")
+
+    def __call__(self, rank: int, step: int) -> None:
+        if rank != self.rank or step != self.step:
+            return
+        deadline = time.monotonic() + self.timeout
+        while self.recorded_step() != step - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os._exit(1)
 
 
 def shipped_by_value() -> None:

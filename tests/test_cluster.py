@@ -153,7 +153,7 @@ def test_a_node_that_cannot_read_the_audio_fails_its_trials_in_one_line_and_the_
     """A corpus too large to travel with the trials (over SHIPPED_AUDIO_BYTES of crops) must be at the same path
     on every node. Here it is only on the head: the head's trials complete, the second node's trials fail with one
     line naming that node and the file it could not read, and the search finishes."""
-    from sslc.runs.inputs import SHIPPED_AUDIO_BYTES
+    from sslc.search.inputs import SHIPPED_AUDIO_BYTES
 
     crop_seconds = 30.0
     files = int(SHIPPED_AUDIO_BYTES / (4 * 16000 * crop_seconds)) + 2  # just over the limit: not shipped

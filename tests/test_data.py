@@ -277,6 +277,33 @@ def test_iter_batches(tmp_path):
     assert sorted(n for _, lengths in out for n in lengths.tolist()) == ds.lengths
 
 
+def test_a_data_parallel_shard_reads_its_own_crops_only(tmp_path):
+    """prefetched_batches(shard=(rank, world)) reads (counted __getitem__ calls) and hands out exactly the indices
+    rank::world of each of the sampler's batches; the shards of all ranks together are the global batches."""
+    from sslc.data.loader import prefetched_batches
+
+    class Counted(SegmentDataset):
+        def __getitem__(self, index):
+            self.reads.append(index)
+            return super().__getitem__(index)
+
+    paths = [write(tmp_path / f"{i}.wav", sine(200, SAMPLE_RATE, seconds=0.1 * (i % 3 + 1))) for i in range(8)]
+    segments = [Segment(p, 0, sf.info(str(p)).frames) for p in paths]
+    global_batches = LengthBucketBatchSampler([s.num_samples for s in segments], 4, seed=0).epoch_batches(0)
+    shards = {}
+    for rank in range(2):
+        ds = Counted(segments)
+        ds.reads = []
+        batches = prefetched_batches(ds, LengthBucketBatchSampler(ds.lengths, 4, seed=0), workers=0, shard=(rank, 2))
+        shards[rank] = [next(batches) for _ in global_batches]
+        batches.close()
+        assert [indices for indices, _, _ in shards[rank]] == [b[rank::2] for b in global_batches]
+        assert ds.reads == [i for b in global_batches for i in b[rank::2]]  # nothing of the other shard
+        for indices, _, lengths in shards[rank]:
+            assert lengths.tolist() == [ds.lengths[i] for i in indices]
+    assert [sorted(a + b) for (a, _, _), (b, _, _) in zip(shards[0], shards[1])] == [sorted(b) for b in global_batches]
+
+
 # --- demo corpus -----------------------------------------------------------------------------------
 
 

@@ -22,11 +22,11 @@ from sslc.compress import compress
 from sslc.errors import UserError
 from sslc.metrics import measure_latency
 from sslc.models.teachers import load_teacher
-from sslc.runs.inputs import RunInputs
 from sslc.runs.storage import load_study
 from sslc.runs.trials import Outcome, outcome_of
 from sslc.search import device_gate, devices, plan, runner
 from sslc.search.device_gate import DeviceLocks
+from sslc.search.inputs import RunInputs
 from sslc.search.runner import SearchSettings, run_search, trainer_config
 from sslc.search.trial import train_baseline
 from sslc.spaces import SearchSpace

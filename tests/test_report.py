@@ -371,3 +371,32 @@ def test_each_trial_records_how_its_latency_was_measured_and_the_report_says_it(
     cpu_name = timed[0].latency_measurement["device_name"]
     assert cpu_name and way == (f"median of 1 after 1 warm-up, 1 x {run.record.budget_seconds:g} s on cpu "
                                 f"({cpu_name}), {threads} torch thread(s)")
+
+
+def test_retrained_points_sit_beside_their_short_trial_and_probe_scores(tmp_path):
+    """The retrains section ranks each retrained point by its short-trial loss, its retrained loss and its probe
+    score (error rate: lower is better); the verdict says whether the short trials' order held (tau recomputed)."""
+    import optuna
+    from scipy.stats import kendalltau
+
+    from sslc.dashboards.retrains import ranking_html
+    from sslc.runs.study import record_probe, record_retrain
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ranks",
+                                directions=["minimize", "minimize"])
+    # (short-trial loss, retrained loss, PER): trials 0 and 1 swap places after retraining.
+    scores = {0: (0.50, 0.30, 0.40), 1: (0.60, 0.20, 0.35), 2: (0.90, 0.70, 0.60)}
+    for number, (short, long, per) in scores.items():
+        record_retrain(study, number, {"heldout_loss": long, "short_trial_heldout_loss": short, "steps": 40,
+                                       "recipe": {"name": "quick"}, "macs": 10**9 * (number + 1),
+                                       "validation": [[20, long + 0.1], [40, long]]})
+        record_probe(study, "ctc", number, {"metric": per, "metric_name": "error_rate", "weights": "retrained",
+                                            "macs": 10**9, "params": 10**6})
+    markup = ranking_html(open_run(tmp_path))
+    rows = re.findall(r"<tr><td>(\d+)</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td><td>[^<]*</td><td>([^<]*)</td>",
+                      markup)
+    assert rows == [("0", "0.5000 (1)", "0.3000 (2)", "0.4000 (retrained, 2)"),
+                    ("1", "0.6000 (2)", "0.2000 (1)", "0.3500 (retrained, 1)"),
+                    ("2", "0.9000 (3)", "0.7000 (3)", "0.6000 (retrained, 3)")]
+    tau = kendalltau([s for s, _, _ in scores.values()], [r for _, r, _ in scores.values()]).statistic
+    assert f"ranking of these 3 points changed after retraining (Kendall tau {tau:.2f}" in markup

@@ -341,10 +341,10 @@ def test_bad_recipe_or_override_is_one_line(run_dir, capsys):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (extra, lines)
 
 
-def test_two_ray_train_workers_train_what_one_does(copy_run, tmp_path):
-    """--workers: Ray Train's TorchTrainer with DDP (gloo). Same global batch (4 crops; 2 each on two workers),
-    same seed: after 4 steps the last weights agree within 1e-5 (measured: 8.5e-7, float summation order) and
-    the validation curves within 1e-6 relative; the exported best weights come back through Ray's checkpoint."""
+@pytest.fixture(scope="module")
+def data_parallel(copy_run, tmp_path_factory):
+    """One Ray session for the data-parallel tests and the same 4-step plan (validated every step) retrained
+    uninterrupted on 1 and on 2 Ray Train workers: (run, trial, context, plan, {workers: (result, out_dir)})."""
     import ray
 
     from sslc.search.runner import start_ray
@@ -353,22 +353,63 @@ def test_two_ray_train_workers_train_what_one_does(copy_run, tmp_path):
     run = open_run(run_dir)
     trial = TrialRecord.read(front_trials(run.study)[0])
     context = prepare_context(run)
+    plan = retrain_plan(run, steps=4, eval_every=1)
     started = start_ray(None)
     try:
-        weights, curves = {}, {}
+        done = {}
         for workers in (1, 2):
-            plan = replace(retrain_plan(run, steps=4, eval_every=2), workers=workers)
-            result = retrain_trial(run, trial, plan, context, tmp_path / str(workers), progress=False)
-            assert result["status"] == "completed" and result["workers"] == workers and result["steps"] == 4
-            weights[workers] = read_student_file(tmp_path / str(workers) / "student-last.pt")["state_dict"]
-            curves[workers] = result["validation"]
-            assert not (tmp_path / str(workers) / "ray").exists()  # Ray Train's storage goes once finished
+            out = tmp_path_factory.mktemp(f"workers-{workers}")
+            done[workers] = retrain_trial(run, trial, replace(plan, workers=workers), context, out, progress=False), out
+        yield run, trial, context, plan, done
     finally:
         if started:
             ray.shutdown()
+
+
+def test_two_ray_train_workers_train_what_one_does(data_parallel):
+    """--workers: Ray Train's TorchTrainer with DDP (gloo). Same global batch (4 crops; 2 each on two workers),
+    same seed: after 4 steps the last weights agree within 1e-5 (measured: 8.5e-7, float summation order) and
+    the validation curves within 1e-6 relative; the exported best weights come back through Ray's checkpoint."""
+    *_, done = data_parallel
+    weights, curves = {}, {}
+    for workers, (result, out) in done.items():
+        assert result["status"] == "completed" and result["workers"] == workers and result["steps"] == 4
+        weights[workers] = read_student_file(out / "student-last.pt")["state_dict"]
+        curves[workers] = result["validation"]
+        assert not (out / "ray").exists()  # Ray Train's storage goes once finished
     assert max(float((weights[1][k] - weights[2][k]).abs().max()) for k in weights[1]) < 1e-5
-    assert [s for s, _ in curves[1]] == [s for s, _ in curves[2]] == [2, 4]
+    assert [s for s, _ in curves[1]] == [s for s, _ in curves[2]] == [1, 2, 3, 4]
     assert [v for _, v in curves[2]] == pytest.approx([v for _, v in curves[1]], rel=1e-6)
+
+
+def test_a_killed_two_worker_retrain_resumes_and_its_curve_continues(data_parallel, tmp_path):
+    """Worker 1 of a 2-worker retrain dies (os._exit) before step 3, once Ray Train has recorded the checkpoint of
+    step 2: the run fails in one line; the same retrain run again resumes from Ray Train's latest checkpoint
+    (step 2), its validation curve continues (steps 1..4, none repeated or missing, the same scores as the
+    uninterrupted 2-worker run) and its weights equal that run's (exactly: measured max difference 0)."""
+    from faults import CrashBeforeStep, shipped_by_value
+
+    run, trial, context, plan, done = data_parallel
+    straight, straight_out = done[2]
+    plan = replace(plan, workers=2)
+    out = tmp_path / "killed"
+    experiment = out / "ray" / f"{run.name}-retrain-{trial.number}"
+    shipped_by_value()  # Ray's workers cannot import the tests' modules
+    with pytest.raises(UserError, match="data-parallel retraining failed"):
+        retrain_trial(run, trial, plan, context, out, progress=False,
+                      before_step=CrashBeforeStep(3, rank=1, snapshot=experiment / "checkpoint_manager_snapshot.json"))
+    assert not (out / "result.json").exists()
+    assert CrashBeforeStep(3, 1, experiment / "checkpoint_manager_snapshot.json").recorded_step() == 2
+
+    resumed = retrain_trial(run, trial, plan, context, out, progress=False)
+    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    assert [s for s, _ in resumed["validation"]] == [1, 2, 3, 4]
+    assert resumed["validation"] == straight["validation"]
+    assert resumed["best_step"] == straight["best_step"] and resumed["heldout_loss"] == straight["heldout_loss"]
+    for name in ("student.pt", "student-last.pt"):
+        a = read_student_file(out / name)["state_dict"]
+        b = read_student_file(straight_out / name)["state_dict"]
+        assert max(float((a[k] - b[k]).abs().max()) for k in b) == 0.0, name
 
 
 def test_retrain_heads_start_fitted_on_enough_frames(run_dir, tmp_path, monkeypatch):

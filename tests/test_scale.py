@@ -16,7 +16,7 @@ import sslc.trainers.cache as target_cache
 from sslc.data import SAMPLE_RATE, SegmentDataset, discover_audio, make_segments, random_crops, split_heldout
 from sslc.models import PRESETS, build_encoder
 from sslc.protocol import HELDOUT_SEGMENTS
-from sslc.runs.inputs import CORPUS_LISTING, load_audio_split
+from sslc.search.inputs import CORPUS_LISTING, load_audio_split
 from sslc.trainers import TeacherTargets
 from sslc.trainers.cache import TeacherTargetCache, layer_dir_name
 from sslc.trainers.targets import BF16_TOLERANCE
@@ -334,7 +334,7 @@ def test_the_gpu_projection_from_timed_steps(tmp_path, monkeypatch):
     import sslc.search.plan as plan
     from sslc.budget import Budget
     from sslc.metrics import count_macs
-    from sslc.runs.inputs import prepare_inputs
+    from sslc.search.inputs import prepare_inputs
     from sslc.trainers import TrainerConfig
 
     context = prepare_inputs("random:tiny", "demo", tmp_path / "run", 1.0, 0, 8)

@@ -10,8 +10,8 @@ from sslc.budget import Budget
 from sslc.compress import CompressionConfig, compress, prunable_linears, quantize_int8
 from sslc.metrics import count_nonzero_params, count_params
 from sslc.models import PRESETS
-from sslc.runs.inputs import prepare_inputs
 from sslc.runs.student_file import WEIGHTS_FILE, load_student, read_student_file, save_student
+from sslc.search.inputs import prepare_inputs
 from sslc.search.trial import TrialSetup, train_and_measure
 from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 

@@ -47,6 +47,11 @@ def build_parser():
     parser.add_argument("--ray-address", help="with --workers: an existing Ray cluster (auto or host:port)")
     parser.add_argument("--storage-path", help="with --workers: Ray Train's checkpoint storage (a path every node "
                         "sees, or s3://...; default <run_dir>/retrain/<trial>/ray)")
+    parser.add_argument("--cpus-per-point", type=float,
+                        help="with several points (each a Ray task; as many train at once as fit): CPUs each "
+                        "(default: all of this machine's where it has no GPU, i.e. one after another)")
+    parser.add_argument("--gpus-per-point", type=float,
+                        help="with several points: GPUs each (default: 1 where this machine has GPUs, else 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the search's setting")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -89,6 +94,9 @@ def _print_results(results: list[dict]) -> None:
         return format(value, fmt) if value is not None else "-"
 
     for r in results:
+        if r["status"] == "failed":  # a point that failed in its Ray task: its reason, nothing measured
+            table.add_row(str(r["trial"]), "failed", r.get("reason") or "-", *["-"] * 7)
+            continue
         table.add_row(
             str(r["trial"]), r["status"] + (" earlier" if r.get("skipped") else ""),
             (r.get("recipe") or {}).get("name", "quick"), str(r["steps"]), str(r.get("best_step", "-")),
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             crop_seconds=args.crop_seconds, lr=args.lr, warmup=args.warmup, decay=args.decay,
             grad_clip=args.grad_clip, precision=args.precision, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address, storage_path=args.storage_path,
+            cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point,
         )
     _print_results(results)
     if any(r["status"] == "completed" for r in results):

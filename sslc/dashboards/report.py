@@ -25,7 +25,7 @@ from .front import has_latency, pareto_figure
 from .history import hypervolume_figure, importance_figure, parallel_figure
 from .points import CATEGORY_COUNTS, collect_points, count_by_category
 from .probes import probe_figure
-from .retrains import retrain_figure
+from .retrains import ranking_html, retrain_figure
 from .table import pareto_rows, reference_rows, table_html
 
 REPORT_FILE = "report.html"
@@ -134,7 +134,8 @@ def build_report(run: RunRecord) -> Report:
     ))
     figure, note = retrain_figure(run)
     if figure is not None:  # only once sslc-retrain validated a point
-        report.sections.append(Section("retrains", "Retrained points: validation curves", note, figure))
+        report.sections.append(Section("retrains", "Retrained points: validation curves", note, figure,
+                                       html=ranking_html(run)))
     figure, note = hypervolume_figure(run)
     report.sections.append(Section("hypervolume", "Hypervolume over trials", note, figure))
     teacher = teacher_architecture(run) if any(p.pareto for p in points) else None

@@ -29,17 +29,20 @@ def loader_workers(dataset: SegmentDataset) -> int:
 
 def prefetched_batches(
     dataset: SegmentDataset, sampler: LengthBucketBatchSampler, workers: int | None = None,
-    prefetch: int = PREFETCH_BATCHES, pin_memory: bool = False,
+    prefetch: int = PREFETCH_BATCHES, pin_memory: bool = False, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """Endless (indices, waves [B, S], lengths [B]) in the sampler's order, epoch after epoch; `workers` None:
-    `loader_workers(dataset)`. Close it (or let it go) to stop the workers."""
+    `loader_workers(dataset)`. `shard` (rank, world): only the indices `rank::world` of each of the sampler's
+    batches are read and handed out (a data-parallel worker's part of the global batch). Close it (or let it
+    go) to stop the workers."""
     workers = loader_workers(dataset) if workers is None else workers
     while True:
         batches = sampler.epoch_batches(sampler.epoch)
         if sampler.batches_yielded >= len(batches):  # saved right after an epoch's last batch
             sampler.set_epoch(sampler.epoch + 1)
             continue
-        rest = batches[sampler.batches_yielded :]
+        rank, world = shard
+        rest = [batch[rank::world] for batch in batches[sampler.batches_yielded :]]
         if workers == 0:
             loaded = (collate([dataset[i] for i in batch]) for batch in rest)
         else:

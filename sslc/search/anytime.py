@@ -20,8 +20,8 @@ from sslc.compress.elastic import ElasticStudent, make_elastic
 from sslc.errors import UserError
 from sslc.metrics import count_params_from_config, macs_in_convention
 from sslc.models import EncoderConfig
-from sslc.runs.inputs import RunInputs
 from sslc.runs.record import ANYTIME_DIR
+from sslc.search.inputs import RunInputs
 from sslc.spaces import SearchSpace
 from sslc.trainers import TeacherTargets, TrainerConfig
 from sslc.trainers.once_for_all import SharedHeads, load_once_for_all, score_subnetwork, train_once_for_all

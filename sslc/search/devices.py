@@ -15,7 +15,7 @@ import torch
 
 from sslc.errors import UserError
 from sslc.metrics.latency import device_name
-from sslc.runs.inputs import RunInputs
+from sslc.search.inputs import RunInputs
 from sslc.spaces import SearchSpace
 from sslc.trainers import LiveTeacherTargets, PredictionHeads, TrainerConfig, resolve_layer_map
 from sslc.trainers.distill import make_optimizer

@@ -21,7 +21,7 @@ from sslc.budget import Budget
 from sslc.data import SAMPLE_RATE, SegmentDataset
 from sslc.errors import UserError
 from sslc.metrics import count_macs, format_macs
-from sslc.runs.inputs import RunInputs
+from sslc.search.inputs import RunInputs
 from sslc.trainers import TrainerConfig
 from sslc.trainers.cache import is_complete, layer_dir_name
 from sslc.trainers.distill import HEAD_FIT_BATCHES

@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -34,16 +35,11 @@ from sslc.errors import UserError
 from sslc.files import write_json_atomically
 from sslc.protocol import EvaluationProtocol
 from sslc.runs.export import LAST_WEIGHTS_FILE, RESULT_FILE
-from sslc.runs.inputs import (  # TODO(lead): inputs.py is a driver too
-    RunInputs,
-    load_audio_split,
-    prepare_inputs,
-    train_crops,
-)
 from sslc.runs.record import RunRecord, open_run
 from sslc.runs.student_file import WEIGHTS_FILE, save_student
 from sslc.runs.study import record_retrain
 from sslc.runs.trials import Outcome, TrialRecord
+from sslc.search.inputs import RunInputs, load_audio_split, prepare_inputs, train_crops
 from sslc.trainers import TrainerConfig, load_checkpoint, train_full
 from sslc.trainers.recipes import apply_recipe
 
@@ -192,12 +188,16 @@ def retrain_trial(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     train_data: SegmentDataset | None = None,
+    before_step: Callable[[int, int], None] | None = None,
+    on_report: Callable[[int, float], bool] | None = None,
 ) -> dict:
     """Train one trial's student to the end of `plan` (resuming from `out_dir`), keep its best validated weights
     and measure them.
 
     `should_stop()` is polled at every training report; when it says so, a checkpoint is written and
-    `RetrainStopped` raised. A run whose result is already in `out_dir` for the same settings is not redone.
+    `RetrainStopped` raised; so it is when `on_report(step, loss)` (called there too: a progress view's feed)
+    returns True. A run whose result is already in `out_dir` for the same settings is not redone.
+    `before_step`: with `plan.workers`, passed to every Ray Train worker (`train_data_parallel`; a test seam).
     """
     from sslc.compress.quantize import quantize_int8
     from sslc.metrics import count_macs, count_nonzero_params, count_params, measure_latency
@@ -205,6 +205,7 @@ def retrain_trial(
     trainer = plan.trainer
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    started_at = _now()
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -218,7 +219,9 @@ def retrain_trial(
     previous = out_dir / RESULT_FILE
     if previous.is_file() and (out_dir / WEIGHTS_FILE).is_file():
         done = json.loads(previous.read_text())
-        if done.get("status") == "completed" and done.get("trainer") == trainer.to_dict():
+        # The threads a run had do not change what it trained (a point's Ray task pins them to its CPUs).
+        same = {**(done.get("trainer") or {}), "num_threads": None} == {**trainer.to_dict(), "num_threads": None}
+        if done.get("status") == "completed" and same:
             log.info("trial %d is already retrained (%s)", trial.number, previous)
             summary = {k: v for k, v in done.items() if k != "curve"}
             if record and trial.number not in run.record.retrains:  # a run stopped before recording
@@ -236,8 +239,9 @@ def retrain_trial(
     train_data = train_data if train_data is not None else training_data(run, context, trainer)
     lap("build_student")
 
-    def on_report(step: int, loss: float) -> bool:
-        return bool(should_stop()) if should_stop is not None else False
+    def reported(step: int, loss: float) -> bool:
+        fed = bool(on_report(step, loss)) if on_report is not None else False
+        return (bool(should_stop()) if should_stop is not None else False) or fed
 
     checkpoint_dir = out_dir / "checkpoint"
     if plan.workers:
@@ -246,13 +250,14 @@ def retrain_trial(
         anytime = run.anytime_dir if run.record.mode == "anytime" else None
         result, last, _ = train_data_parallel(
             context, train_data, trial.config, trainer, out_dir, plan.workers, plan.gpus_per_worker,
-            plan.storage_path, name=f"{run.name}-retrain-{trial.number}", anytime_dir=anytime,
+            plan.storage_path, name=f"{run.name}-retrain-{trial.number}", anytime_dir=anytime, before_step=before_step,
+            on_report=on_report,
         )
         student.load_state_dict(last["student"])
     else:
         result = train_full(
             student, context.targets(), train_data, context.data.heldout, trainer, checkpoint_dir,
-            progress=progress, on_report=on_report, kept_layers=config.layers,
+            progress=progress, on_report=reported, kept_layers=config.layers,
         )
     lap("train_full")
     timings["of_which_training_steps"] = result.seconds_training - result.seconds_validating
@@ -296,7 +301,8 @@ def retrain_trial(
         "loss_measured_before_int8": config.quantize == "int8",
         "seconds_training": result.seconds_training,
         "resumed_from_step": result.resumed_from_step,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": started_at,
+        "finished_at": _now(),
         "trainer": trainer.to_dict(),
     }
     if result.status == "completed":
@@ -325,6 +331,17 @@ def retrain_trial(
     return summary
 
 
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def _record_once(run: RunRecord, result: dict) -> None:
+    """Record a point retrained in a Ray task (`retrain_points`), unless it was recorded earlier."""
+    summary = {k: v for k, v in result.items() if k != "skipped"}
+    if not result.get("skipped") or result["trial"] not in run.record.retrains:
+        _record(run, result["trial"], summary)
+
+
 def _record(run: RunRecord, number: int, summary: dict) -> None:
     record_retrain(run.study, number, {k: v for k, v in summary.items() if k != "trainer"})
     run.reload()
@@ -347,10 +364,13 @@ def retrain(
     gpus_per_worker: float = 0.0,
     ray_address: str | None = None,
     storage_path: str | None = None,
+    cpus_per_point: float | None = None,
+    gpus_per_point: float | None = None,
     **overrides,
 ) -> list[dict]:
-    """Retrain the chosen trials of the run in `run_dir` one after the other by `recipe` (+ `overrides`, see
-    `retrain_plan`); returns their results."""
+    """Retrain the chosen trials of the run in `run_dir` by `recipe` (+ `overrides`, see `retrain_plan`); several
+    are Ray tasks of `cpus_per_point` / `gpus_per_point` each (`retrain_points`: at once where they fit; a point
+    that fails is a result with status "failed"). Returns their results."""
     check_length(steps, epochs)
     run = open_run(run_dir)
     chosen = select_trials(run, numbers, pareto, under_budget)
@@ -360,6 +380,12 @@ def retrain(
         raise UserError("--workers must be >= 1 and --gpus-per-worker >= 0 (with --workers)")
     if ray_address and not workers:
         raise UserError("--ray-address goes with --workers")
+    for name, value in (("--cpus-per-point", cpus_per_point), ("--gpus-per-point", gpus_per_point)):
+        if value is not None and (value < 0 or (name == "--cpus-per-point" and value == 0)):
+            raise UserError(f"{name} must be {'> 0' if name == '--cpus-per-point' else '>= 0'}, got {value:g}")
+    if workers and (cpus_per_point is not None or gpus_per_point is not None):
+        raise UserError("--cpus-per-point / --gpus-per-point are for points trained in one process: with --workers "
+                        "each point's Ray Train workers hold its resources (--gpus-per-worker)")
     if workers and plan.trainer.batch_size < workers:
         raise UserError(f"a global batch of {plan.trainer.batch_size} crops cannot be shared by {workers} workers: "
                         "raise --batch-seconds or lower --workers")
@@ -369,21 +395,32 @@ def retrain(
         sampler = LengthBucketBatchSampler(train_data.lengths, plan.trainer.batch_size, seed=plan.trainer.seed)
         plan = retrain_plan(run, batches_per_epoch=len(sampler), **options)
     plan = replace(plan, workers=workers, gpus_per_worker=gpus_per_worker, storage_path=storage_path)
-    if workers:
+    together = len(chosen) > 1  # several points: Ray schedules them (retrain_points), at once where they fit
+    if workers or together:
         from sslc.search.runner import start_ray
 
         start_ray(ray_address)
-        context.ship_audio()  # small corpora travel with the workers' inputs (no shared disk needed)
-    results = []
-    for index, trial in enumerate(chosen, 1):
-        say(f"[{index}/{len(chosen)}] retraining trial {trial.number} ({plan.label}) in {run.retrain_dir(trial.number)}")
-        result = retrain_trial(run, trial, plan, context, progress=progress, should_stop=should_stop,
-                               train_data=train_data)
+        if workers:
+            context.ship_audio()  # small corpora travel with the workers' inputs (no shared disk needed)
+    if together:
+        from .retrain_points import retrain_points
+
+        say(f"retraining {len(chosen)} points ({plan.label}) in {run.run_dir / 'retrain'}/<trial>")
+        results = retrain_points(run, chosen, plan, context, train_data, cpus_per_point, gpus_per_point, progress,
+                                 should_stop, say, record=lambda result: _record_once(run, result))
+    else:
+        [trial] = chosen
+        say(f"retraining trial {trial.number} ({plan.label}) in {run.retrain_dir(trial.number)}")
+        results = [retrain_trial(run, trial, plan, context, progress=progress, should_stop=should_stop,
+                                 train_data=train_data)]
+    for result in results:
         if result.get("skipped"):
-            say(f"trial {trial.number} was already retrained with these settings (delete its result.json to redo)")
-        results.append(result)
+            say(f"trial {result['trial']} was already retrained with these settings (delete its result.json to redo)")
     if any(r["status"] == "completed" for r in results):
         from sslc.search.pareto import write_pareto  # the Pareto files carry the retrained results too
 
         write_pareto(run.study, run.run_dir)
+    stopped = [r["trial"] for r in results if r["status"] == "stopped"]
+    if stopped:
+        raise RetrainStopped(f"trials {stopped} stopped at a checkpoint; rerun to resume")
     return results

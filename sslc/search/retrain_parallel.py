@@ -1,8 +1,8 @@
 """Data-parallel retraining (`sslc-retrain --workers N [--gpus-per-worker G]`) with Ray Train's TorchTrainer.
 
 Every worker builds the same student (same teacher, data and importance scores), fits the same heads and runs the
-same loop (`sslc.trainers.train_full`); each step it takes its shard of the same global batch (the recipe's:
-indices `rank::world`), and DistributedDataParallel (gloo on CPU, nccl on GPUs) averages the gradients, so 1 and
+same loop (`sslc.trainers.train_full`); each step it reads and takes only its shard of the same global batch (the
+recipe's: indices `rank::world`, `prefetched_batches(shard=...)`), and DistributedDataParallel (gloo on CPU, nccl on GPUs) averages the gradients, so 1 and
 N workers train the same thing (up to float summation order, and exactly when the shards hold equally many
 frames: crops of one length). The loss on the curve is the workers' mean. Teacher targets come from the run's
 cache (or a node-local one on another node, `RunInputs.use_node_cache`), as in the search's trials.
@@ -15,6 +15,7 @@ path or s3://...) keeps the latest; a killed run started again with the same com
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from dataclasses import replace
@@ -33,13 +34,15 @@ RAY_DIR = "ray"  # under the trial's retrain directory: Ray Train's storage for 
 class DataParallelLoop(StudentLoop):
     """The student loop on one Ray Train worker: its shard of each global batch, DDP over student and heads."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, before_step=None, **kwargs):
         import ray.train
         import ray.train.torch
 
         super().__init__(*args, **kwargs)
+        self.before_step = before_step
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.shard = (self.rank, self.world)  # the loader reads this worker's part of each global batch only
         if self.config.batch_size < self.world:
             raise UserError(f"a global batch of {self.config.batch_size} crops cannot be shared by {self.world} workers")
         # Parameters no target reaches (layers above the deepest mapped one) get no gradient: DDP must know.
@@ -49,7 +52,9 @@ class DataParallelLoop(StudentLoop):
         )
 
     def train_on(self, indices: list[int]):
-        outcome = self.step.train(*self.batch(indices[self.rank::self.world]))
+        if self.before_step is not None:
+            self.before_step(self.rank, self.scheduler.last_epoch + 1)  # the step about to be trained
+        outcome = self.step.train(*self.batch(indices))  # `indices`: this worker's shard, as the loader read it
         both = torch.tensor([outcome.loss, outcome.audio_seconds], dtype=torch.float64)
         torch.distributed.all_reduce(both)  # the global batch's loss (mean of the shards) and audio
         return replace(outcome, loss=float(both[0]) / self.world, audio_seconds=float(both[1]))
@@ -88,17 +93,27 @@ def _worker(config: dict) -> None:
             for file in Path(saved).iterdir():
                 shutil.copy2(file, local / file.name)
     trainer = TrainerConfig.from_dict(config["trainer"])
+    loop = functools.partial(DataParallelLoop, before_step=config["before_step"])
+    feed = config["on_report"] if ray.train.get_context().get_world_rank() == 0 else None
+
+    def on_report(step: int, loss: float) -> bool:
+        if feed is not None:
+            feed(step, loss)  # a progress view's feed; a stop would need every worker to agree: not asked here
+        return False
+
     train_full(student, context.targets(), train_data, context.data.heldout, trainer, local, progress=False,
-               kept_layers=compression.layers, loop_class=DataParallelLoop)
+               kept_layers=compression.layers, loop_class=loop, on_report=on_report)
 
 
 def train_data_parallel(
     context, train_data, compression: dict, trainer, out_dir: Path, workers: int, gpus_per_worker: float = 0.0,
-    storage_path: str | None = None, name: str = "retrain", anytime_dir: Path | None = None,
+    storage_path: str | None = None, name: str = "retrain", anytime_dir: Path | None = None, before_step=None,
+    on_report=None,
 ) -> tuple[FullTrainResult, dict, dict | None]:
     """Train on `workers` Ray Train workers (Ray must be initialised); returns (the result as `train_full` gives
     it, the last checkpoint, the best checkpoint or None). `best_checkpoint` in the result names a copy of the
-    best under `out_dir`."""
+    best under `out_dir`. `before_step(rank, step)` (picklable) runs on every worker before it trains each step:
+    a seam for tests that crash a worker. `on_report(step, loss)` (picklable) gets rank 0's training reports."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -112,7 +127,8 @@ def train_data_parallel(
         _worker,
         train_loop_config={
             "inputs": ray.put((context, train_data)), "compression": compression, "trainer": trainer.to_dict(),
-            "anytime_dir": str(anytime_dir) if anytime_dir else None,
+            "anytime_dir": str(anytime_dir) if anytime_dir else None, "before_step": before_step,
+            "on_report": on_report,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_worker), resources_per_worker=resources),

@@ -30,7 +30,6 @@ from sslc.metrics import (
     macs_in_convention,
 )
 from sslc.models.teachers import describe_teacher
-from sslc.runs.inputs import prepare_inputs, train_crops
 from sslc.runs.storage import check_driver, default_storage_url, make_storage, mark_study, shown_url
 from sslc.runs.study import (
     BaselineRecord,
@@ -41,6 +40,7 @@ from sslc.runs.study import (
     record_trial_devices,
 )
 from sslc.runs.trials import count_trained, pending_retries
+from sslc.search.inputs import prepare_inputs, train_crops
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 

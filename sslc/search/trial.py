@@ -25,9 +25,9 @@ from sslc.errors import first_line
 from sslc.files import write_json_atomically
 from sslc.metrics import count_nonzero_params, measure_latency
 from sslc.metrics.latency import device_name
-from sslc.runs.inputs import RunInputs
 from sslc.runs.record import TRIALS_DIR
 from sslc.runs.student_file import WEIGHTS_FILE, save_student
+from sslc.search.inputs import RunInputs
 from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 
 from .anytime import SharedWeights

@@ -166,6 +166,7 @@ class TrainingLoop:
     Call `start_run(config)` before building the heads and this loop."""
 
     kind: str | None = None  # recorded in checkpoints when set: a run never resumes another kind's checkpoint
+    shard = (0, 1)  # (rank, world): the part of each batch this process reads and trains on (data-parallel)
     description = "distilling"  # the progress bar's label
 
     def __init__(self, model, heads, train_targets, train_data, config: TrainerConfig, total_steps: int):
@@ -290,7 +291,8 @@ class TrainingLoop:
         config = self.config
         status, reason = "completed", None
         written, last_written = None, 0.0
-        batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda")
+        batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda",
+                                     shard=self.shard)
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
         self.seconds_data = 0.0
