@@ -111,12 +111,14 @@ def run_short_trial(
     run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=rungs[-1],
                         rungs=rungs)
     state = _State()
-    scores = []
+    scores, scoring = [], 0.0
     for rung in rungs:
         result = run.train(state, on_report, progress=False, checkpoint_dir=None, result_type=ShortTrialResult,
                            until=rung)
         if result.status == "completed":
             scores.append((rung, result.heldout_loss, result.heldout_loss_by_target))
+            scoring += result.seconds_parts.get("heldout", 0.0)
+            result.seconds_parts["heldout"] = scoring  # every rung's scoring, not only the last one's
         result.rung_scores = list(scores)
         if result.status != "completed" or rung == rungs[-1] or on_rung is None or not on_rung(result):
             return result
