@@ -127,6 +127,8 @@ def main(argv=None) -> int:
               f"{ {f: reached.count(f) for f in fidelities} }", flush=True)
 
         given = max(2, math.ceil(MARGIN * steps / args.steps))
+        if args.quick:
+            given = min(given, args.trials + 2)  # a smoke test: enough to cut at the CPU time, not more
         single, single_wall = search(SearchSettings(trials=given, name="single", run_dir=Path(tmp) / "single",
                                                     **common))
         kept, spent = [], 0.0
