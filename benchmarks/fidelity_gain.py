@@ -26,7 +26,10 @@ points retrained for 4 steps) only checks that the benchmark runs; its figure me
     python benchmarks/fidelity_gain.py [--budget 40%] [--trials 16] [--steps 30] [--fidelities 1,3,9]
                                        [--retrain 4] [--teacher-recipe gpu|cpu|mini] [--quick]
 
-Not measured yet.
+Not measured yet at a meaningful size. 2026-12-03, on 2 cores shared with two other helpers' benchmarks and
+searches (load average 10-14): `--quick` took 948 s (multi 3 trials / 14 steps / 152 trial CPU s, single 10
+trials run, 3 kept; both fronts were the same two warm-start shapes, so 1.000, which means nothing); a reduced run
+(`--trials 8 --steps 20 --retrain 3`) had not finished its first search after 25 minutes when the task ended.
 """
 
 from __future__ import annotations
