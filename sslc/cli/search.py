@@ -16,6 +16,7 @@ from sslc.search.settings import (
     PRESET_DIR,
     SAMPLERS,
     SearchSettings,
+    parse_fidelities,
     parse_gpus_per_trial,
     preset_names,
 )
@@ -87,6 +88,11 @@ def build_parser():
     parser.add_argument("--trials", type=int, default=DEFAULTS.trials,
                         help="trained trials (over-budget configs do not count; in the anytime mode, configs scored)")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="distillation steps per short trial")
+    parser.add_argument("--fidelities", default=",".join(map(str, DEFAULTS.fidelities)),
+                        help="multi-fidelity search: rungs as multiples of --steps, e.g. 1,3,9; every trial trains "
+                        "--steps and goes on to the next rung, in the same process, only when it is in the top third "
+                        "of the trials scored at its rung by non-dominated rank on (held-out loss, MACs); 1: every "
+                        "trial trains --steps")
     parser.add_argument("--anytime-steps", type=int,
                         help="--mode anytime: once-for-all distillation steps (default: 10 x --steps)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="training crops per step")
@@ -140,7 +146,8 @@ def settings_from_args(args) -> SearchSettings:
         teacher=args.teacher, data=args.data, budget=args.budget, budget_seconds=args.budget_seconds,
         macs_convention=args.macs_convention,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, space=space, mode=args.mode,
-        trials=args.trials, steps=args.steps, anytime_steps=args.anytime_steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
+        trials=args.trials, steps=args.steps, fidelities=parse_fidelities(args.fidelities),
+        anytime_steps=args.anytime_steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, lr=args.lr,
         targets=args.targets, name=args.name,
         run_dir=args.run_dir, storage=args.storage, objectives=args.objectives.split(","), sampler=args.sampler,
         ray_address=args.ray_address, storage_path=args.storage_path,

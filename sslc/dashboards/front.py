@@ -18,7 +18,7 @@ from .points import CATEGORY_LABELS, UNSCORED, TrialPoint
 
 # A loss more than this many times the front's highest is drawn at the top edge instead of stretching the axis.
 OFF_SCALE = 3.0
-SCORED_KINDS = ("pareto", "complete", "retrained", "baseline")  # the traces whose y is a held-out loss
+SCORED_KINDS = ("pareto", "complete", "lower_fidelity", "retrained", "baseline")  # the traces whose y is a held-out loss
 AXES = {
     "macs": ("GMACs for {seconds:g} s of audio", lambda p: p.gmacs),
     "latency": ("latency (ms, CPU, {seconds:g} s of audio)", lambda p: p.latency_ms),
@@ -26,6 +26,7 @@ AXES = {
 COLORS = {
     "pareto": "#d62728",
     "complete": "#7f7f7f",
+    "lower_fidelity": "#c7c7c7",
     "retrained": "#2ca02c",
     "baseline": "#1f77b4",
     "pruned": "#ff7f0e",
@@ -69,10 +70,17 @@ def pareto_figure(run: RunRecord, points: list[TrialPoint], axis: str = "macs") 
         rows=rows, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22] if strip else None, vertical_spacing=0.04,
     )
     traces = []
-    dominated = [p for p in points if p.category == "complete" and not p.pareto]
+    dominated = [p for p in points if p.category == "complete" and not p.pareto and not p.lower_fidelity]
     traces.append(_scatter(dominated, x_of, lambda p: p.loss, "complete", CATEGORY_LABELS["complete"], 1))
+    # Multi-fidelity: the front is built at the top fidelity; trials that stopped below it are drawn apart.
+    top = max((p.top_fidelity for p in points), default=1)
+    lower = [p for p in points if p.lower_fidelity]
+    traces.append(_scatter(lower, x_of, lambda p: p.loss, "lower_fidelity",
+                           f"complete at a lower fidelity than {top}x (not comparable with the front)", 1,
+                           symbol="circle-open"))
     front = sorted((p for p in points if p.pareto), key=lambda p: (x_of(p) is None, x_of(p) or 0))
-    pareto, row = _scatter(front, x_of, lambda p: p.loss, "pareto", "Pareto front", 1, size=12)
+    pareto, row = _scatter(front, x_of, lambda p: p.loss, "pareto",
+                           f"Pareto front (at fidelity {top}x)" if top > 1 else "Pareto front", 1, size=12)
     if axis == "macs" and len(run.record.objectives) == 2:
         pareto.mode = "lines+markers"  # two objectives: the front falls monotonically in this plane
         pareto.line = {"color": COLORS["pareto"], "width": 1, "dash": "dot"}

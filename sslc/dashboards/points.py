@@ -45,6 +45,14 @@ class TrialPoint:
     reason: str | None
     config: dict | None
     retrain: dict | None
+    # Multi-fidelity search: the multiple of --steps its loss was measured after, its steps then, and the top
+    # fidelity of the run (a point below it is drawn as lower-fidelity, never on the front).
+    fidelity: int = 1
+    top_fidelity: int = 1
+
+    @property
+    def lower_fidelity(self) -> bool:
+        return self.category == "complete" and self.fidelity < self.top_fidelity
 
     @property
     def gmacs(self) -> float | None:
@@ -53,7 +61,8 @@ class TrialPoint:
     def hover(self) -> str:
         lines = [f"trial {self.number}: {CATEGORY_LABELS[self.category]}{' - Pareto' if self.pareto else ''}"]
         if self.loss is not None:
-            lines.append(f"held-out loss {self.loss:.4f}")
+            at = f" at fidelity {self.fidelity}x ({self.steps_done} steps)" if self.top_fidelity > 1 else ""
+            lines.append(f"held-out loss {self.loss:.4f}{at}")
         if self.macs is not None:
             lines.append(f"{self.macs / 1e9:.3f} GMACs")
         if self.params is not None:
@@ -81,10 +90,14 @@ def collect_points(run: RunRecord) -> list[TrialPoint]:
     best = {t.number for t in run.front()}
     retrained = run.record.retrains
     names = run.record.objectives
+    trials = run.trials()
+    top = max((t.fidelity for t in trials if t.outcome == Outcome.COMPLETE), default=1)
     points = []
-    for trial in run.trials():
+    for trial in trials:
         loss = None
-        if trial.outcome == Outcome.COMPLETE:
+        if trial.outcome == Outcome.COMPLETE and trial.heldout_loss_by_fidelity:
+            loss = trial.heldout_loss  # at the fidelity it reached (its values hold the fidelity-1 score)
+        elif trial.outcome == Outcome.COMPLETE:
             loss = trial.values[names.index("loss")] if trial.values and "loss" in names else trial.heldout_loss
         curve = trial.train_curve
         points.append(
@@ -101,6 +114,8 @@ def collect_points(run: RunRecord) -> list[TrialPoint]:
                 reason=trial.explanation(),
                 config=trial.config,
                 retrain=retrained.get(trial.number),
+                fidelity=trial.fidelity,
+                top_fidelity=top,
             )
         )
     return points

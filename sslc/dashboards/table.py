@@ -11,6 +11,7 @@ from sslc.runs.record import RunRecord
 COLUMNS = (
     ("trial", "trial"),
     ("loss", "held-out loss"),
+    ("fidelity", "fidelity (x steps)"),
     ("params", "params"),
     ("macs", "MACs"),
     ("latency_ms", "latency (ms)"),
@@ -61,7 +62,7 @@ def reference_rows(run: RunRecord) -> list[dict]:
     for b in run.record.baselines or []:
         over = " (over budget, not trained)" if b.status == "infeasible" else ""
         rows.append({
-            "kind": "baseline", "trial": f"baseline: {b.name}{over}", "loss": b.heldout_loss,
+            "kind": "baseline", "trial": f"baseline: {b.name}{over}", "loss": b.heldout_loss, "fidelity": b.fidelity,
             "params": b.params, "macs": b.macs, "macs_superb": b.macs_superb, "latency_ms": b.latency_ms,
             "mac_ratio": _ratio(b.macs, teacher.macs),
             "param_ratio": _ratio(b.params, teacher.params),

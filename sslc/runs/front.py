@@ -16,8 +16,12 @@ def front_row(trial: TrialRecord, objectives: list[str], teacher: TeacherRecord)
     teacher_macs, teacher_params = teacher.macs, teacher.params
     return {
         "trial": trial.number,
-        "objectives": {METRIC_NAMES[name]: value for name, value in zip(objectives, trial.values or [])},
+        # A multi-fidelity trial's values hold its fidelity-1 loss (the sampler's); the point is its top fidelity's.
+        "objectives": {METRIC_NAMES[name]: trial.heldout_loss if name == "loss" and trial.heldout_loss_by_fidelity
+                       else value for name, value in zip(objectives, trial.values or [])},
         "loss": trial.heldout_loss,
+        "fidelity": trial.fidelity,  # the multiple of the study's --steps the loss was measured after
+        "loss_by_fidelity": {str(f): v for f, v in trial.heldout_loss_by_fidelity.items()} or None,
         "loss_by_target": trial.heldout_loss_by_target,
         "gmacs": trial.gmacs,
         "macs": trial.macs,

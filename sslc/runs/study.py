@@ -92,6 +92,8 @@ class StudyRecord:
             # Studies from before --mode are trial searches; an anytime study's scores depend on its shared
             # weights' training too.
             "mode": self.settings.get("mode", "trials"), "anytime_steps": self.settings.get("anytime_steps"),
+            # A study from before --fidelities is single-fidelity.
+            "fidelities": self.settings.get("fidelities") or [1],
         }
 
     def check_same_search(self, new: StudyRecord, name: str) -> None:
@@ -200,6 +202,9 @@ class BaselineRecord:
     macs_superb: int | None = None
     latency_measurement: dict | None = None  # how its latency was timed (`LatencyResult.conditions`)
     train_device: str | None = None  # the device and precision it trained on, as the trials
+    # Multi-fidelity search: a baseline trains through every rung (its loss is the top one's, as the front's).
+    fidelity: int | None = None
+    heldout_loss_by_fidelity: dict | None = None
 
     @classmethod
     def measured(cls, name: str, config: dict, macs: int, params: int, result: dict, within_budget: bool,
@@ -207,7 +212,8 @@ class BaselineRecord:
         """From what training and measuring it returned (`train_and_measure`'s result)."""
         return cls(name, config, macs, params, result["status"], within_budget, result.get("heldout_loss"),
                    result.get("heldout_loss_by_target"), result.get("latency_ms"), macs_superb,
-                   result.get("latency_measurement"), result.get("train_device"))
+                   result.get("latency_measurement"), result.get("train_device"), result.get("fidelity"),
+                   {str(f): v for f, v in result.get("heldout_loss_by_fidelity_pairs") or []} or None)
 
     @classmethod
     def from_dict(cls, row: dict) -> BaselineRecord:

@@ -31,6 +31,12 @@ RETRY_OF = "retry_of"  # on a retry: the interrupted trial it runs again
 REPEAT_OF = "repeat_of"  # on a repeat: the earlier trial with the same config that answers it (never trained)
 HELDOUT_LOSS = "heldout_loss"
 HELDOUT_LOSS_BY_TARGET = "heldout_loss_by_target"
+# Multi-fidelity search (--fidelities): the highest fidelity (a multiple of the study's --steps) the trial was
+# trained and scored at, and its held-out score at every fidelity it reached ({"1": ..., "3": ...}). Its
+# HELDOUT_LOSS and HELDOUT_LOSS_BY_TARGET are those at FIDELITY; its Optuna values hold the fidelity-1 score (what
+# the sampler is told). A trial without them (single fidelity, or sslc before --fidelities) is at fidelity 1.
+FIDELITY = "fidelity"
+HELDOUT_LOSS_BY_FIDELITY = "heldout_loss_by_fidelity"
 STOPPED_AT_STEP = "stopped_at_step"
 LAST_TRAIN_LOSS = "last_train_loss"
 # What a finished trial's report carries and the trial keeps as is ("latency_measurement": how its latency was
@@ -117,6 +123,8 @@ class TrialRecord:
     repeat_of: int | None = None
     retry_params: dict | None = None
     constraints: dict[str, float] = field(default_factory=dict)  # what the samplers see: > 0 is over a limit
+    fidelity: int = 1  # see FIDELITY
+    heldout_loss_by_fidelity: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def read(cls, trial: FrozenTrial) -> TrialRecord:
@@ -135,6 +143,8 @@ class TrialRecord:
             artifact_bytes=a.get("artifact_bytes"), artifact_seconds=a.get("artifact_seconds"), node=a.get("node"),
             fail_reason=a.get(FAIL_REASON), retry_of=a.get(RETRY_OF), repeat_of=a.get(REPEAT_OF),
             retry_params=a.get(RETRY_PARAMS), constraints=dict(trial.constraints),
+            fidelity=int(a.get(FIDELITY) or 1),
+            heldout_loss_by_fidelity={int(k): float(v) for k, v in (a.get(HELDOUT_LOSS_BY_FIDELITY) or {}).items()},
         )
 
     @property
@@ -216,6 +226,12 @@ def write_scores(trial: optuna.Trial, heldout_loss: float, by_target: dict[str, 
     trial.set_user_attr(HELDOUT_LOSS_BY_TARGET, by_target)
 
 
+def write_fidelity(trial: optuna.Trial, scores: dict[int, float]) -> None:
+    """The held-out score at every fidelity reached so far (a running trial's too: see the searcher)."""
+    trial.set_user_attr(FIDELITY, max(scores))
+    trial.set_user_attr(HELDOUT_LOSS_BY_FIDELITY, {str(f): loss for f, loss in sorted(scores.items())})
+
+
 def write_repeat(trial: optuna.Trial, earlier: FrozenTrial) -> None:
     """Every result of `earlier` (whatever the trainer recorded, so the repeat reads like its original), and
     which trial it repeats."""
@@ -248,6 +264,13 @@ def mark_interrupted(study: optuna.Study, trial: FrozenTrial | optuna.Trial, rea
 
 
 # ---- reading a study's trials -------------------------------------------------------------------------------------
+def rung_history(study: optuna.Study) -> list[tuple[int, float, float]]:
+    """(fidelity, held-out score, MACs) at every rung the COMPLETE trials of a multi-fidelity study were scored
+    at, in trial order: what a resumed search's promotions are decided against."""
+    return [(int(f), float(loss), float(t.user_attrs[MACS])) for t in _complete(study)
+            for f, loss in (t.user_attrs.get(HELDOUT_LOSS_BY_FIDELITY) or {}).items()]
+
+
 def read_trials(study: optuna.Study, states=None) -> list[TrialRecord]:
     return [TrialRecord.read(t) for t in study.get_trials(deepcopy=False, states=states)]
 
@@ -269,18 +292,58 @@ def pending_retries(study: optuna.Study) -> list[tuple[int, dict]]:
     ]
 
 
+def top_fidelity(study: optuna.Study) -> int:
+    """The highest fidelity a COMPLETE trial reached (1 in a single-fidelity study)."""
+    return max((int(t.user_attrs.get(FIDELITY) or 1) for t in _complete(study)), default=1)
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if outcome_of(t) == Outcome.COMPLETE and t.values]
+
+
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The non-dominated COMPLETE trials, repeats left out (a repeat has its original's values, so Optuna's own
-    `study.best_trials` would list the same point twice), sorted by MACs then number."""
-    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
-    points = [
-        (t, [s * v for s, v in zip(signs, t.values)])
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if outcome_of(t) == Outcome.COMPLETE and t.values
-    ]
+    `study.best_trials` would list the same point twice), sorted by MACs then number.
 
-    def dominates(a, b) -> bool:
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    Built at the top fidelity (`top_fidelity`): only trials that reached it compete, their loss objective taken
+    at it (the trial's HELDOUT_LOSS); trials scored only at lower fidelities are never on the front. In a
+    single-fidelity study that is every COMPLETE trial on its values."""
+    from .study import StudyRecord  # the objectives' order; study.py does not import this module
+
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    objectives = StudyRecord.read(study).objectives
+    loss_at = objectives.index("loss") if "loss" in objectives else None
+    top = top_fidelity(study)
+
+    def values(t: FrozenTrial) -> list[float]:
+        own = list(t.values)
+        if loss_at is not None and t.user_attrs.get(HELDOUT_LOSS_BY_FIDELITY):
+            own[loss_at] = float(t.user_attrs[HELDOUT_LOSS_BY_FIDELITY][str(top)])
+        return own
+
+    points = [(t, [s * v for s, v in zip(signs, values(t))]) for t in _complete(study)
+              if int(t.user_attrs.get(FIDELITY) or 1) == top]
 
     front = [t for t, p in points if not any(dominates(q, p) for _, q in points)]
     return sorted(front, key=lambda t: (t.user_attrs.get(MACS, 0), t.number))
+
+
+def dominates(a, b) -> bool:
+    """Whether point `a` dominates `b` (every value minimised): no worse anywhere, better somewhere."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def non_dominated_ranks(points: list) -> list[int]:
+    """Each point's non-dominated rank, 1 for the Pareto front, 2 for the front of the rest, ... (the sorting of
+    NSGA-II). Hand-written in O(n^2 x fronts): Optuna's fast non-dominated sort is private API, and a search's
+    rungs hold tens of points."""
+    ranks = [0] * len(points)
+    left, rank = set(range(len(points))), 0
+    while left:
+        rank += 1
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+    return ranks

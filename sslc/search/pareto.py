@@ -13,7 +13,7 @@ from sslc.runs.front import front_row
 from sslc.runs.study import StudyRecord
 from sslc.runs.trials import TrialRecord, front_trials
 
-ROW_FIELDS = ("trial", "loss", "gmacs", "gmacs_superb", "params_m", "latency_ms", "mac_ratio", "param_ratio")
+ROW_FIELDS = ("trial", "loss", "fidelity", "gmacs", "gmacs_superb", "params_m", "latency_ms", "mac_ratio", "param_ratio")
 RETRAINED_FIELDS = ("retrained_loss", "retrained_recipe", "retrained_steps", "retrained_best_step")
 
 
@@ -66,12 +66,16 @@ def pareto_table(rows: list[dict], title: str = "Pareto front"):
     from sslc.metrics import format_macs, format_params
 
     table = Table(title=title)
-    for name in ("trial", "held-out loss", "MACs", "params", "latency (ms)", "MACs vs teacher"):
+    fidelities = any((row.get("fidelity") or 1) > 1 for row in rows)  # a multi-fidelity front says its fidelity
+    names = ("trial", "held-out loss", *(["fidelity"] if fidelities else []), "MACs", "params", "latency (ms)",
+             "MACs vs teacher")
+    for name in names:
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(
             str(row["trial"]),
             f"{row['loss']:.4f}" if row["loss"] is not None else "-",
+            *([f"{row.get('fidelity') or 1}x"] if fidelities else []),
             format_macs(row["macs"]) if row["macs"] is not None else "-",
             format_params(row["params"]) if row["params"] is not None else "-",
             f"{row['latency_ms']:.1f}" if row["latency_ms"] is not None else "-",

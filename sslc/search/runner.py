@@ -39,7 +39,7 @@ from sslc.runs.study import (
     record_baselines,
     record_trial_devices,
 )
-from sslc.runs.trials import count_trained, pending_retries
+from sslc.runs.trials import count_trained, pending_retries, rung_history
 from sslc.search.inputs import prepare_inputs, train_crops
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
@@ -53,9 +53,9 @@ from .pareto import pareto_table, write_pareto
 from .plan import plan_search
 from .progress import SearchProgress
 from .samplers import make_sampler, startup_trials
-from .scheduler import DominanceStopper
+from .scheduler import DominanceStopper, ParetoHalving
 from .searcher import OptunaAskTellSearcher
-from .settings import SearchSettings
+from .settings import FIDELITY_ETA, SearchSettings
 from .storage import open_study, recover_interrupted
 from .trial import BeforeTraining, TrialSetup, train_baseline, train_candidate
 
@@ -220,7 +220,9 @@ def _run_baselines(study, setup: TrialSetup, teacher_config, say, devices: Trial
         configs = {name: setup.shared.in_its_order(config) for name, config in configs.items()}
         say(f"baselines, for comparison: {', '.join(configs)} (scored on the shared weights, like a trial)")
     else:
-        say(f"baselines, for comparison: {', '.join(configs)} ({setup.trainer.steps} steps each, like a trial)")
+        steps = setup.trainer.steps * setup.fidelities[-1]  # multi-fidelity: through every rung, as the front's
+        say(f"baselines, for comparison: {', '.join(configs)} ({steps} steps each, like a trial"
+            f"{' at the top fidelity' if len(setup.fidelities) > 1 else ''})")
     task = ray.remote(train_baseline).options(num_cpus=devices.cpus, num_gpus=devices.gpus, max_retries=0)
     shipped = ray.put(setup)  # one copy of the teacher and data in the object store for every baseline
     runs = {}
@@ -330,7 +332,7 @@ def run_search(
         say(f"resuming run '{name}': {retries} interrupted trial(s) will run again")
 
     setup = TrialSetup(context, run_dir, trainer, budget, settings.latency_repeats, before_training=before_training,
-                       latency_device=settings.latency_device)
+                       latency_device=settings.latency_device, fidelities=list(settings.fidelities))
     context.build_targets(targets, progress=not settings.quiet)  # before any trial: no trial builds or waits
     interrupted, failure = False, None
     started_ray = False
@@ -409,6 +411,14 @@ def _failure(error: Exception, run_dir: Path) -> UserError:
     return SearchFailed(f"the search stopped: {what} (traceback in {path})")
 
 
+def _scheduler(settings: SearchSettings, study, rungs: list[int]) -> DominanceStopper | None:
+    """Multi-fidelity: promotion by successive halving (with early stopping within a rung at `rungs`); else
+    early stopping alone, when there are rungs to stop at."""
+    if len(settings.fidelities) > 1:
+        return ParetoHalving(FIDELITY_ETA, rung_history(study), rungs, **settings.stopping_rule)
+    return DominanceStopper(rungs, **settings.stopping_rule) if rungs else None
+
+
 def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console, startup: int,
           devices: TrialDevices, warm_start: dict | None = None) -> bool:
     """Run the remaining trials with Ray Tune; True when the search was interrupted (Ctrl-C)."""
@@ -419,7 +429,7 @@ def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, 
 
     progress = SearchProgress(study, settings.trials, console)
     rungs = sorted({max(1, settings.steps // 3), max(1, 2 * settings.steps // 3)} - {settings.steps})
-    scheduler = DominanceStopper(rungs, **settings.stopping_rule) if settings.early_stopping and rungs else None
+    scheduler = _scheduler(settings, study, rungs if settings.early_stopping else [])
     searcher = OptunaAskTellSearcher(
         study, space, teacher_config, budget, settings.objectives, settings.trials, on_event=progress,
         early_stopped=scheduler.stopped if scheduler else (),

@@ -1,14 +1,26 @@
-"""Early stopping of weak trials for a multi-objective search.
+"""Early stopping and promotion of trials for a multi-objective search, as Ray Tune schedulers.
 
 ASHA and the median rule compare one metric only, so they would stop every small model (its loss is higher by
-nature) although small models are exactly what the Pareto front needs. Nothing in Ray or Optuna stops on
-Pareto dominance, hence this small scheduler: at each rung a trial is stopped when enough earlier trials were
-both no larger (MACs) and better (training loss) at the same rung, i.e. it is dominated already.
+nature) although small models are exactly what the Pareto front needs; Optuna's pruners (SuccessiveHalving,
+Hyperband) do not work in a multi-objective study at all (`Trial.report` raises there). Nothing in Ray or Optuna
+stops or promotes on Pareto dominance, hence two small rules of our own in Tune's scheduler API:
+
+- `DominanceStopper`: within a trial's training, at each rung it is stopped when enough earlier trials were both
+  no larger (MACs) and better (training loss) at the same rung, i.e. it is dominated already.
+- `ParetoHalving` (--fidelities 1,3,9): asynchronous successive halving (ASHA, Li et al. 2020) made
+  Pareto-aware as MO-ASHA does (Schmucker et al. 2021: non-dominated sorting at each rung). A trial scored on
+  the held-out set at a rung goes on training, in its own process, to the next rung only when it is in the top
+  1/eta of the trials scored at that rung so far by non-dominated rank on (held-out loss, MACs): when fewer than
+  a 1/eta share of them, itself included, have a better (lower) rank. Equal ranks favour promotion (a whole
+  front may go on), and the first trials at a rung always go on, as in Ray's ASHA, which also decides at once
+  rather than pausing trials until enough peers arrive.
 """
 
 from __future__ import annotations
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from sslc.runs.trials import non_dominated_ranks
 
 
 class DominanceStopper(FIFOScheduler):
@@ -44,3 +56,38 @@ class DominanceStopper(FIFOScheduler):
             self.stopped.add(trial.trial_id)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
+
+
+# The key of a trial's report scored at a rung that is not its last: the fidelity (a multiple of --steps).
+RUNG_FIDELITY = "rung_fidelity"
+
+
+class ParetoHalving(DominanceStopper):
+    """Successive halving with promotion on non-dominated rank (module docstring), plus `DominanceStopper`'s
+    stopping within a rung (`rungs`, `stopping_rule`)."""
+
+    def __init__(self, eta: int, history: list[tuple[int, float, float]] = (), rungs: list[int] = (),
+                 **stopping_rule):
+        """history: (fidelity, held-out loss, MACs) of the rungs earlier runs of the study scored (a resumed
+        search decides as the first run would have)."""
+        super().__init__(list(rungs), **stopping_rule)
+        self.eta = eta
+        self.scored: dict[int, list[tuple[float, float]]] = {}
+        for fidelity, loss, macs in history:
+            self.scored.setdefault(fidelity, []).append((loss, macs))
+
+    def promote(self, fidelity: int, loss: float, macs: float) -> bool:
+        """Record a trial scored at `fidelity`; True when it goes on to the next rung."""
+        peers = self.scored.setdefault(fidelity, [])
+        peers.append((loss, macs))
+        ranks = non_dominated_ranks(peers)
+        better = sum(rank < ranks[-1] for rank in ranks)
+        return better < len(peers) / self.eta
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if RUNG_FIDELITY not in result:
+            return super().on_trial_result(tune_controller, trial, result)
+        if self.promote(int(result[RUNG_FIDELITY]), float(result["heldout_loss"]), float(result["macs"])):
+            return TrialScheduler.CONTINUE
+        self.stopped.add(trial.trial_id)  # ended at this rung, scored: the searcher records it complete there
+        return TrialScheduler.STOP

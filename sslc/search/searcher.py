@@ -33,6 +33,8 @@ from sslc.runs.trials import (
 )
 from sslc.spaces import SearchSpace
 
+from .scheduler import RUNG_FIDELITY
+
 # How many over-budget configs in a row before the space is judged hopeless for this budget (each is an infeasible
 # trial in the study). The runner refuses up front budgets that fewer than 2% of random configs meet, and for those it
 # accepts 300 misses in a row are unlikely while the sampler still draws at random (0.98^300 < 0.3%).
@@ -51,6 +53,11 @@ def _unflattened(result: dict, key: str) -> dict:
     prefix = f"{key}/"
     fields = {name[len(prefix):]: value for name, value in result.items() if name.startswith(prefix)}
     return {**result, key: fields} if fields and key not in result else result
+
+
+def _fidelity_scores(result: dict) -> dict[int, float]:
+    """{fidelity: held-out score} of a trial's report (empty for a report from before --fidelities)."""
+    return {int(f): float(loss) for f, loss in result.get("heldout_loss_by_fidelity_pairs") or []}
 
 
 def uses_constraints(study: optuna.Study) -> bool:
@@ -309,6 +316,13 @@ class OptunaAskTellSearcher(Searcher):
         }
 
     # ---- telling -----------------------------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A trial scored at a rung (multi-fidelity): its scores so far go on the running trial at once, so a
+        search stopped while it trains on to the next rung still holds what it reached."""
+        trial = self.running.get(trial_id)
+        if trial is not None and result.get(RUNG_FIDELITY) is not None:
+            record.write_fidelity(trial, _fidelity_scores(result))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         trial = self.running.pop(trial_id, None)
         if trial is None:
@@ -334,7 +348,7 @@ class OptunaAskTellSearcher(Searcher):
             record.write_failed(trial, record.CRASHED_REASON)
             return TrialState.FAIL, None
         record.write_measurements(trial, _unflattened(result, "latency_measurement"))
-        if not result.get("final"):
+        if not result.get("final") and result.get(RUNG_FIDELITY) is None:
             # Stopped by the scheduler: its scores are partial, so it must never reach the Pareto front.
             record.write_pruned(trial, result.get("step"), result.get("train_loss"))
             return TrialState.PRUNED, None
@@ -345,13 +359,20 @@ class OptunaAskTellSearcher(Searcher):
                 reason = f"non-finite loss: {reason}"
             record.write_failed(trial, reason, infeasible=status == "infeasible")
             return TrialState.FAIL, None
-        result = dict(result, gmacs=result["macs"] / 1e9)
+        # A multi-fidelity trial (stopped at a rung, or at the top) is told its score at the first rung, which every
+        # trial reached after the same training: the sampler never compares scores of different fidelities.
+        scores = _fidelity_scores(result)
+        result = dict(result, gmacs=result["macs"] / 1e9, heldout_loss=scores[min(scores)] if scores else
+                      result["heldout_loss"])
         values = [result.get(METRIC_NAMES[name]) for name in self.objectives]
         if any(v is None or not math.isfinite(v) for v in values):
             record.write_failed(trial, f"non-finite or missing objective values {values}")
             return TrialState.FAIL, None
         by_target = {str(key): float(value) for key, value in result["heldout_loss_by_target_pairs"]}
-        record.write_scores(trial, result["heldout_loss"], by_target)
+        # The trial's own score is the one at the fidelity it reached (the front's, see `front_trials`).
+        record.write_scores(trial, scores[max(scores)] if scores else result["heldout_loss"], by_target)
+        if scores:
+            record.write_fidelity(trial, scores)
         return TrialState.COMPLETE, values
 
     def abandon_running(self) -> None:

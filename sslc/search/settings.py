@@ -40,6 +40,23 @@ def parse_gpus_per_trial(text: str) -> float | str:
         raise UserError(f"--gpus-per-trial must be '{AUTO}' or a number of GPUs, got {text!r}") from None
 
 
+# Successive halving's reduction factor: at each rung, the top 1/ETA of the trials that reached it go on.
+FIDELITY_ETA = 3
+
+
+def parse_fidelities(text: str) -> list[int]:
+    """--fidelities: the rungs of a multi-fidelity search, as multiples of --steps ("1,3,9"); "1": one rung,
+    every trial trains --steps and stops (the single-fidelity search)."""
+    try:
+        rungs = [int(part) for part in text.split(",")]
+    except ValueError:
+        rungs = []
+    if not rungs or rungs[0] != 1 or any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise UserError(f"--fidelities must be increasing whole multiples of --steps starting at 1, such as "
+                        f"1,3,9 (or 1: single fidelity), got {text!r}")
+    return rungs
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
@@ -61,6 +78,8 @@ class SearchSettings:
     mode: str = "trials"
     trials: int = 20
     steps: int = 100
+    # Multi-fidelity search (successive halving): the rungs, as multiples of `steps`; [1] is single fidelity.
+    fidelities: list[int] = field(default_factory=lambda: [1])
     # --mode anytime: once-for-all distillation steps of the elastic student (None: 10 x steps).
     anytime_steps: int | None = None
     batch_size: int = 4
@@ -111,6 +130,9 @@ class SearchSettings:
             raise UserError(f"--macs-convention must be one of {', '.join(MACS_CONVENTIONS)}, got {self.macs_convention!r}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        parse_fidelities(",".join(str(f) for f in self.fidelities))
+        if self.fidelities != [1] and self.mode == "anytime":
+            raise UserError("--fidelities is for --mode trials (the anytime mode trains no trial)")
         if self.anytime_steps is not None and self.mode != "anytime":
             raise UserError("--anytime-steps is for --mode anytime")
         if self.gpus_per_trial != AUTO and not isinstance(self.gpus_per_trial, (int, float)):

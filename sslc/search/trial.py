@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from sslc.trainers import TeacherTargets, TrainerConfig, run_short_trial
 from .anytime import SharedWeights
 from .artifacts import node_name, send_trial_files
 from .device_gate import measured_device, measuring, training, used_devices
+from .scheduler import RUNG_FIDELITY
 
 # Called with (trial number, the student just built) before a trial trains it: a seam for tests of failure
 # handling (raise, poison the weights, or block until the search is killed). Shipped to Ray workers with the
@@ -61,6 +62,8 @@ class TrialSetup:
     # trial to wait for) that keeps other trials off that device meanwhile.
     latency_device: str = "cpu"
     gate: object | None = None
+    # --fidelities: the rungs as multiples of the trainer's steps ([1]: single fidelity).
+    fidelities: list[int] = field(default_factory=lambda: [1])
 
 
 def _targets(setup: TrialSetup) -> TeacherTargets:
@@ -77,10 +80,13 @@ def train_and_measure(
     report: Callable[[dict], None] | None = None,
     macs: int | None = None,
     trial_number: int | None = None,
+    at_rung: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train and measure one config; returns the final result (status "completed" | "stopped" | "nonfinite" |
     "infeasible"). `report(metrics)` receives the training loss every `log_every` steps. `trial_number`: the
-    study's trial (None for a baseline)."""
+    study's trial (None for a baseline). With several `setup.fidelities`, `at_rung(result)` receives the result
+    scored at each rung but the last (its student already saved in `trial_dir`) and returns when the trial is
+    promoted (Tune ends a trial it stops right there); without it (a baseline) every rung is trained."""
     config = CompressionConfig.from_dict(config_dict)
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +116,38 @@ def train_and_measure(
     if over:
         return {**base, "final": True, "status": "infeasible", "reason": "; ".join(over)}
 
+    def finished(result, final: bool) -> dict:
+        """The result to report once `result` is scored (the trial's end, or a rung), its student saved."""
+        started = time.perf_counter()
+        fidelity = (result.rung_scores[-1][0] // setup.trainer.steps) if result.rung_scores else None
+        if trial_dir is not None and result.status == "completed":
+            provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done,
+                          "fidelity": fidelity}
+            save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
+        parts.update(result.seconds_parts, save=time.perf_counter() - started)
+        # Counted again after training, on what is saved: a sparse student's masks kept its zeros through training.
+        trained = quantize_int8(student) if config.quantize == "int8" else student
+        return {
+            **base,
+            "nonzero_params": count_nonzero_params(trained),
+            "final": final,
+            "status": result.status,
+            "reason": result.reason,
+            "heldout_loss": result.heldout_loss,
+            "heldout_loss_by_target": result.heldout_loss_by_target,
+            # (fidelity, held-out score) at every rung scored: a list, as Tune flattens dicts in results.
+            "fidelity": fidelity,
+            "heldout_loss_by_fidelity_pairs": [[steps // setup.trainer.steps, loss]
+                                               for steps, loss, _ in result.rung_scores],
+            **({} if final else {RUNG_FIDELITY: fidelity}),
+            "train_curve": [list(point) for point in result.curve],
+            "steps_done": result.steps_done,
+            "seconds_training": result.seconds_training,
+            # Flat keys: Tune flattens nested dicts in results.
+            **{f"seconds_{key}": round(value, 4) for key, value in parts.items()},
+            "loss_measured_before_int8": config.quantize == "int8",
+        }
+
     with training(setup.gate, used_devices() if setup.gate else []) as pause:
         if setup.shared is not None:
             return {**base, **_scored_on_shared_weights(setup, config, student, trial_dir, trial_number)}
@@ -120,32 +158,18 @@ def train_and_measure(
                 report({**base, "step": step, "train_loss": train_loss})
             return False  # stopping is the scheduler's decision, taken through Ray
 
+        def on_rung(scored) -> bool:
+            if at_rung is not None:
+                at_rung(finished(scored, final=False))
+            return True  # here only when promoted: a trial Tune stops at a rung ends inside at_rung
+
+        rungs = [fidelity * setup.trainer.steps for fidelity in setup.fidelities]
         result = run_short_trial(
             student, _targets(setup), setup.run.data.train, setup.run.data.heldout, setup.trainer, on_report,
-            kept_layers=config.layers,
+            kept_layers=config.layers, rungs=rungs, on_rung=on_rung,
         )
-    started = time.perf_counter()
-    if trial_dir is not None and result.status == "completed":
-        provenance = {"trial": trial_number, "weights": "short-trial", "steps": result.steps_done}
-        save_student(trial_dir / WEIGHTS_FILE, student, config.to_dict(), setup.run.teacher_spec, provenance)
-    parts.update(result.seconds_parts, save=time.perf_counter() - started)
-    # Counted again after training, on what is saved: a sparse student's masks kept its zeros through training.
-    trained = quantize_int8(student) if config.quantize == "int8" else student
-    return {
-        **base,
-        "nonzero_params": count_nonzero_params(trained),
-        "final": True,
-        "status": result.status,
-        "reason": result.reason,
-        "heldout_loss": result.heldout_loss,
-        "heldout_loss_by_target": result.heldout_loss_by_target,
-        "train_curve": [list(point) for point in result.curve],
-        "steps_done": result.steps_done,
-        "seconds_training": result.seconds_training,
-        # Flat keys: Tune flattens nested dicts in results.
-        **{f"seconds_{key}": round(value, 4) for key, value in parts.items()},
-        "loss_measured_before_int8": config.quantize == "int8",
-    }
+
+    return finished(result, final=True)
 
 
 def train_device(trainer: TrainerConfig) -> str:
@@ -178,20 +202,30 @@ def train_candidate(params: dict, setup: TrialSetup) -> None:
     from ray import tune
 
     number = params["trial_number"]
+
+    def reported(result: dict) -> dict:
+        result["node"] = node_name()  # which machine ran it: on a cluster, where to look when it is slow or odd
+        by_target = result.pop("heldout_loss_by_target", None)
+        if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
+            result["heldout_loss_by_target_pairs"] = [[key, value] for key, value in by_target.items()]
+        return {**result, "macs": params["macs"]}
+
     with tempfile.TemporaryDirectory(prefix=f"sslc-trial-{number}-") as tmp:
         trial_dir = Path(tmp)
+
+        def at_rung(result: dict) -> None:
+            # Its files first: a trial the scheduler stops at this rung ends inside the report.
+            result.update(_deliver(setup, number, trial_dir))
+            tune.report(reported(result))
+
         result = _guarded(lambda: train_and_measure(setup, params["config"], trial_dir, tune.report, params["macs"],
-                                                    number), setup, trial_dir)
+                                                    number, at_rung), setup, trial_dir)
         try:
             result.update(_deliver(setup, number, trial_dir))
         except Exception as error:  # the driver's node unreachable: the trial's files are lost, so it failed
             result = {"final": True, "status": "error", "reason": f"node {node_name()} could not send trial "
                       f"{number}'s files to the driver: {type(error).__name__}: {first_line(error)}"}
-    result["node"] = node_name()  # which machine ran it: on a cluster, where to look when it is slow or odd
-    by_target = result.pop("heldout_loss_by_target", None)
-    if by_target is not None:  # Tune flattens nested dicts in results ("…/4"): send the pairs as a list
-        result["heldout_loss_by_target_pairs"] = [[key, value] for key, value in by_target.items()]
-    tune.report({**result, "macs": params["macs"]})
+    tune.report(reported(result))
 
 
 def train_baseline(setup: TrialSetup, config_dict: dict, macs: int) -> dict:

@@ -32,13 +32,15 @@ from sslc.trainers.config import TrainerConfig
 from sslc.trainers.heads import PredictionHeads, fit_heads_
 from sslc.trainers.layer_map import resolve_layer_map, teacher_layers
 from sslc.trainers.progress import TrainingProgress
-from sslc.trainers.schedule import warmup_decay
+from sslc.trainers.schedule import rung_schedule
 from sslc.trainers.step import DistillationStep, StepOutcome
 from sslc.trainers.targets import TeacherTargets
 
 log = logging.getLogger("sslc.trainers")
 
 ReportCallback = Callable[[int, float], bool]
+# Called with the result scored at a rung of a multi-fidelity trial (not the last); True: train on to the next.
+RungCallback = Callable[["ShortTrialResult"], bool]
 CHECKPOINT_FORMAT = 1
 # Settings that must not change across a resume: the weights saved so far were trained under them.
 _RESUME_INVARIANTS = (
@@ -65,6 +67,9 @@ class ShortTrialResult:
     # Wall seconds of the run's other parts: "head_fit", "heldout" (scoring), "data" (waiting for batches, inside
     # seconds_training), so a trial's time can be told apart from its training.
     seconds_parts: dict[str, float] = field(default_factory=dict)
+    # (steps, held-out score, {target: loss}) at every rung scored so far (a multi-fidelity trial's; one entry
+    # for a single-fidelity trial that completed).
+    rung_scores: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,16 +95,34 @@ def run_short_trial(
     config: TrainerConfig,
     on_report: ReportCallback | None = None,
     kept_layers: Sequence[int] | None = None,
+    rungs: Sequence[int] | None = None,
+    on_rung: RungCallback | None = None,
 ) -> ShortTrialResult:
     """Train `student` (in place) for `config.steps` steps, then measure the held-out loss.
 
     `on_report(step, train_loss)` runs every `config.log_every` steps; returning True stops the trial early.
     `kept_layers` (0-based teacher layers the student's layers were copied from) picks which student layer
     predicts each of `config.targets` when `config.layer_map` is None (see `target_layer_map`).
+    `rungs` (a multi-fidelity trial: increasing step counts, default `[config.steps]`): the student is scored at
+    each; `on_rung(result so far)` then decides whether it trains on from where it is (weights, heads, optimizer,
+    schedule and data position) to the next rung. The lr schedule restarts at each rung (`rung_schedule`).
     """
-    run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=config.steps)
+    rungs = list(rungs or [config.steps])
+    run = _TrainingLoop(student, targets, train_data, heldout_data, config, kept_layers, total_steps=rungs[-1],
+                        rungs=rungs)
     state = _State()
-    return run.train(state, on_report, progress=False, checkpoint_dir=None, result_type=ShortTrialResult)
+    scores, scoring = [], 0.0
+    for rung in rungs:
+        result = run.train(state, on_report, progress=False, checkpoint_dir=None, result_type=ShortTrialResult,
+                           until=rung)
+        if result.status == "completed":
+            scores.append((rung, result.heldout_loss, result.heldout_loss_by_target))
+            scoring += result.seconds_parts.get("heldout", 0.0)
+            result.seconds_parts["heldout"] = scoring  # every rung's scoring, not only the last one's
+        result.rung_scores = list(scores)
+        if result.status != "completed" or rung == rungs[-1] or on_rung is None or not on_rung(result):
+            return result
+    raise AssertionError("unreachable: the last rung returns")
 
 
 def train_full(
@@ -169,7 +192,9 @@ class TrainingLoop:
     shard = (0, 1)  # (rank, world): the part of each batch this process reads and trains on (data-parallel)
     description = "distilling"  # the progress bar's label
 
-    def __init__(self, model, heads, train_targets, train_data, config: TrainerConfig, total_steps: int):
+    def __init__(self, model, heads, train_targets, train_data, config: TrainerConfig, total_steps: int,
+                 rungs: Sequence[int] | None = None):
+        """`rungs`: where a multi-fidelity trial is scored (see `rung_schedule`; default: `total_steps` only)."""
         self.config, self.total = config, total_steps
         self.device = config.resolve_device()
         self.train_targets = train_targets
@@ -178,9 +203,10 @@ class TrainingLoop:
         self.heads = heads.to(self.device).train()
         self.optimizer = make_optimizer([self.model, self.heads], config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_decay(total_steps, config.warmup_fraction, config.decay)
+            self.optimizer, rung_schedule(list(rungs or [total_steps]), config.warmup_fraction, config.decay)
         )
         self.sampler = LengthBucketBatchSampler(train_data.lengths, config.batch_size, seed=config.seed)
+        self.seconds_data = 0.0  # waiting for batches, over every `run` of this loop
         self.step = DistillationStep(
             self.model, self.heads, self.optimizer, self.scheduler, config.grad_clip, self.device, config.precision
         )
@@ -285,19 +311,19 @@ class TrainingLoop:
         return state
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    def run(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None):
-        """Train until `self.total` steps, a stop asked by `on_report` or a non-finite step: (status, reason,
-        the last checkpoint written or None)."""
+    def run(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, until: int | None = None):
+        """Train until `until` (default `self.total`) steps, a stop asked by `on_report` or a non-finite step:
+        (status, reason, the last checkpoint written or None). A later call goes on from where this one stopped."""
         config = self.config
+        end = until or self.total
         status, reason = "completed", None
         written, last_written = None, 0.0
         batches = prefetched_batches(self.train_data, self.sampler, pin_memory=self.device.type == "cuda",
                                      shard=self.shard)
         bar = TrainingProgress(self.total, completed=state.step, enabled=progress, description=self.description)
         started = time.perf_counter()
-        self.seconds_data = 0.0
         with bar, contextlib.closing(batches):
-            while state.step < self.total:
+            while state.step < end:
                 waiting = time.perf_counter()
                 self._ready = next(batches)
                 self.seconds_data += time.perf_counter() - waiting
@@ -310,7 +336,7 @@ class TrainingLoop:
                 state.pending.append(outcome.loss)
                 bar.update(outcome.loss, outcome.audio_seconds)
                 stop = False
-                if state.step % config.log_every == 0 or state.step == self.total:
+                if state.step % config.log_every == 0 or state.step in (end, self.total):
                     mean = sum(state.pending) / len(state.pending)
                     state.pending.clear()
                     state.curve.append((state.step, mean))
@@ -340,7 +366,7 @@ class TrainingLoop:
 class _TrainingLoop(TrainingLoop):
     """One student and its prediction heads, trained and then scored by the evaluation protocol."""
 
-    def __init__(self, student, targets, train_data, heldout_data, config, kept_layers, total_steps):
+    def __init__(self, student, targets, train_data, heldout_data, config, kept_layers, total_steps, rungs=None):
         start_run(config)
         self.scorer = Scorer.for_student(student, targets, heldout_data, config, kept_layers)
         self.layer_map = self.scorer.layer_map
@@ -351,7 +377,7 @@ class _TrainingLoop(TrainingLoop):
         started = time.perf_counter()
         _fit_heads(student, self.scorer.heads, self.layer_map, train_targets, train_data, config)
         self.seconds_head_fit = time.perf_counter() - started
-        super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps)
+        super().__init__(student, self.scorer.heads, train_targets, train_data, config, total_steps, rungs)
         self.student = self.model
 
     def model_state(self) -> dict:
@@ -395,8 +421,9 @@ class _TrainingLoop(TrainingLoop):
             save_checkpoint(Path(checkpoint_dir) / BEST_NAME, self._best)
             self._best = None
 
-    def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type):
-        status, reason, written = self.run(state, on_report, progress, checkpoint_dir)
+    def train(self, state: _State, on_report, progress: bool, checkpoint_dir: Path | None, result_type,
+              until: int | None = None):
+        status, reason, written = self.run(state, on_report, progress, checkpoint_dir, until)
         if checkpoint_dir is not None:
             self.before_checkpoint(checkpoint_dir)  # a run that ended without a checkpoint keeps its best too
         heldout, by_target = None, None

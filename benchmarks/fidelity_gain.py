@@ -1,0 +1,178 @@
+"""Does a multi-fidelity search (`--fidelities 1,3,9`) find a better front than a single-fidelity one in the same
+CPU time, judged after retraining?
+
+On the trained fixture teacher (benchmarks/fixtures, `--teacher-recipe`, default gpu: 3 layers, 192 wide), two real
+searches (in-process `run_search`: Ray Tune trials, the default sampler, the `combined` space, the warm start, no
+baselines) run at the same budget, steps per rung, seed and concurrency:
+
+1. multi-fidelity, `--fidelities 1,3,9` (ParetoHalving promotes the top third at each rung), `--trials` trials;
+2. single-fidelity, as many trials of `--steps` as its trials' CPU time fits in the first search's: it is given
+   more trials than that (the first search's training steps / `--steps`, plus 30%) and only its first trials (by
+   number) whose CPU seconds add up to no more than the first search's are kept. A trial's CPU time is its own
+   process's measured parts (build, latency, head fit, training, scoring, saving; one thread each), so the
+   driver's Ray start and teacher-target build, the same for both, are left out.
+
+Each search's front (multi: at its top fidelity, as `pareto.json` has it; single: of the kept trials) is thinned
+to at most `--retrain` points spread evenly over its MACs, and each is retrained by sslc-retrain's `retrain_trial`
+with the `quick` recipe (10 x --steps from the teacher's weights, the best validated weights kept): the retrained
+held-out loss is what a user gets from picking that point. The headline is the hypervolume of the multi-fidelity
+search's retrained (GMACs, loss) front over the single-fidelity one's, both normalised over the union of the
+points with the reference point at the worst value plus 10% of the range (`sampler_quality.Normalisation`):
+`fidelity_gain: X` (goal >= 1.1).
+
+Run time: sized for about 10 minutes on 2 cores; `--quick` (the quick fixture, 3 trials, 2 steps, rungs 1,3, 2
+points retrained for 4 steps) only checks that the benchmark runs; its figure means nothing.
+
+    python benchmarks/fidelity_gain.py [--budget 40%] [--trials 16] [--steps 30] [--fidelities 1,3,9]
+                                       [--retrain 4] [--teacher-recipe gpu|cpu|mini] [--quick]
+
+Not measured yet at a meaningful size. 2026-12-03, on 2 cores shared with two other helpers' benchmarks and
+searches (load average 10-14): `--quick` took 948 s (multi 3 trials / 14 steps / 152 trial CPU s, single 10
+trials run, 3 kept; both fronts were the same two warm-start shapes, so 1.000, which means nothing); a reduced run
+(`--trials 8 --steps 20 --retrain 3`) was stopped after 28 minutes inside its first search: by then 4 trials had
+run, 720 steps, 2151 trial CPU s, and all 4 had reached fidelity 9 (each was non-dominated at its rungs, and the
+first trials at a rung always go on, as in ASHA): with few trials, asynchronous promotion trains nearly every
+early trial 9x, which is what the figure has to weigh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks
+
+import torch  # noqa: E402
+from sampler_quality import Normalisation, pareto_2d  # noqa: E402
+
+from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
+from sslc.runs.record import open_run  # noqa: E402
+from sslc.runs.trials import SECONDS_PARTS, Outcome  # noqa: E402
+from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial  # noqa: E402
+from sslc.search.runner import SearchSettings, run_search  # noqa: E402
+from sslc.search.settings import parse_fidelities  # noqa: E402
+
+BUDGET = "40%"
+TRIALS = 16
+STEPS = 30
+FIDELITIES = "1,3,9"
+RETRAIN_POINTS = 4
+CONCURRENCY = 2
+MARGIN = 1.3  # the single-fidelity search is given this many times the trials the multi-fidelity one's steps buy
+
+
+def trial_seconds(frozen) -> float:
+    """The CPU seconds one trial's process spent on it (one thread): its measured parts."""
+    attrs = frozen.user_attrs
+    parts = [p for p in SECONDS_PARTS if p != "seconds_data"]  # waiting for data is inside seconds_training
+    return float(attrs.get("seconds_training") or 0.0) + sum(float(attrs.get(p) or 0.0) for p in parts)
+
+
+def spread(points: list, count: int) -> list:
+    """At most `count` of `points` (sorted by MACs), evenly spaced, both ends kept."""
+    if len(points) <= count:
+        return points
+    return [points[round(i * (len(points) - 1) / (count - 1))] for i in range(count)]
+
+
+def search(settings: SearchSettings) -> tuple[object, float]:
+    started = time.perf_counter()
+    result = run_search(settings)
+    return open_run(result.run_dir), time.perf_counter() - started
+
+
+def retrained_front(run, trials, plan, context, label: str) -> list[tuple[float, float]]:
+    points = []
+    for trial in trials:
+        t0 = time.perf_counter()
+        summary = retrain_trial(run, trial, plan, context, progress=False)
+        points.append((trial.macs / 1e9, summary["heldout_loss"]))
+        print(f"  {label} trial {trial.number:3d}: {trial.macs / 1e9:.4f} GMACs, fidelity {trial.fidelity}x, "
+              f"search score {trial.heldout_loss:.4f}, retrained {summary['heldout_loss']:.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return points
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default=BUDGET, help="MACs budget of both searches, e.g. 40%%")
+    parser.add_argument("--trials", type=int, default=TRIALS, help="trials of the multi-fidelity search")
+    parser.add_argument("--steps", type=int, default=STEPS, help="steps of a trial's first rung (both searches)")
+    parser.add_argument("--fidelities", default=FIDELITIES, help="the multi-fidelity search's rungs")
+    parser.add_argument("--retrain", type=int, default=RETRAIN_POINTS, help="front points retrained per search")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="quick fixture, 3 trials, few steps (smoke test)")
+    add_recipe_option(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.steps, args.fidelities, args.retrain = 3, 2, "1,3", 2
+    fidelities = parse_fidelities(args.fidelities)
+    logging.getLogger("sslc").setLevel(logging.WARNING)
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
+
+    with tempfile.TemporaryDirectory(prefix="sslc-fidelity-") as tmp:
+        common = dict(teacher=str(fixture.teacher_dir), data=str(fixture.train_dir), budget=args.budget,
+                      steps=args.steps, baselines=False, report=False, seed=args.seed, quiet=True,
+                      concurrency=CONCURRENCY)
+        multi, multi_wall = search(SearchSettings(trials=args.trials, fidelities=fidelities, name="multi",
+                                                  run_dir=Path(tmp) / "multi", **common))
+        trained = [t for t in multi.study.get_trials(deepcopy=False) if "seconds_training" in t.user_attrs]
+        cpu = sum(trial_seconds(t) for t in trained)
+        steps = sum(int(t.user_attrs.get("steps_done") or 0) for t in trained)
+        reached = sorted(t.fidelity for t in multi.trials() if t.outcome == Outcome.COMPLETE)
+        print(f"multi-fidelity search ({args.fidelities}): {len(trained)} trials, {steps} training steps, "
+              f"{cpu:.0f} trial CPU s ({multi_wall:.0f} s wall); fidelities reached "
+              f"{ {f: reached.count(f) for f in fidelities} }", flush=True)
+
+        given = max(2, math.ceil(MARGIN * steps / args.steps))
+        if args.quick:
+            given = min(given, args.trials + 2)  # a smoke test: enough to cut at the CPU time, not more
+        single, single_wall = search(SearchSettings(trials=given, name="single", run_dir=Path(tmp) / "single",
+                                                    **common))
+        kept, spent = [], 0.0
+        for frozen in sorted(single.study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if "seconds_training" not in frozen.user_attrs:
+                continue  # not trained (over budget, a repeat)
+            if spent + trial_seconds(frozen) > cpu:
+                break
+            spent += trial_seconds(frozen)
+            kept.append(frozen.number)
+        ran_out = len(kept) == sum("seconds_training" in t.user_attrs for t in single.study.get_trials(deepcopy=False))
+        print(f"single-fidelity search: {given} trials run ({single_wall:.0f} s wall), the first {len(kept)} kept "
+              f"({spent:.0f} trial CPU s of the multi-fidelity search's {cpu:.0f})"
+              + (" -- it ran out of trials before the time: the comparison favours the multi-fidelity search"
+                 if ran_out else ""), flush=True)
+
+        complete = [t for t in single.trials() if t.outcome == Outcome.COMPLETE and t.number in set(kept)]
+        front_points = set(pareto_2d([(t.macs, t.heldout_loss) for t in complete]))
+        single_front = sorted((t for t in complete if (t.macs, t.heldout_loss) in front_points), key=lambda t: t.macs)
+        multi_front = sorted(multi.front(), key=lambda t: t.macs)
+        print(f"fronts: multi-fidelity {len(multi_front)} points (at fidelity "
+              f"{max((t.fidelity for t in multi_front), default=1)}x), single-fidelity {len(single_front)}; "
+              f"retraining up to {args.retrain} of each (quick recipe)", flush=True)
+
+        retrained = {}
+        for label, run, front in (("multi", multi, multi_front), ("single", single, single_front)):
+            plan = retrain_plan(run, recipe="quick", **({"steps": 4} if args.quick else {}))
+            context = prepare_context(run)
+            retrained[label] = retrained_front(run, spread(front, args.retrain), plan, context, label)
+
+    normalise = Normalisation(list(retrained.values()))
+    volumes = {label: normalise.hypervolume(points) for label, points in retrained.items()}
+    print(f"hypervolume of the retrained fronts (normalised, reference {normalise.reference}): "
+          f"multi {volumes['multi']:.4f}, single {volumes['single']:.4f}; total {time.perf_counter() - started:.0f} s")
+    gain = volumes["multi"] / volumes["single"] if volumes["single"] > 0 else float("inf")
+    print(f"fidelity_gain: {gain:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
