@@ -63,153 +63,170 @@ pruned CNN layers is inferred, not checked: a sampled config keeps all 7 CNN lay
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.budget import parse_budget  # noqa: E402
 from sslc.compress import CompressionConfig  # noqa: E402
-from sslc.metrics import count_macs, count_params  # noqa: E402
-from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
-from sslc.probes.results import encode_fn  # noqa: E402
+from sslc.metrics import count_macs  # noqa: E402
+from sslc.probes import ProbeSettings, train_and_heldout  # noqa: E402
+from sslc.probes.results import probe_target, resolve_targets  # noqa: E402
+from sslc.runs.export import RESULT_FILE  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
-from sslc.runs.student_file import ExportedStudent  # noqa: E402
+from sslc.runs.student_file import WEIGHTS_FILE  # noqa: E402
+from sslc.runs.trials import Outcome, TrialRecord  # noqa: E402
 from sslc.search.baselines import anchors_at_budget  # noqa: E402
 from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
-from sslc.trainers import train_full  # noqa: E402
 
-BUDGET = "40%"
-TRIALS = 30
+BUDGETS = "25%,40%,55%"
+TRIALS = 12
 STEPS = 60
+FINALISTS = 3
+RECIPE = "quick"
 RETRAIN_STEPS = 300
 PROBE_EPOCHS = 10
 MAX_PROBE_TRAIN = 120
 
 
-def probe_error(student, probe_train, probe_heldout, epochs: int) -> float:
-    student = student.cpu().eval().requires_grad_(False)
-    extractor = ExportedStudent(student, student.config)
-    outcome = run_probe(encode_fn(extractor), student.config.num_layers + 1, student.config.embed_dim,
-                        probe_train, probe_heldout, ProbeSettings("ctc", epochs=epochs))
-    return outcome.metric
+def probe_files(examples, root: Path) -> Path:
+    """A directory of links to `examples` (audio and label sidecar, voice folders kept): the finalists' probe
+    corpus, as a user would pass one to --probe-data."""
+    for example in examples:
+        source = Path(example.audio.path)
+        folder = root / source.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in (source, source.with_suffix(".phn")):
+            (folder / path.name).symlink_to(path)
+    return root
+
+
+def shape(config: CompressionConfig, teacher_config) -> str:
+    arch = config.student_architecture(teacher_config)
+    heads, ffn = sorted({layer.heads for layer in arch.layers}), sorted({layer.ffn_dim for layer in arch.layers})
+
+    def spread(values):
+        return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+    cnn = sum(c.channels for c in arch.conv_layers) / sum(c.channels for c in teacher_config.conv_layers)
+    return (f"{arch.num_layers}x{arch.embed_dim} h{spread(heads)} ffn{spread(ffn)}"
+            + (f" cnn{cnn:.0%}" if cnn < 1 else ""))
+
+
+def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, probe_heldout, root: Path) -> dict:
+    """sslc's pick at one budget by `sslc-search --finalists`, against every anchor family at that budget, each
+    retrained by the same plan and probed by the same probe."""
+    started = time.perf_counter()
+    select_dir = probe_files(probe_train, root / "probe-select")
+    settings = SearchSettings(
+        teacher=str(fixture.teacher_dir), data=str(fixture.train_dir), budget=budget_text, budget_seconds=seconds,
+        trials=args.trials, steps=args.steps, name="anchor-margin", run_dir=root / "run", baselines=False,
+        report=False, seed=args.seed, quiet=True, finalists=args.finalists, finalist_recipe=args.recipe,
+        finalist_steps=args.retrain_steps, probe_data=str(select_dir), probe_task="ctc", probe_units="tokens",
+        probe_epochs=args.probe_epochs,
+    )
+    result = run_search(settings)  # the search, then its finalist stage: exactly what sslc-search --finalists does
+    finalists = result.finalists
+    searched = time.perf_counter() - started
+    run = open_run(result.run_dir)
+    context = prepare_context(run)
+    teacher_config = context.teacher.config
+    teacher_macs = count_macs(teacher_config, seconds=seconds).total
+    budget = parse_budget(budget_text).resolve(teacher_macs)
+    plan = retrain_plan(run, recipe=args.recipe, steps=args.retrain_steps)
+    winner = finalists["winner"]
+    used = json.loads((run.retrain_dir(winner) / RESULT_FILE).read_text())["trainer"]
+    assert used == plan.trainer.to_dict(), "the anchors must be retrained exactly as the finalists were"
+    print(f"budget {budget_text} = {budget / 1e9:.4f} GMACs ({seconds:g} s): search of {args.trials} trials x "
+          f"{args.steps} steps and {len(finalists['finalists'])} finalists ({finalists['label']}) in {searched:.0f} s")
+    for row in finalists["finalists"]:
+        config = CompressionConfig.from_dict(run.trial(row["trial"]).config)
+        print(f"  finalist trial {row['trial']:3d}: {shape(config, teacher_config):28s} {row['macs'] / budget:6.1%} of "
+              f"the budget, short-trial {row['short_trial_loss']:.4f}, retrained {row['retrained_loss']:.4f}, "
+              f"selection PER {row['probe_metric']:.4f}")
+    print(f"  {finalists['winner_by']} picks trial {winner}"
+          + (f" (lowest retrained loss: trial {finalists['lowest_retrained_loss']})"
+             if finalists["lowest_retrained_loss"] != winner else ""))
+
+    models = [(f"sslc (trial {winner})", CompressionConfig.from_dict(run.trial(winner).config),
+               run.record.retrains[winner]["heldout_loss"], run.retrain_dir(winner) / WEIGHTS_FILE)]
+    anchors, unreachable = anchors_at_budget(teacher_config, budget, seconds)
+    for name, reason in unreachable.items():
+        print(f"  anchor {name}: not compared ({reason})")
+    for number, (name, config) in enumerate(anchors.items()):
+        # An anchor is not a trial of the study: retrained by the same driver and plan into its own directory.
+        trial = TrialRecord(number=-1 - number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
+                            params={}, config=config.to_dict())
+        out = root / "anchors" / name
+        summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
+        models.append((f"anchor {name}", config, summary["heldout_loss"], out / WEIGHTS_FILE))
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    probe = ProbeSettings("ctc", epochs=args.probe_epochs, device=device)
+    print(f"  {'model':32s} {'shape':28s} {'MACs':>7s} {'loss':>7s} {'PER':>7s}   (PER: held-out voices)")
+    errors = {}
+    for label, config, loss, weights in models:
+        target = resolve_targets([str(weights)], False, device)[0]
+        errors[label] = probe_target(target, probe_train, probe_heldout, probe, "tokens")["metric"]
+        macs = count_macs(config.student_architecture(teacher_config), seconds=seconds).total
+        print(f"  {label:32s} {shape(config, teacher_config):28s} {macs / budget:7.1%} {loss:7.4f} "
+              f"{errors[label]:7.4f}", flush=True)
+    ours = errors[models[0][0]]
+    rest = {k: v for k, v in errors.items() if k != models[0][0]}
+    if not rest:
+        print(f"  no anchor family reaches {budget_text}")
+        return {"budget": budget_text, "margin": float("nan")}
+    best = min(rest, key=rest.get)
+    margin = rest[best] / ours
+    print(f"  {budget_text}: best {best} PER {rest[best]:.4f} / sslc {ours:.4f} = margin {margin:.3f} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return {"budget": budget_text, "margin": margin, "best_anchor": best}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default=BUDGET, help="MACs budget of the search, e.g. 40%%")
+    parser.add_argument("--budgets", default=BUDGETS, help="comma-separated budgets, e.g. 25%%,40%%,55%%")
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--steps", type=int, default=STEPS, help="short-trial steps of the search")
+    parser.add_argument("--finalists", type=int, default=FINALISTS, help="sslc-search --finalists K")
+    parser.add_argument("--recipe", default=RECIPE, help="the finalists' and the anchors' retrain recipe")
     parser.add_argument("--retrain-steps", type=int, default=RETRAIN_STEPS)
     parser.add_argument("--probe-epochs", type=int, default=PROBE_EPOCHS)
     parser.add_argument("--max-probe-train", type=int, default=MAX_PROBE_TRAIN)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pick", choices=("retrained", "search"), default="retrained",
-                        help="sslc's point: the front's best after retraining every point (default), or the best "
-                             "short-trial score")
     parser.add_argument("--quick", action="store_true", help="quick fixture, 2 trials, few steps (smoke test)")
     add_recipe_option(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.trials, args.steps, args.retrain_steps, args.probe_epochs, args.max_probe_train = 2, 2, 2, 1, 8
+    if args.quick:  # one budget: the quick fixture's smallest configs cost more than 25% of it
+        args.budgets, args.trials, args.steps, args.finalists, args.retrain_steps = "55%", 3, 2, 2, 2
+        args.probe_epochs, args.max_probe_train = 1, 12
     logging.getLogger("sslc").setLevel(logging.WARNING)
     torch.set_num_threads(2)
     started = time.perf_counter()
     fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
+    seconds = float((fixture.info.get("settings") or {}).get("budget_seconds", 10.0))
     probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
     probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
-
-    with tempfile.TemporaryDirectory(prefix="sslc-anchor-") as tmp:
-        settings = SearchSettings(
-            teacher=str(fixture.teacher_dir), data=str(fixture.train_dir), budget=args.budget, trials=args.trials,
-            steps=args.steps, name="anchor-margin", run_dir=Path(tmp) / "run", baselines=False, report=False,
-            seed=args.seed, quiet=True,
-        )
-        result = run_search(settings)
-        searched = time.perf_counter() - started
-        run = open_run(result.run_dir)
-        front = run.front()
-        best = min(front, key=lambda t: (t.heldout_loss, t.number))  # what the short trials rank first
-        context = prepare_context(run)
-        plan = retrain_plan(run, steps=args.retrain_steps)
-        # Every model keeps its last weights (no best-validated pick): the baselines below are trained alike.
-        plan.trainer = trainer = replace(plan.trainer, eval_every=None)
-        teacher_config = context.teacher.config
-        teacher_macs = count_macs(teacher_config, seconds=10.0).total
-        budget = parse_budget(args.budget).resolve(teacher_macs)
-        print(f"teacher: fixture ({teacher_config.num_layers} layers, {teacher_config.embed_dim} wide, "
-              f"{teacher_macs / 1e9:.3f} GMACs / 10 s); budget {args.budget} = {budget / 1e9:.3f} GMACs; search of "
-              f"{args.trials} trials x {args.steps} steps in {searched:.0f} s, front of {len(front)}, best trial "
-              f"{best.number} (score {best.heldout_loss:.4f}); everything retrained for {trainer.steps} steps")
-
-        rows = []
-        # As a user would (sslc-retrain --pareto): retrain the front's points and keep the one whose retrained
-        # held-out loss is lowest; with --pick search, only the point the short trials rank first.
-        candidates = front if args.pick == "retrained" else [best]
-        retrained = []
-        for trial in sorted(candidates, key=lambda t: t.number):
-            t0 = time.perf_counter()
-            summary = retrain_trial(run, trial, plan, context, progress=False)
-            retrained.append((summary["heldout_loss"], trial, time.perf_counter() - t0))
-            arch = CompressionConfig.from_dict(trial.config).student_architecture(context.teacher.config)
-            print(f"  front trial {trial.number:3d}: {arch.num_layers} layers x {arch.embed_dim}, short-trial score "
-                  f"{trial.heldout_loss:.4f}, retrained {summary['heldout_loss']:.4f} ({retrained[-1][2]:.0f} s)")
-        loss, chosen, seconds = min(retrained, key=lambda r: (r[0], r[1].number))
-        student = context.build_student(CompressionConfig.from_dict(chosen.config), quantize=False)
-        student.load_state_dict(_retrained_weights(run, chosen.number))
-        label = f"sslc search, trial {chosen.number}" + (" (short-trial pick)" if chosen is best else "")
-        rows.append((label, CompressionConfig.from_dict(chosen.config), loss, student, seconds))
-
-        anchors, unreachable = anchors_at_budget(teacher_config, budget, 10.0)
-        for name, reason in unreachable.items():
-            print(f"anchor {name}: not compared ({reason})")
-        for name, config in anchors.items():
-            arch = config.student_architecture(teacher_config)
-            print(f"anchor {name}: {arch.num_layers} layers x {arch.embed_dim}, heads {config.heads[0]}, FFN "
-                  f"{config.ffn[0]}, {count_macs(arch, seconds=10.0).total / budget:.2%} of the budget")
-            t0 = time.perf_counter()
-            student = context.build_student(config, quantize=False)
-            trained = train_full(student, context.targets(), context.data.train, context.data.heldout, trainer,
-                                 Path(tmp) / "baselines" / name, progress=False, kept_layers=config.layers)
-            rows.append((f"anchor {name}", config, trained.heldout_loss, student, time.perf_counter() - t0))
-
-        print(f"{'student':34s} {'MACs':>6s} {'params':>8s} {'width':>5s} {'depth':>5s} {'loss':>7s} {'PER':>7s}")
-        errors = {}
-        for label, config, loss, student, seconds in rows:
-            t0 = time.perf_counter()
-            errors[label] = probe_error(student, probe_train, probe_heldout, args.probe_epochs)
-            arch = config.student_architecture(teacher_config)
-            share = count_macs(arch, seconds=10.0).total / teacher_macs
-            print(f"{label:34s} {share:6.1%} {count_params(student) / 1e6:7.3f}M {arch.embed_dim:5d} "
-                  f"{arch.num_layers:5d} {loss:7.4f} {errors[label]:7.4f}  (train {seconds:.0f} s, probe "
-                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
-
-    ours = errors[rows[0][0]]
-    baselines = {k: v for k, v in errors.items() if k != rows[0][0]}
-    print(f"total {time.perf_counter() - started:.0f} s")
-    if not baselines:
-        print("no anchor family reaches the budget")
-        print("anchor_margin: nan")
-        return 0
-    best_baseline = min(baselines, key=baselines.get)
-    print(f"best anchor: {best_baseline} (PER {baselines[best_baseline]:.4f}) vs sslc's {ours:.4f}")
-    print(f"anchor_margin: {baselines[best_baseline] / ours:.3f}")
+    print(f"teacher: fixture {args.teacher_recipe} ({fixture.teacher_dir}); MACs for {seconds:g} s; probe: "
+          f"{len(probe_train)} training files, {len(probe_heldout)} held-out-voice files, {args.probe_epochs} epochs")
+    results = []
+    for budget_text in args.budgets.split(","):
+        with tempfile.TemporaryDirectory(prefix="sslc-anchor-") as tmp:
+            results.append(one_budget(budget_text, args, fixture, seconds, probe_train, probe_heldout, Path(tmp)))
+    print(f"total {time.perf_counter() - started:.0f} s; margins: "
+          + ", ".join(f"{r['budget']} {r['margin']:.3f}" for r in results))
+    print(f"anchor_margin: {min(r['margin'] for r in results):.3f}")
     return 0
-
-
-def _retrained_weights(run, number: int) -> dict:
-    """The retrained student's weights, from the file sslc-retrain wrote."""
-    from sslc.runs.student_file import WEIGHTS_FILE, read_student_file
-
-    return read_student_file(run.retrain_dir(number) / WEIGHTS_FILE)["state_dict"]
 
 
 if __name__ == "__main__":
