@@ -4,17 +4,21 @@ and the report name it, a rerun retrains nothing, bad K is one line (exit 2)."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import optuna
 import pytest
 
 import sslc.probes.train as probe_train
 import sslc.search.retrain as retrain_module
+from sslc.budget import Budget
 from sslc.cli.search import main as search_main
 from sslc.dashboards import build_report
-from sslc.runs.record import open_run
-from sslc.search.finalists import NEAR_BUDGET, run_finalists
+from sslc.runs.record import RunRecord, open_run
+from sslc.runs.study import retrain_key
+from sslc.search.finalists import NEAR_BUDGET, pick_finalists, run_finalists
 from sslc.search.settings import SearchSettings
 from tests.test_probe import make_sequences
 
@@ -47,7 +51,7 @@ def finished(tmp_path_factory, probe_dir):
     """A tiny search ended by its finalist stage (~40 s on 2 cores)."""
     run_dir = tmp_path_factory.mktemp("finalists") / "run"
     assert search_main(_args(run_dir, probe_dir)) == 0
-    assert len(open_run(run_dir).front()) > K, "the test needs a front with a choice to make"
+    assert len(open_run(run_dir).front()) >= K, "the test needs K front points to compare"
     return run_dir
 
 
@@ -146,3 +150,48 @@ def test_bad_finalist_options_are_one_line(tmp_path, probe_dir, capsys, extra, m
 def test_options_of_the_stage_need_finalists():
     with pytest.raises(Exception, match="--probe-data goes with --finalists K"):
         replace(SearchSettings(budget="40%"), probe_data="x").check()
+
+
+def test_a_stage_killed_after_its_first_finalist_retrains_only_the_rest(finished, spy, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("ray", "study.txt"))
+    run = open_run(run_dir)
+    first, last = (r["trial"] for r in run.record.finalists["finalists"])
+    # As a kill during the second finalist's retrain leaves it: no result, nothing recorded.
+    (run_dir / "retrain" / str(last) / "result.json").unlink()
+    run.study.set_user_attr(retrain_key(last), None)
+    trained = spy(retrain_module, "train_full")
+    settings = SearchSettings(budget="60%", trials=TRIALS, finalists=K, finalist_steps=STEPS)
+    record = run_finalists(settings, run_dir, say=lambda line: None, progress=False)
+    assert len(trained) == 1  # the first finalist's retrain is kept
+    assert open_run(run_dir).record.retrains[last]["steps"] == STEPS and record["finalists"][0]["trial"] == first
+
+
+def _front_study(points: dict[int, tuple[float, int, float]]) -> RunRecord:
+    """A study whose complete trials are `points`: number -> (short-trial loss, MACs, latency ms); budget 100 MACs
+    and 50 ms."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_user_attr("budget", Budget(100, 10.0, None, 50.0).to_dict())
+    for number in sorted(points):
+        loss, macs, latency = points[number]
+        study.add_trial(optuna.trial.create_trial(
+            values=[loss, macs / 1e9], state=optuna.trial.TrialState.COMPLETE,
+            user_attrs={"macs": macs, "heldout_loss": loss, "latency_ms": latency, "params": 1, "config": {}}))
+    return RunRecord(Path("."), study)
+
+
+# A loss-vs-MACs front (each point has more MACs and a lower loss than the one before): two near-twins just
+# under the budget (5, 4), two at 55-70% of it (2, 3), one below half (1); 6 is over the latency limit.
+FRONT = {1: (0.50, 20, 5.0), 2: (0.40, 55, 5.0), 3: (0.37, 70, 5.0), 4: (0.305, 93, 5.0), 5: (0.30, 95, 5.0),
+         6: (0.29, 99, 80.0)}
+
+
+@pytest.mark.parametrize("k, expected", [
+    (1, [5]),  # the lowest loss within every limit (6 is over the latency limit)
+    (2, [5, 3]),  # bands [55, 75) and [75, 95]: not the twins 5 and 4, which lowest loss alone would take
+    (3, [5, 3, 2]),  # bands of 13.3: [55, 68.3) 2, [68.3, 81.7) 3, [81.7, 95] 5 (the twin 4 loses to 5)
+    (5, [5, 4, 3, 2, 1]),  # fewer than K at >= half the budget: the K costliest within the limits
+])
+def test_the_rule_spreads_the_finalists_over_the_macs_near_the_budget(k, expected):
+    # add_trial numbers the trials from 0 in the order given: FRONT's key n is trial n - 1
+    assert [t.number + 1 for t in pick_finalists(_front_study(FRONT), k)] == expected
