@@ -108,6 +108,7 @@ def test_the_winner_is_the_best_recorded_probe_and_pareto_json_names_it(finished
     report = build_report(run)
     summary = dict(report.summary)
     assert f"trial {record['winner']} (by probe" in summary["winner"]
+    assert report.section("table").html.count("<td>winner</td>") == 1
 
 
 def test_without_a_probe_the_winner_is_the_lowest_retrained_loss(finished, spy):
