@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sslc.errors import UserError
+from sslc.errors import SearchFailed
 from sslc.runs.record import RunRecord, open_run
 from sslc.runs.study import record_finalists
 from sslc.runs.trials import TrialRecord
@@ -115,8 +115,9 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
                                              steps=settings.finalist_steps, progress=progress, say=say)}
     unfinished = [n for n in numbers if results[n]["status"] != "completed"]
     if unfinished:
-        raise UserError(f"finalist retrain of trial(s) {', '.join(map(str, unfinished))} did not complete: "
-                        f"{results[unfinished[0]].get('reason') or results[unfinished[0]]['status']}")
+        # A training fault, not bad input (exit 1); the search and the finished retrains are kept.
+        raise SearchFailed(f"finalist retrain of trial(s) {', '.join(map(str, unfinished))} did not complete: "
+                        f"{results[unfinished[0]].get('reason') or results[unfinished[0]]['status']} (its retrain/<trial>/result.json)")
     run.reload()
     probe = _probe_settings(settings)
     metrics = _probe_finalists(run, numbers, settings, probe, say) if probe else {}
