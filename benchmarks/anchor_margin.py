@@ -28,7 +28,17 @@ least 5% lower than the best anchor family's at every budget).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
 25% only `uniform` can reach the budget. Not yet run on `mini` (its teacher is not built here yet).
 
-MEASURED
+Measured 2026-12-03 on `gpu`, on 2 cores shared with two other helpers' test runs and the lead's pretraining (load
+average 8-14, this run at nice 10), so the default (3 budgets, 12 trials, 3 finalists x 300 steps) could not be
+run: a first attempt took 9 min for the 25% search and over 10 min for one 300-step retrain, and was stopped.
+A reduced run, `--budgets 40% --trials 8 --finalists 2 --retrain-steps 60 --probe-epochs 5`: search 886 s; the
+finalists are trial 1 (3 x 96, 2 heads, FFN 192: the warm-started LightHuBERT-Small shape narrowed to the budget,
+98.4% of it; loss 0.688, selection PER 0.478) and trial 4 (3 x 128 with a pruned CNN, 77.9%: 0.895 / 0.814); the
+probe picks trial 1. With 60 retrain steps the quick recipe repeats the short trial exactly (same crops, seed and
+schedule), so "retrained" equals the short-trial loss: this run measures the pick and the comparison, not what
+longer retraining changes. RESULT
+Before (the front retrained, anchors' fixed shapes up to 15% over the budget, one budget): 0.878 at 40%, 0.918 at
+45% (2026-12-01, idle cores).
 """
 
 from __future__ import annotations
