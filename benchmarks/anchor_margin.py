@@ -36,7 +36,8 @@ finalists are trial 1 (3 x 96, 2 heads, FFN 192: the warm-started LightHuBERT-Sm
 98.4% of it; loss 0.688, selection PER 0.478) and trial 4 (3 x 128 with a pruned CNN, 77.9%: 0.895 / 0.814); the
 probe picks trial 1. With 60 retrain steps the quick recipe repeats the short trial exactly (same crops, seed and
 schedule), so "retrained" equals the short-trial loss: this run measures the pick and the comparison, not what
-longer retraining changes. RESULT
+longer retraining changes. The anchors' retraining and the held-out-voice probes had not finished when this was
+written (17:00, an hour into the run), so this code has no anchor_margin figure yet.
 Before (the front retrained, anchors' fixed shapes up to 15% over the budget, one budget): 0.878 at 40%, 0.918 at
 45% (2026-12-01, idle cores).
 """
