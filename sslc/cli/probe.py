@@ -6,6 +6,7 @@ sslc-probe runs/hubert30 --pareto --task classify --data speech_commands/ -o pro
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -104,13 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     from sslc.files import write_json_atomically
     from sslc.probes.results import (
         add_relative,
-        encode_fn,
-        make_row,
+        probe_target,
         record_on_runs,
         reference_index,
         resolve_targets,
     )
-    from sslc.probes.train import CACHE_BYTES, ProbeSettings, estimate_state_bytes, run_probe
+    from sslc.probes.train import ProbeSettings
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -124,18 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     rows = []
     for number, target in enumerate(targets, 1):
-        config = target.extractor.config
-        states = config.num_layers + 1
-        keep = estimate_state_bytes(train + heldout, states, config.embed_dim, config.frames_for) <= CACHE_BYTES
         print(f"[{number}/{len(targets)}] {target.name}")
         progress = _RichProgress(target.name) if show else None
-        if progress is not None:
-            with progress:
-                outcome = run_probe(encode_fn(target.extractor), states, config.embed_dim, train, heldout, settings,
-                                    keep, progress)
-        else:
-            outcome = run_probe(encode_fn(target.extractor), states, config.embed_dim, train, heldout, settings, keep)
-        rows.append(make_row(target, outcome, args.task, args.units))
+        with progress or contextlib.nullcontext():
+            rows.append(probe_target(target, train, heldout, settings, args.units, progress))
     add_relative(rows, reference_index(targets))
     recorded = record_on_runs(targets, rows, args.task)
     _print_table(rows, args.task, split)

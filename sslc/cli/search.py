@@ -133,6 +133,23 @@ def build_parser():
                         help="most disk the teacher-target cache may take (e.g. 20GB; default: the free disk); training "
                         "targets that would not fit are computed live on each trial's device")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the sampler, the data split and random teachers")
+    finalists = parser.add_argument_group(
+        "the pick after retraining", "end the search by retraining K Pareto points within the budget and naming the "
+        "winner (lowest probe error when probed, else lowest retrained loss) in pareto.json and the report")
+    finalists.add_argument("--finalists", type=int, metavar="K",
+                           help="retrain K front points near the budget (the lowest short-trial loss in each of K "
+                           "bands of MACs between half the budget and the budget)")
+    # The recipe's name is checked by sslc.trainers.recipes (its one place) before the search: no torch import here.
+    finalists.add_argument("--finalist-recipe", default=DEFAULTS.finalist_recipe,
+                           help="sslc-retrain's recipe for the finalists: quick, distilhubert or dphubert")
+    finalists.add_argument("--finalist-steps", type=int, help="the finalists' training steps (default: the recipe's)")
+    finalists.add_argument("--probe-data", help="labelled audio (as sslc-probe --data): probe each retrained finalist "
+                           "and pick the winner by the probe")
+    finalists.add_argument("--probe-heldout", help="the probe's held-out audio (default: a share of --probe-data's "
+                           "speakers)")
+    finalists.add_argument("--probe-task", default=DEFAULTS.probe_task, help="ctc (error rate) or classify (accuracy)")
+    finalists.add_argument("--probe-units", default=DEFAULTS.probe_units, help="ctc labels: chars or tokens")
+    finalists.add_argument("--probe-epochs", type=int, default=DEFAULTS.probe_epochs, help="epochs of the probe head")
     return parser
 
 
@@ -155,6 +172,9 @@ def settings_from_args(args) -> SearchSettings:
         concurrency=args.concurrency, early_stopping=not args.no_early_stopping, report=not args.no_report,
         baselines=not args.no_baselines, warm_start=not args.no_warm_start, latency_repeats=args.latency_repeats,
         latency_device=args.latency_device, cache_limit=args.cache_limit, seed=args.seed,
+        finalists=args.finalists, finalist_recipe=args.finalist_recipe, finalist_steps=args.finalist_steps,
+        probe_data=args.probe_data, probe_heldout=args.probe_heldout, probe_task=args.probe_task,
+        probe_units=args.probe_units, probe_epochs=args.probe_epochs,
     )
     settings.check()
     return settings

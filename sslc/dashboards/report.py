@@ -81,6 +81,14 @@ def _summary(run: RunRecord, counts: dict[str, int]) -> list[tuple[str, str]]:
     if searched:
         rows.append(("search", ", ".join(searched)))
     rows.append(("trials", ", ".join(f"{n} {CATEGORY_COUNTS[c]}" for c, n in counts.items() if n) or "none yet"))
+    finalists = run.record.finalists
+    if finalists:  # sslc-search --finalists: the pick after retraining
+        from sslc.search.finalists import winner_line
+
+        probe = finalists.get("probe")
+        rows.append(("finalists", f"trials {', '.join(str(r['trial']) for r in finalists['finalists'])} retrained "
+                                  f"({finalists['label']})" + (f", probed ({probe['task']})" if probe else "")))
+        rows.append(("winner", winner_line(finalists)))
     rows.append(("written", time.strftime("%Y-%m-%d %H:%M:%S")))
     return rows
 

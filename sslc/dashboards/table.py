@@ -21,6 +21,7 @@ COLUMNS = (
     ("retrained_loss", "retrained loss"),
     ("retrained_steps", "retrained steps"),
     ("retrained_recipe", "retrain recipe"),
+    ("finalist", "finalist"),  # sslc-search --finalists: "winner" or "finalist"
     ("probe", "probe (weights)"),
     ("macs_superb", "MACs, SUPERB convention"),  # summed over SUPERB's 32 utterances, as published tables quote
 )
@@ -33,6 +34,8 @@ def _ratio(value, reference):
 def pareto_rows(run: RunRecord) -> list[dict]:
     """One row per Pareto point, by MACs: what it costs, how good it is, and what retraining made of it."""
     rows = []
+    finalists = run.record.finalists or {}
+    chosen = {r["trial"] for r in finalists.get("finalists", [])}
     for trial in run.front():
         retrain = run.record.retrains.get(trial.number) or {}
         rows.append({
@@ -41,6 +44,8 @@ def pareto_rows(run: RunRecord) -> list[dict]:
             "retrained_loss": retrain.get("heldout_loss"),
             "retrained_steps": retrain.get("steps"),
             "retrained_recipe": (retrain.get("recipe") or {}).get("name", "quick") if retrain else None,
+            "finalist": ("winner" if trial.number == finalists.get("winner") else "finalist")
+            if trial.number in chosen else None,
             "probe": "; ".join(
                 f"{task} {found[trial.number]['metric']:.3f} ({found[trial.number].get('weights', '?')})"
                 for task, found in sorted(run.record.probes.items()) if trial.number in found

@@ -178,6 +178,18 @@ def record_on_runs(targets: list[ProbeTarget], rows: list[dict], task: str) -> i
     return recorded
 
 
+def probe_target(target: ProbeTarget, train, heldout, settings, units: str | None, progress=None) -> dict:
+    """Train and score one probe head on `target`'s frozen states; its result row (`make_row`). The states are
+    kept in memory between epochs when they fit `CACHE_BYTES`, else encoded again each epoch."""
+    from sslc.probes.train import CACHE_BYTES, estimate_state_bytes, run_probe
+
+    config = target.extractor.config
+    states = config.num_layers + 1
+    keep = estimate_state_bytes(list(train) + list(heldout), states, config.embed_dim, config.frames_for) <= CACHE_BYTES
+    outcome = run_probe(encode_fn(target.extractor), states, config.embed_dim, train, heldout, settings, keep, progress)
+    return make_row(target, outcome, settings.task, units)
+
+
 def encode_fn(extractor: ExportedStudent):
     def encode(wave: torch.Tensor):
         return extractor(wave)

@@ -23,8 +23,8 @@ from sslc.protocol import EvaluationProtocol
 OBJECTIVES = ("loss", "macs", "latency")
 METRIC_NAMES = {"loss": "heldout_loss", "macs": "gmacs", "latency": "latency_ms"}
 
-_SETTINGS, _SPACE, _TRAINER, _BUDGET, _PROTOCOL, _TEACHER, _BASELINES, _ANYTIME = (
-    "settings", "space", "trainer", "budget", "protocol", "teacher", "baselines", "anytime",
+_SETTINGS, _SPACE, _TRAINER, _BUDGET, _PROTOCOL, _TEACHER, _BASELINES, _ANYTIME, _FINALISTS = (
+    "settings", "space", "trainer", "budget", "protocol", "teacher", "baselines", "anytime", "finalists",
 )
 _RETRAIN_PREFIX, _PROBE_PREFIX = "retrain:", "probe:"
 _V1_IDENTITY, _V1_OBJECTIVES = "identity", "objective_names"  # how sslc before the run record stored them
@@ -76,6 +76,8 @@ class StudyRecord:
     retrains: dict[int, dict] = field(default_factory=dict)  # trial -> what sslc-retrain measured
     probes: dict[str, dict[int | str, dict]] = field(default_factory=dict)  # task -> {trial | "teacher": row}
     anytime: dict | None = None  # --mode anytime: what the once-for-all training did (None: not done yet)
+    # sslc-search --finalists: which front points were retrained, their scores and the winner (None: no stage yet)
+    finalists: dict | None = None
 
     @property
     def mode(self) -> str:
@@ -158,7 +160,7 @@ class StudyRecord:
             budget=budget, protocol=attrs.get(_PROTOCOL, old.get("protocol")),
             teacher=TeacherRecord.from_dict(attrs.get(_TEACHER)),
             baselines=None if attrs.get(_BASELINES) is None else [BaselineRecord.from_dict(b) for b in attrs[_BASELINES]],
-            retrains=retrains, probes=probes, anytime=attrs.get(_ANYTIME),
+            retrains=retrains, probes=probes, anytime=attrs.get(_ANYTIME), finalists=attrs.get(_FINALISTS),
         )
 
     @staticmethod
@@ -240,3 +242,9 @@ def record_retrain(study: optuna.Study, number: int, summary: dict) -> None:
 
 def record_probe(study: optuna.Study, task: str, trial: int | str, row: dict) -> None:
     study.set_user_attr(probe_key(task, trial), row)
+
+
+def record_finalists(study: optuna.Study, finalists: dict) -> None:
+    """The finalist stage's choice and result (`sslc.search.finalists`); each finalist's retrain and probe rows
+    are recorded beside it as every retrain and probe is (`record_retrain`, `record_probe`)."""
+    study.set_user_attr(_FINALISTS, finalists)

@@ -18,7 +18,8 @@ RETRAINED_FIELDS = ("retrained_loss", "retrained_recipe", "retrained_steps", "re
 
 
 def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:
-    """pareto.json: {"study", "protocol" (how every loss was measured), "objectives", "points": rows};
+    """pareto.json: {"study", "protocol" (how every loss was measured), "objectives", "points": rows,
+    "finalists" (None without the finalist stage)};
     pareto.csv: the rows. Returns the rows (by MACs)."""
     record = StudyRecord.read(study)
     rows = [front_row(TrialRecord.read(t), record.objectives, record.teacher) for t in front_trials(study)]
@@ -30,6 +31,8 @@ def write_pareto(study: optuna.Study, run_dir: Path) -> list[dict]:
         "protocol": record.protocol,
         "objectives": record.metric_names,
         "points": rows,
+        # sslc-search --finalists: the points retrained at the end of the search and the winner within the budget
+        "finalists": record.finalists,
     }
     write_json_atomically(run_dir / "pareto.json", document, indent=2)
 

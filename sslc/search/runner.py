@@ -49,6 +49,7 @@ from .artifacts import start_sink
 from .baselines import baseline_configs
 from .device_gate import start_gate
 from .devices import TrialDevices, trial_devices, visible_gpus
+from .finalists import check_finalists, run_finalists
 from .pareto import pareto_table, write_pareto
 from .plan import plan_search
 from .progress import SearchProgress
@@ -73,6 +74,7 @@ class SearchResult:
     pareto: list[dict]
     interrupted: bool
     counts: dict
+    finalists: dict | None = None  # the finalist stage's record (sslc.search.finalists), when it ran
 
 
 def _run_dir(settings: SearchSettings) -> tuple[str, Path]:
@@ -270,6 +272,7 @@ def run_search(
     if settings.storage:
         check_driver(settings.storage)  # and a database driver that is not installed
     space = SearchSpace.load(settings.space)
+    check_finalists(settings)
     if settings.mode == "anytime":
         check_space(space)
         # Resolved into the settings the study records: a resumed anytime search must train the same way.
@@ -391,8 +394,12 @@ def run_search(
         say(pareto_table(pareto, title=f"Pareto front of '{name}' ({counts['done']} complete trials)"))
     else:
         say("no trial completed yet: no Pareto front")
+    finalists = None
+    if settings.finalists and pareto and not interrupted:  # the pick after retraining, once the trials are done
+        finalists = run_finalists(settings, run_dir, say, progress=not settings.quiet)
+        pareto = write_pareto(study, run_dir)  # the rows now carry the finalists' retrained scores
     say(f"study: {shown_url(storage_url)} (watch it with: sslc-dashboard {run_dir})")
-    return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts)
+    return SearchResult(run_dir, storage_url, study_name, pareto, interrupted, counts, finalists)
 
 
 def _failure(error: Exception, run_dir: Path) -> UserError:

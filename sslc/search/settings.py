@@ -115,6 +115,16 @@ class SearchSettings:
     cache_limit: str | None = None
     seed: int = 0
     quiet: bool = False
+    # The pick after retraining (sslc.search.finalists): K front points within the budget retrained by a recipe
+    # at the end of the search (None: no such stage), optionally probed; the winner is named in pareto.json.
+    finalists: int | None = None
+    finalist_recipe: str = "quick"
+    finalist_steps: int | None = None  # None: the recipe's
+    probe_data: str | None = None  # labelled audio for sslc-probe's probe of the finalists
+    probe_heldout: str | None = None  # None: a fixed share of probe_data's speakers
+    probe_task: str = "ctc"
+    probe_units: str = "chars"
+    probe_epochs: int = 20
 
     def check(self) -> None:
         """What can be checked without torch or Ray; UserError naming the option."""
@@ -153,6 +163,7 @@ class SearchSettings:
             for option, value in options.items():
                 if value is not None and not holds(value):  # None: the option was not given
                     raise UserError(f"{option} must be {what}, got {value:g}")
+        self._check_finalists()
         if self.data != DEMO_DATA and not Path(self.data).expanduser().exists():
             raise UserError(
                 f"data path does not exist: {self.data} (expected an audio directory, a fairseq .tsv manifest, "
@@ -162,6 +173,27 @@ class SearchSettings:
             raise UserError(
                 f"space {self.space!r} is neither a preset ({', '.join(preset_names())}) nor an existing YAML/JSON file"
             )
+
+    def _check_finalists(self) -> None:
+        """The finalist stage's options (the recipe's name and the probe corpus's labels are checked by
+        `sslc.search.finalists.check_finalists`, which needs torch)."""
+        if self.finalists is None:
+            given = [option for option, value in (("--finalist-steps", self.finalist_steps),
+                                                  ("--probe-data", self.probe_data),
+                                                  ("--probe-heldout", self.probe_heldout)) if value is not None]
+            if given or self.finalist_recipe != "quick":
+                raise UserError(f"{', '.join(given) or '--finalist-recipe'} goes with --finalists K")
+            return
+        if not 1 <= self.finalists <= self.trials:
+            raise UserError(f"--finalists must be between 1 and --trials ({self.trials}), got {self.finalists}")
+        for option, value in (("--finalist-steps", self.finalist_steps), ("--probe-epochs", self.probe_epochs)):
+            if value is not None and value < 1:
+                raise UserError(f"{option} must be at least 1, got {value}")
+        if self.probe_heldout is not None and self.probe_data is None:
+            raise UserError("--probe-heldout goes with --probe-data")
+        for option, value in (("--probe-data", self.probe_data), ("--probe-heldout", self.probe_heldout)):
+            if value is not None and not Path(value).expanduser().is_dir():
+                raise UserError(f"{option} must be a directory of labelled audio, got {value}")
 
     @property
     def once_for_all_steps(self) -> int:

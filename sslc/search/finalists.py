@@ -1,0 +1,208 @@
+"""The pick after retraining (`sslc-search --finalists K`): the search's last stage.
+
+A short trial's score ranks students only roughly: after a longer training the order changes (in
+`benchmarks/anchor_margin.py` a 2-layer student at 30% of the MACs overtook 3-layer ones at 40% once retrained).
+So the search ends by retraining K front points within the budget by a recipe, through the retrain driver
+(`sslc.search.retrain`: the same training, validation, resume and record as `sslc-retrain`), scoring them by the
+study's protocol and, when probe data is given, by sslc-probe's probe of their retrained weights. The winner is
+the lowest probe error (highest accuracy) when probed, else the lowest retrained held-out loss; both are
+recorded on the study (`finalists`, beside each finalist's `retrain:<n>` and `probe:<task>:<n>`), in
+`pareto.json` and the report.
+
+Rerunning the search (a resumed study whose trials are done) resumes the stage: a finished retrain is not redone
+(the driver's own check), a stopped one continues from its checkpoint, and a finalist already probed with the
+same settings is not probed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from sslc.errors import SearchFailed
+from sslc.runs.record import RunRecord, open_run
+from sslc.runs.study import record_finalists
+from sslc.runs.trials import TrialRecord
+
+from .settings import SearchSettings
+
+log = logging.getLogger("sslc.finalists")
+
+# Finalists come from the front points costing at least this share of the budget's MACs (when K of them exist).
+# A point far below the budget leaves compute unused; the ranking errors of short trials seen so far (30% vs 40%
+# of the teacher's MACs at a 40% budget) stay within a factor of 2.
+NEAR_BUDGET = 0.5
+
+
+def check_finalists(settings: SearchSettings) -> None:
+    """Everything about the finalist stage that can be wrong, before the search starts (a bad recipe or probe
+    corpus must not surface after hours of trials). UserError in one line."""
+    from sslc.probes.labels import check_task, train_and_heldout
+    from sslc.trainers.recipes import recipe
+
+    if settings.finalists is None:
+        return
+    recipe(settings.finalist_recipe)
+    if settings.probe_data is not None:
+        check_task(settings.probe_task, settings.probe_units)
+        train_and_heldout(settings.probe_data, settings.probe_task, settings.probe_units, settings.probe_heldout)
+
+
+def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
+    """The K front points to retrain, best short-trial score first.
+
+    A multi-objective front has one best point per cost, so "the K best" needs a rule. Here: the front points
+    within every limit of the budget that cost at least NEAR_BUDGET of its MACs (the K costliest points when
+    fewer do) are split into K equal bands of MACs, and each band gives its lowest short-trial loss; a band
+    without a point leaves its place to the lowest losses left. Lowest loss alone would take K near-identical
+    neighbours just under the budget (on a loss-vs-MACs front, loss falls as MACs rise); the bands spread the
+    retraining over the shapes near the budget, where the short trials' order is least sure.
+    """
+    budget = run.record.budget
+    convention = budget.convention if budget is not None else "seconds"
+
+    def macs(trial: TrialRecord) -> int:
+        return trial.budgeted_macs(convention) or 0
+
+    def fits(trial: TrialRecord) -> bool:
+        return budget is None or not budget.violations(macs(trial), trial.model_params, trial.latency_ms)
+
+    def score(trial: TrialRecord) -> tuple[float, int]:
+        return trial.heldout_loss, trial.number
+
+    front = [t for t in run.front() if fits(t) and t.heldout_loss is not None]
+    if not front:
+        return []
+    top = budget.max_macs if budget is not None and budget.max_macs else max(macs(t) for t in front)
+    pool = [t for t in front if macs(t) >= NEAR_BUDGET * top]
+    if len(pool) < k:
+        pool = sorted(front, key=lambda t: (-macs(t), t.number))[:k]
+    low, high = min(macs(t) for t in pool), max(macs(t) for t in pool)
+    bands: dict[int, list[TrialRecord]] = {}
+    for trial in pool:
+        band = min(k - 1, int((macs(trial) - low) / (high - low) * k)) if high > low else 0
+        bands.setdefault(band, []).append(trial)
+    chosen = [min(trials, key=score) for _, trials in sorted(bands.items(), reverse=True)]
+    rest = sorted((t for t in pool if t not in chosen), key=score)
+    return sorted((chosen + rest)[:k], key=score)
+
+
+def _probe_settings(settings: SearchSettings) -> dict | None:
+    if settings.probe_data is None:
+        return None
+    return {"data": str(settings.probe_data), "heldout": str(settings.probe_heldout or ""),
+            "task": settings.probe_task, "units": settings.probe_units, "epochs": settings.probe_epochs}
+
+
+def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], None] = print,
+                  progress: bool = True) -> dict | None:
+    """Retrain (and probe) the finalists of the finished search in `run_dir`, name the winner, record it all;
+    returns the study's `finalists` record (None when no front point is within the budget)."""
+    from .retrain import retrain
+
+    run = open_run(run_dir)
+    finalists = pick_finalists(run, settings.finalists)
+    if not finalists:
+        say("finalists: no Pareto point is within the budget: nothing to retrain")
+        return None
+    numbers = [t.number for t in finalists]
+    front_size = len(run.front())
+    fewer = f" (only {len(numbers)} fit the rule)" if len(numbers) < settings.finalists else ""
+    say(f"finalists: trials {', '.join(map(str, numbers))} of the {front_size} Pareto point(s){fewer}, retrained "
+        f"by recipe {settings.finalist_recipe}")
+    results = {r["trial"]: r for r in retrain(run_dir, numbers=numbers, recipe=settings.finalist_recipe,
+                                             steps=settings.finalist_steps, progress=progress, say=say)}
+    unfinished = [n for n in numbers if results[n]["status"] != "completed"]
+    if unfinished:
+        # A training fault, not bad input (exit 1); the search and the finished retrains are kept.
+        raise SearchFailed(f"finalist retrain of trial(s) {', '.join(map(str, unfinished))} did not complete: "
+                        f"{results[unfinished[0]].get('reason') or results[unfinished[0]]['status']} (its retrain/<trial>/result.json)")
+    run.reload()
+    probe = _probe_settings(settings)
+    metrics = _probe_finalists(run, numbers, settings, probe, say) if probe else {}
+    rows = [{
+        "trial": n,
+        "macs": results[n]["macs"],
+        "short_trial_loss": run.trial(n).heldout_loss,
+        "retrained_loss": results[n]["heldout_loss"],
+        "retrained_steps": results[n]["steps"],
+        "probe_metric": metrics.get(n),
+    } for n in numbers]
+    by_loss = min(rows, key=lambda r: (r["retrained_loss"], r["trial"]))
+    winner, by = by_loss, "retrained_loss"
+    if probe:
+        higher_better = settings.probe_task == "classify"  # accuracy; ctc: error rate
+        winner = min(rows, key=lambda r: ((-1 if higher_better else 1) * r["probe_metric"], r["retrained_loss"],
+                                          r["trial"]))
+        by = f"probe ({settings.probe_task}: {'accuracy' if higher_better else 'error rate'})"
+    record = {
+        "k": settings.finalists,
+        "rule": f"front points within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, the lowest short-trial "
+                f"loss in each of K bands of MACs",
+        "recipe": results[numbers[0]]["recipe"],
+        "label": results[numbers[0]]["label"],
+        "probe": probe,
+        "budget_macs": run.record.budget.max_macs if run.record.budget else None,
+        "finalists": rows,
+        "winner": winner["trial"],
+        "winner_by": by,
+        "lowest_retrained_loss": by_loss["trial"],
+    }
+    record_finalists(run.study, record)
+    from .pareto import write_pareto  # pareto.json names the winner
+
+    write_pareto(run.study, run.run_dir)
+    say(describe(record))
+    return record
+
+
+def _probe_finalists(run: RunRecord, numbers: list[int], settings: SearchSettings, probe: dict,
+                     say: Callable[[str], None]) -> dict[int, float]:
+    """Each finalist's retrained weights probed by sslc-probe's code; a probe already recorded on the study with
+    the same settings (and the same retrained weights) is reused."""
+    import torch
+
+    from sslc.probes.labels import train_and_heldout
+    from sslc.probes.results import probe_target, record_on_runs, resolve_targets
+    from sslc.probes.train import ProbeSettings
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train, heldout = train_and_heldout(settings.probe_data, settings.probe_task, settings.probe_units,
+                                       settings.probe_heldout)
+    probe_settings = ProbeSettings(settings.probe_task, epochs=settings.probe_epochs, device=device)
+    recorded = run.record.probes.get(settings.probe_task, {})
+    metrics = {}
+    for n in numbers:
+        earlier = recorded.get(n) or {}
+        finished = run.record.retrains[n].get("finished_at")
+        if earlier.get("finalist_probe") == probe and earlier.get("retrain_finished_at") == finished:
+            metrics[n] = earlier["metric"]
+            continue
+        say(f"probing finalist trial {n} ({settings.probe_task}, {settings.probe_epochs} epochs)")
+        target = resolve_targets([f"{run.run_dir}:{n}"], False, device, say=say)[0]
+        row = probe_target(target, train, heldout, probe_settings, settings.probe_units)
+        row.update(finalist_probe=probe, retrain_finished_at=finished)
+        record_on_runs([target], [row], settings.probe_task)
+        metrics[n] = row["metric"]
+    run.reload()
+    return metrics
+
+
+def describe(record: dict) -> str:
+    """The stage's result in a few lines (printed at the end of a search; the report says the same)."""
+    metric = (record.get("probe") or {}).get("task")
+    lines = [f"finalists ({record['label']}):"]
+    for r in record["finalists"]:
+        probed = f", probe {metric} {r['probe_metric']:.4f}" if r.get("probe_metric") is not None else ""
+        lines.append(f"  trial {r['trial']}: {r['macs'] / 1e9:.3f} GMACs, short-trial loss {r['short_trial_loss']:.4f}"
+                     f", retrained {r['retrained_loss']:.4f}{probed}")
+    lines.append(winner_line(record))
+    return "\n".join(lines)
+
+
+def winner_line(record: dict) -> str:
+    line = f"winner within the budget: trial {record['winner']} (by {record['winner_by']})"
+    if record["lowest_retrained_loss"] != record["winner"]:
+        line += f"; the lowest retrained loss is trial {record['lowest_retrained_loss']}'s"
+    return line

@@ -1,0 +1,198 @@
+"""sslc-search --finalists: the right front points are retrained, the winner is the best recorded score, pareto.json
+and the report name it, a rerun retrains nothing, bad K is one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+
+import sslc.probes.train as probe_train
+import sslc.search.retrain as retrain_module
+from sslc.budget import Budget
+from sslc.cli.search import main as search_main
+from sslc.dashboards import build_report
+from sslc.runs.record import RunRecord, open_run
+from sslc.runs.study import retrain_key
+from sslc.search.finalists import NEAR_BUDGET, pick_finalists, run_finalists
+from sslc.search.settings import SearchSettings
+from tests.test_probe import make_sequences
+
+K, STEPS, TRIALS = 2, 6, 8
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _args(run_dir, probe_dir, *extra) -> list[str]:
+    """A tiny search whose front has more points within the budget than K (checked below): three objectives,
+    every trial to the end."""
+    return ["--teacher", "random:tiny", "--data", "demo", "--budget", "60%", "--trials", str(TRIALS), "--steps", "3",
+            "--batch-size", "4", "--crop-seconds", "1", "--name", "finalists", "--run-dir", str(run_dir),
+            "--latency-repeats", "1", "--sampler", "random", "--no-report", "--no-baselines", "--concurrency", "1",
+            "--no-early-stopping", "--objectives", "loss,macs,latency",
+            "--finalists", str(K), "--finalist-steps", str(STEPS), "--probe-data", str(probe_dir / "train"),
+            "--probe-heldout", str(probe_dir / "heldout"), "--probe-units", "tokens", "--probe-epochs", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe-data")
+    make_sequences(root / "train", 8, seed=3)
+    make_sequences(root / "heldout", 4, seed=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, probe_dir):
+    """A tiny search ended by its finalist stage (~40 s on 2 cores)."""
+    run_dir = tmp_path_factory.mktemp("finalists") / "run"
+    assert search_main(_args(run_dir, probe_dir)) == 0
+    assert len(open_run(run_dir).front()) >= K, "the test needs K front points to compare"
+    return run_dir
+
+
+def _expected_finalists(study: optuna.Study, k: int) -> list[int]:
+    """The rule recomputed from the study's raw records: non-dominated complete trials (repeats left out) within
+    the budget, those costing >= NEAR_BUDGET of it, K equal MAC bands, each band's lowest short-trial loss, then
+    the lowest losses left; best first."""
+    trials = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+              if t.user_attrs.get("heldout_loss") is not None and t.user_attrs.get("repeat_of") is None]
+    front = [t for t in trials if not any(all(a <= b for a, b in zip(o.values, t.values)) and o.values != t.values
+                                          for o in trials)]
+    budget = study.user_attrs["budget"]["max_macs"]
+    front = [t for t in front if t.user_attrs["macs"] <= budget]
+    pool = [t for t in front if t.user_attrs["macs"] >= NEAR_BUDGET * budget]
+    if len(pool) < k:
+        pool = sorted(front, key=lambda t: (-t.user_attrs["macs"], t.number))[:k]
+    low, high = min(t.user_attrs["macs"] for t in pool), max(t.user_attrs["macs"] for t in pool)
+    loss = lambda t: (t.user_attrs["heldout_loss"], t.number)  # noqa: E731
+    chosen = []
+    for band in reversed(range(k)):
+        inside = [t for t in pool
+                  if (min(k - 1, int((t.user_attrs["macs"] - low) * k / (high - low))) if high > low else 0) == band]
+        if inside:
+            chosen.append(min(inside, key=loss))
+    chosen += sorted((t for t in pool if t not in chosen), key=loss)
+    return [t.number for t in sorted(chosen[:k], key=loss)]
+
+
+def test_the_rules_finalists_are_retrained_and_no_other_point(finished):
+    run = open_run(finished)
+    record = run.record.finalists
+    expected = _expected_finalists(run.study, K)
+    assert [r["trial"] for r in record["finalists"]] == expected
+    retrained = {n: r for n, r in run.record.retrains.items()}
+    assert len(expected) == K and sorted(retrained) == sorted(expected)
+    for n in expected:
+        assert retrained[n]["status"] == "completed" and retrained[n]["steps"] == STEPS
+        assert (finished / "retrain" / str(n) / "student.pt").is_file()
+
+
+def test_the_winner_is_the_best_recorded_probe_and_pareto_json_names_it(finished):
+    run = open_run(finished)
+    record = run.record.finalists
+    numbers = [r["trial"] for r in record["finalists"]]
+    probes = {n: run.record.probes["ctc"][n]["metric"] for n in numbers}  # what sslc-probe's code recorded
+    losses = {n: run.record.retrains[n]["heldout_loss"] for n in numbers}
+    assert record["winner"] == min(numbers, key=lambda n: (probes[n], losses[n], n))
+    assert record["winner_by"].startswith("probe")
+    assert record["lowest_retrained_loss"] == min(numbers, key=lambda n: (losses[n], n))
+    document = json.loads((finished / "pareto.json").read_text())
+    assert document["finalists"]["winner"] == record["winner"]
+    rows = {p["trial"]: p for p in document["points"]}
+    assert all(rows[n]["retrained"]["loss"] == losses[n] for n in numbers)
+    report = build_report(run)
+    summary = dict(report.summary)
+    assert f"trial {record['winner']} (by probe" in summary["winner"]
+    assert report.section("table").html.count("<td>winner</td>") == 1
+
+
+def test_without_a_probe_the_winner_is_the_lowest_retrained_loss(finished, spy):
+    run = open_run(finished)
+    settings = SearchSettings(budget="40%", trials=5, finalists=K, finalist_steps=STEPS)
+    trained = spy(retrain_module, "train_full")
+    record = run_finalists(settings, finished, say=lambda line: None, progress=False)
+    assert trained == []  # the same finalists, already retrained with these settings
+    losses = {r["trial"]: run.record.retrains[r["trial"]]["heldout_loss"] for r in record["finalists"]}
+    assert record["winner"] == min(losses, key=lambda n: (losses[n], n)) == record["lowest_retrained_loss"]
+    assert record["winner_by"] == "retrained_loss" and record["probe"] is None
+
+
+def test_rerun_after_the_finalists_retrains_and_probes_nothing(finished, probe_dir, spy, capsys):
+    before = open_run(finished).record.retrains
+    trained, probed = spy(retrain_module, "train_full"), spy(probe_train, "run_probe")
+    assert search_main(_args(finished, probe_dir)) == 0
+    assert trained == [] and probed == []
+    run = open_run(finished)
+    assert run.record.retrains == before
+    assert run.record.finalists["winner_by"].startswith("probe")
+    printed = capsys.readouterr()
+    assert f"winner within the budget: trial {run.record.finalists['winner']}" in printed.out + printed.err
+    print(printed.err)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--finalists", "0"], f"--finalists must be between 1 and --trials ({TRIALS}), got 0"),
+    (["--finalists", "-2"], f"--finalists must be between 1 and --trials ({TRIALS}), got -2"),
+    (["--finalists", str(TRIALS + 1)], f"--finalists must be between 1 and --trials ({TRIALS}), got {TRIALS + 1}"),
+    (["--finalist-recipe", "slow"], "unknown recipe 'slow'"),
+])
+def test_bad_finalist_options_are_one_line(tmp_path, probe_dir, capsys, extra, message):
+    code = search_main(_args(tmp_path / "run", probe_dir, *extra))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_options_of_the_stage_need_finalists():
+    with pytest.raises(Exception, match="--probe-data goes with --finalists K"):
+        replace(SearchSettings(budget="40%"), probe_data="x").check()
+
+
+def test_a_stage_killed_after_its_first_finalist_retrains_only_the_rest(finished, spy, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("ray", "study.txt"))
+    run = open_run(run_dir)
+    first, last = (r["trial"] for r in run.record.finalists["finalists"])
+    # As a kill during the second finalist's retrain leaves it: no result, nothing recorded.
+    (run_dir / "retrain" / str(last) / "result.json").unlink()
+    run.study.set_user_attr(retrain_key(last), None)
+    trained = spy(retrain_module, "train_full")
+    settings = SearchSettings(budget="60%", trials=TRIALS, finalists=K, finalist_steps=STEPS)
+    record = run_finalists(settings, run_dir, say=lambda line: None, progress=False)
+    assert len(trained) == 1  # the first finalist's retrain is kept
+    assert open_run(run_dir).record.retrains[last]["steps"] == STEPS and record["finalists"][0]["trial"] == first
+
+
+def _front_study(points: dict[int, tuple[float, int, float]]) -> RunRecord:
+    """A study whose complete trials are `points`: number -> (short-trial loss, MACs, latency ms); budget 100 MACs
+    and 50 ms."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_user_attr("budget", Budget(100, 10.0, None, 50.0).to_dict())
+    for number in sorted(points):
+        loss, macs, latency = points[number]
+        study.add_trial(optuna.trial.create_trial(
+            values=[loss, macs / 1e9], state=optuna.trial.TrialState.COMPLETE,
+            user_attrs={"macs": macs, "heldout_loss": loss, "latency_ms": latency, "params": 1, "config": {}}))
+    return RunRecord(Path("."), study)
+
+
+# A loss-vs-MACs front (each point has more MACs and a lower loss than the one before): two near-twins just
+# under the budget (5, 4), two at 55-70% of it (2, 3), one below half (1); 6 is over the latency limit.
+FRONT = {1: (0.50, 20, 5.0), 2: (0.40, 55, 5.0), 3: (0.37, 70, 5.0), 4: (0.305, 93, 5.0), 5: (0.30, 95, 5.0),
+         6: (0.29, 99, 80.0)}
+
+
+@pytest.mark.parametrize("k, expected", [
+    (1, [5]),  # the lowest loss within every limit (6 is over the latency limit)
+    (2, [5, 3]),  # bands [55, 75) and [75, 95]: not the twins 5 and 4, which lowest loss alone would take
+    (3, [5, 3, 2]),  # bands of 13.3: [55, 68.3) 2, [68.3, 81.7) 3, [81.7, 95] 5 (the twin 4 loses to 5)
+    (5, [5, 4, 3, 2, 1]),  # fewer than K at >= half the budget: the K costliest within the limits
+])
+def test_the_rule_spreads_the_finalists_over_the_macs_near_the_budget(k, expected):
+    # add_trial numbers the trials from 0 in the order given: FRONT's key n is trial n - 1
+    assert [t.number + 1 for t in pick_finalists(_front_study(FRONT), k)] == expected
