@@ -26,7 +26,7 @@ s wall, 2855 s of training): tau 1.000 at 10x and at 30x. The six: first 2 / 4 /
 MACs at 2.5 s) and three `combined` configs (21% with 4 layers, 30% with 8, 45% with 10); scores short / 10x / 30x
 from 0.129 / 0.095 / 0.081 (6 layers) to 0.576 / 0.359 / 0.248 (combined, 21%). A weak test as run: at 6 configs the
 fixed half is only depth cuts (no uniform cut, no baseline), the two groups are far apart in score, and 15 pairs
-leave tau coarse; the 12-config default (about 50 min here at this load; under 30 on idle cores by the per-config
+leave tau coarse; the 12-config default (about 50 min here at this load; estimated under 30 on idle cores from the per-config
 times) is what to quote next. (The MAC column of that run's table printed the wrong share: a variable was reused;
 fixed, the shares above are recomputed.)
 
