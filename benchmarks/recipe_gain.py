@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         short = replace(trainer_config(search), device="cpu", num_threads=args.threads)
         tried = []
         for config, share in draw_configs(SearchSpace.load("combined"), context.teacher.config, args.configs, 0.3,
-                                          0.5, args.seed):
+                                          0.5, args.seed, fixture.budget_seconds):
             student = context.build_student(config, quantize=False)
             score = run_short_trial(student, context.targets(), context.data.train, context.data.heldout, short,
                                     kept_layers=config.layers).heldout_loss
