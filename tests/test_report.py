@@ -162,11 +162,15 @@ def test_table_lists_the_pareto_points_with_ratios(run, report):
     rows = re.findall(r'<tr class="pareto">(.*?)</tr>', table)
     front = sorted(run.study.best_trials, key=lambda t: (t.user_attrs["macs"], t.number))
     assert len(rows) == len(front)
+    from sslc.dashboards.table import COLUMNS
+
+    column = {key: i for i, (key, _) in enumerate(COLUMNS)}
     for row, trial in zip(rows, front):
         cells = re.findall(r"<td>(.*?)</td>", row)
-        assert cells[0] == str(trial.number)
-        assert cells[1] == f"{trial.values[0]:.4f}"
-        assert cells[5] == f"{trial.user_attrs['macs'] / run.study.user_attrs['teacher']['macs']:.1%}"
+        assert len(cells) == len(COLUMNS)
+        assert cells[column["trial"]] == str(trial.number)
+        assert cells[column["loss"]] == f"{trial.values[0]:.4f}"
+        assert cells[column["mac_ratio"]] == f"{trial.user_attrs['macs'] / run.study.user_attrs['teacher']['macs']:.1%}"
     assert '<tr class="teacher">' in table and "baseline: uniform" in table
 
 

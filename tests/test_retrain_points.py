@@ -14,6 +14,9 @@ from sslc.runs.trials import Outcome, TrialRecord
 from sslc.search.retrain import prepare_context, retrain, retrain_plan, retrain_trial
 
 STEPS = 12
+# Long enough that two points started together are still training when the later one's task has started (at 12
+# steps a point trained in 0.6 s, less than the 1.4 s its twin's task took to start on an idle machine).
+STEPS_TOGETHER = 100
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,7 +50,8 @@ def test_two_points_train_at_once_where_both_fit(copy_run, two_cpu_ray, tmp_path
     run_dir = copy_run("points")
     numbers = complete_trials(run_dir, 2)
     said = []
-    results = retrain(run_dir, numbers=numbers, steps=STEPS, cpus_per_point=1, progress=False, say=said.append)
+    results = retrain(run_dir, numbers=numbers, steps=STEPS_TOGETHER, cpus_per_point=1, progress=False,
+                      say=said.append)
     assert [r["trial"] for r in results] == numbers and all(r["status"] == "completed" for r in results)
     assert any("each a Ray task with 1 CPUs and 0 GPUs" in line for line in said)
     (a_start, a_end), (b_start, b_end) = spans(results)
@@ -56,15 +60,15 @@ def test_two_points_train_at_once_where_both_fit(copy_run, two_cpu_ray, tmp_path
     run = open_run(run_dir)
     for result in results:
         recorded = run.record.retrains[result["trial"]]
-        assert recorded["heldout_loss"] == result["heldout_loss"] and recorded["steps"] == STEPS
+        assert recorded["heldout_loss"] == result["heldout_loss"] and recorded["steps"] == STEPS_TOGETHER
         on_disk = json.loads((run.retrain_dir(result["trial"]) / "result.json").read_text())
         assert on_disk["validation"] == result["validation"]
     points = {p["trial"]: p for p in json.loads((run_dir / "pareto.json").read_text())["points"]}
-    assert all(points[n]["retrained"]["steps"] == STEPS for n in numbers if n in points)
+    assert all(points[n]["retrained"]["steps"] == STEPS_TOGETHER for n in numbers if n in points)
 
     # The reference: the first point retrained in this process (one thread, as its task had), same plan.
     trial = TrialRecord.read(run.study.get_trials()[numbers[0]])
-    here = retrain_trial(run, trial, retrain_plan(run, steps=STEPS), prepare_context(run), tmp_path / "here",
+    here = retrain_trial(run, trial, retrain_plan(run, steps=STEPS_TOGETHER), prepare_context(run), tmp_path / "here",
                          progress=False)
     assert here["validation"] == results[0]["validation"]
 
