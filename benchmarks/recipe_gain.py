@@ -22,11 +22,13 @@ Measured (2026-12-03, 2 cores shared with two other helpers' tests and a teacher
 - `--quick` as first written (quick fixture teacher, 2 configs of 1 step, 10 retraining steps each, 1 probe
   epoch on 12 files): recipe_gain 1.006 (PER 2.783 vs 2.766: a smoke test, not a figure), 275 s (56 s of CPU:
   the rest waiting for the cores). `--quick` now retrains 2 steps each.
-- the default run (gpu fixture teacher): NOT finished. Started 16:25 UTC; the point found is 48% of the MACs
-  (3 layers, hidden 144; short-trial score 0.9712 against 0.9813 and 0.9860); its `quick` retrain (400 steps of
-  8 s) reached held-out loss 0.8350 and phone error rate 0.4669 in 309 s; the distilhubert retrain (400 steps of
-  16 s) had not finished when the run hit its 25-minute timeout (16:50, ~12 minutes into it): no recipe_gain figure
-  and the 10-minute default was not met under that load.
+- the default run on the gpu fixture teacher (`--teacher-recipe gpu`), 2026-12-03 17:35 UTC on 2 idle cores: 91 s
+  in all. The point: 48% of the MACs (3 layers, hidden 144, heads 2/2/3, low-rank attention and FFN, CNN of 8-28
+  channels; short-trial score 0.9712 against 0.9813 and 0.9860). `quick` (400 steps of 8 s, cosine): best held-out
+  loss 0.8350, phone error rate 0.4669 (32 s); `distilhubert` scaled (400 steps of 16 s, 7% warm-up, linear decay):
+  0.8055, 0.4557 (48 s). recipe_gain: 1.025 (goal met, narrowly: twice the audio bought 2.4% of the error rate).
+  An earlier attempt on cores shared with three other jobs had not finished the distilhubert retrain after 12
+  minutes: the 10-minute sizing holds on idle cores only. Not yet run on the mini-HuBERT (the default teacher).
 """
 
 from __future__ import annotations
