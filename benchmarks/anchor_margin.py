@@ -26,7 +26,7 @@ least 5% lower than the best anchor family's at every budget).
 
 `--quick` (the quick fixture, one budget, 3 trials, a few steps) only checks that the benchmark runs (CI runs it).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
-25% only `uniform` can reach the budget. Not yet run on `mini` (its teacher is not built here yet).
+25% only `uniform` can reach the budget. Not yet run on `mini` (its committed teacher is now the default).
 
 Measured 2026-12-03 on `gpu`, on 2 cores shared with two other helpers' test runs and the lead's pretraining (load
 average 8-14, this run at nice 10), so the default (3 budgets, 12 trials, 3 finalists x 300 steps) could not be
@@ -36,8 +36,11 @@ finalists are trial 1 (3 x 96, 2 heads, FFN 192: the warm-started LightHuBERT-Sm
 98.4% of it; loss 0.688, selection PER 0.478) and trial 4 (3 x 128 with a pruned CNN, 77.9%: 0.895 / 0.814); the
 probe picks trial 1. With 60 retrain steps the quick recipe repeats the short trial exactly (same crops, seed and
 schedule), so "retrained" equals the short-trial loss: this run measures the pick and the comparison, not what
-longer retraining changes. The anchors' retraining and the held-out-voice probes had not finished when this was
-written (17:00, an hour into the run), so this code has no anchor_margin figure yet.
+longer retraining changes. It finished after 2533 s: sslc (trial 1, 3x96 h2 ffn192, 98.4% of the budget) loss
+0.688 PER 0.432; anchors: uniform 3x192 (CNN 41%) 0.968 / 0.848, distilhubert-2layer 2x128 h2 ffn467 0.594 /
+0.394, lighthubert-small 3x96 h2 ffn216 0.686 / 0.437 (armhubert-s-like and starhubert-like reduce to the same
+shape on a 3-layer teacher), fithubert-like 3x112 h2 ffn128 0.663 / 0.382: margin 0.885 (best anchor
+fithubert-like). With 8 trials the search had not moved past its warm-started LightHuBERT-like start.
 Before (the front retrained, anchors' fixed shapes up to 15% over the budget, one budget): 0.878 at 40%, 0.918 at
 45% (2026-12-01, idle cores).
 """
