@@ -131,9 +131,10 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
     plan = retrain_plan(run, recipe=args.recipe, steps=args.retrain_steps)
     winner = finalists["winner"]
     used = json.loads((run.retrain_dir(winner) / RESULT_FILE).read_text())["trainer"]
-    # The threads a run had do not change what it trained (a finalist's Ray task pins them to its CPUs), as in the
-    # retrain driver's own "already retrained" check.
-    assert {**used, "num_threads": None} == {**plan.trainer.to_dict(), "num_threads": None}, \
+    # A finalist's Ray task pins its threads and resolves device "auto" to the one it holds; neither changes what
+    # it trained (cf. the retrain driver's own "already retrained" check), every other setting must be equal.
+    ignored = {"num_threads": None, "device": None}
+    assert {**used, **ignored} == {**plan.trainer.to_dict(), **ignored}, \
         "the anchors must be retrained exactly as the finalists were"
     print(f"budget {budget_text} = {budget / 1e9:.4f} GMACs ({seconds:g} s): search of {args.trials} trials x "
           f"{args.steps} steps and {len(finalists['finalists'])} finalists ({finalists['label']}) in {searched:.0f} s")
