@@ -41,6 +41,14 @@ longer retraining changes. It finished after 2533 s: sslc (trial 1, 3x96 h2 ffn1
 0.394, lighthubert-small 3x96 h2 ffn216 0.686 / 0.437 (armhubert-s-like and starhubert-like reduce to the same
 shape on a 3-layer teacher), fithubert-like 3x112 h2 ffn128 0.663 / 0.382: margin 0.885 (best anchor
 fithubert-like). With 8 trials the search had not moved past its warm-started LightHuBERT-like start.
+The default run on `gpu` (2026-12-03 17:37 UTC, 2 idle cores, 813 s; 12 trials x 60 steps, 3 finalists x 300
+steps of the quick recipe): margins 25% **0.562**, 40% **0.910**, 55% **0.931**; anchor_margin 0.562 (goal
+missed at every budget). The best anchor is DistilHuBERT's 2 layers at every budget (PER 0.404 / 0.303 / 0.244).
+sslc's winner is trial 1 each time, its warm-started shape (3x96 at 40%, 2x192 h3 ffn230 at 55%: PER 0.333 and
+0.262), and at 25% it is a 2x112 student with a pruned CNN that uses only 70.5% of the budget (PER 0.720): in 12
+trials the search found no front point that fills the budget there, while every anchor uses 99.8-100% of it.
+What the tables show is a search too short to leave its warm start, and a front whose points near the budget are
+few: more trials (and the multi-fidelity search) are the next thing to measure, not a verdict on the space.
 Before (the front retrained, anchors' fixed shapes up to 15% over the budget, one budget): 0.878 at 40%, 0.918 at
 45% (2026-12-01, idle cores).
 """
