@@ -72,7 +72,7 @@ from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.budget import parse_budget  # noqa: E402
 from sslc.compress import CompressionConfig  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
-from sslc.probes import ProbeSettings, train_and_heldout  # noqa: E402
+from sslc.probes import ProbeSettings  # noqa: E402
 from sslc.probes.results import probe_target, resolve_targets  # noqa: E402
 from sslc.runs.export import RESULT_FILE  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
@@ -211,9 +211,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     started = time.perf_counter()
     fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
-    seconds = float((fixture.info.get("settings") or {}).get("budget_seconds", 10.0))
-    probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
-    probe_train = probe_train[:: max(1, len(probe_train) // args.max_probe_train)][: args.max_probe_train]
+    seconds = fixture.budget_seconds
+    probe_train, probe_heldout = fixture.phone_probe_files(args.max_probe_train)
     print(f"teacher: fixture {args.teacher_recipe} ({fixture.teacher_dir}); MACs for {seconds:g} s; probe: "
           f"{len(probe_train)} training files, {len(probe_heldout)} held-out-voice files, {args.probe_epochs} epochs")
     results = []

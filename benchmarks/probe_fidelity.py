@@ -46,7 +46,7 @@ from scipy.stats import kendalltau  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
-from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
+from sslc.probes import ProbeSettings, run_probe  # noqa: E402
 from sslc.probes.results import encode_fn  # noqa: E402
 from sslc.runs.student_file import ExportedStudent  # noqa: E402
 from sslc.search.inputs import prepare_inputs  # noqa: E402
@@ -72,13 +72,6 @@ def draw_configs(space, teacher_config, count: int, low: float, high: float, see
     return chosen
 
 
-def phone_probe_files(fixture, max_train: int):
-    """The phone probe's (training, held-out) files of the fixture: at most `max_train` training files, spread
-    over the corpus so every voice stays."""
-    probe_train, probe_heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
-    return probe_train[:: max(1, len(probe_train) // max_train)][:max_train], probe_heldout
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="quick fixture, 4 configs, few steps (smoke test)")
@@ -95,7 +88,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
-    probe_train, probe_heldout = phone_probe_files(fixture, args.max_probe_train)
+    probe_train, probe_heldout = fixture.phone_probe_files(args.max_probe_train)
 
     with tempfile.TemporaryDirectory() as tmp:
         context = prepare_inputs(

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks (probe_fidelity)
 
 import torch  # noqa: E402
-from probe_fidelity import draw_configs, phone_probe_files  # noqa: E402
+from probe_fidelity import draw_configs  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.probes import ProbeSettings, run_probe  # noqa: E402
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
-    probe_train, probe_heldout = phone_probe_files(fixture, args.max_probe_train)
+    probe_train, probe_heldout = fixture.phone_probe_files(args.max_probe_train)
 
     with tempfile.TemporaryDirectory() as tmp:
         context = prepare_inputs(

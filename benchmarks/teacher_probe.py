@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
-from sslc.probes import ProbeSettings, run_probe, train_and_heldout  # noqa: E402
+from sslc.probes import ProbeSettings, run_probe  # noqa: E402
 from sslc.probes.results import encode_fn, resolve_targets  # noqa: E402
 
 
@@ -53,9 +53,7 @@ def main(argv=None) -> int:
     fixture = trained_teacher(args.teacher_recipe, quick=args.quick)
     print(f"fixture: teacher {fixture.teacher_dir} (recipe {fixture.info.get('recipe', args.teacher_recipe)}), "
           f"corpus {fixture.corpus_dir} (ready after {time.perf_counter() - started:.0f}s here)")
-    train, heldout = train_and_heldout(fixture.train_dir, "ctc", "tokens", fixture.heldout_dir)
-    if args.max_train:
-        train = train[:: max(1, len(train) // args.max_train)][: args.max_train]  # every voice kept
+    train, heldout = fixture.phone_probe_files(args.max_train)
     print(f"probe: {len(train)} training / {len(heldout)} held-out files, {args.epochs} epochs")
     results = {}
     models = [(f"trained{i or ''}", path) for i, path in enumerate(args.teacher or [fixture.teacher_dir])]
