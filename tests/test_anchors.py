@@ -76,3 +76,21 @@ def test_a_family_that_cannot_reach_the_budget_is_a_user_error_naming_its_range(
         anchor_at_budget("fithubert-like", BASE, budget, 10.0)
     with pytest.raises(UserError, match=r"the distilhubert-2layer anchor cannot reach 74\.07 GMACs: its shapes cost .* to 34.92 GMACs"):
         anchor_at_budget("distilhubert-2layer", BASE, count_macs(BASE, seconds=10.0).total, 10.0)
+
+
+def test_a_search_starts_from_every_family_at_the_budget_or_its_published_shape():
+    """The warm start (what `run_search` asks first) is each family's shape at the budget where the family
+    reaches it, and its published shape (for the searcher to narrow) where it does not: at 55% of HuBERT Base,
+    DistilHuBERT's two full-width layers cost less than the budget, every other family fills it."""
+    from sslc.search.baselines import baseline_configs, warm_start_configs
+
+    budget = int(0.55 * count_macs(BASE, seconds=10.0).total)
+    warm = warm_start_configs(BASE, budget, 10.0)
+    assert list(warm) == list(ANCHOR_FAMILIES)
+    for name, config in warm.items():
+        if name == "distilhubert-2layer":
+            assert config == baseline_configs(BASE, budget, 10.0)[name]
+            assert _macs(config, BASE) < (1 - ANCHOR_TOLERANCE) * budget
+        else:
+            assert config == anchor_at_budget(name, BASE, budget, 10.0)
+            assert (1 - ANCHOR_TOLERANCE) * budget <= _macs(config, BASE) <= budget

@@ -120,7 +120,7 @@ def build_parser():
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the short trials of simple baselines (uniform pruning, 2-layer DistilHuBERT-like)")
     parser.add_argument("--no-warm-start", action="store_true",
-                        help="do not ask the baselines' shapes (as the space's nearest configs) as the first trials")
+                        help="do not ask the anchor families' shapes at the budget (as the space's nearest configs) as the first trials")
     parser.add_argument("--latency-repeats", type=int, default=DEFAULTS.latency_repeats, help="timed forward passes per trial (median)")
     parser.add_argument("--latency-device", default=DEFAULTS.latency_device, choices=LATENCY_DEVICES,
                         help="the device the student is meant for: its latency is measured there (cuda: the trial's "

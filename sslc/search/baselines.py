@@ -15,7 +15,8 @@
 
 
 `anchors_at_budget` scales each anchor family to a MAC budget instead (within `ANCHOR_TOLERANCE` below it), each
-by its own rule (`ANCHOR_FAMILIES`), so anchors are compared with a search's point at equal compute.
+by its own rule (`ANCHOR_FAMILIES`), so anchors are compared with a search's point at equal compute; a search starts
+from those shapes (`warm_start_configs`).
 """
 
 from __future__ import annotations
@@ -191,3 +192,15 @@ def anchors_at_budget(teacher: EncoderConfig, max_macs: int, seconds: float, con
         except UserError as error:
             unreachable[name] = str(error)
     return configs, unreachable
+
+
+def warm_start_configs(teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds"
+                       ) -> dict[str, CompressionConfig]:
+    """The shapes a search asks first: every anchor family scaled to the budget (`anchors_at_budget`), so the
+    front starts with points that fill the budget and the search has to beat the anchors' own best, not a shape
+    that leaves part of the budget unused; a family that cannot reach the budget starts from its published
+    shape (`baseline_configs`), which the searcher narrows to fit or leaves out."""
+    at_budget, _ = anchors_at_budget(teacher, max_macs, seconds, convention)
+    published = baseline_configs(teacher, max_macs, seconds, convention)
+    return {name: at_budget.get(name) or published[name] for name in ANCHOR_FAMILIES
+            if name in at_budget or name in published}

@@ -46,7 +46,7 @@ from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
 
 from .anytime import anytime_dir, check_space, train_shared_weights
 from .artifacts import start_sink
-from .baselines import baseline_configs
+from .baselines import baseline_configs, warm_start_configs
 from .device_gate import start_gate
 from .devices import TrialDevices, trial_devices, visible_gpus
 from .finalists import check_finalists, run_finalists
@@ -359,7 +359,7 @@ def run_search(
         if not interrupted and count_trained(study) < settings.trials:
             # An injected sampler (a test's) is asked from the first trial: the start-up draws are the named one's.
             startup = startup_trials(settings.sampler, settings.trials) if sampler is None else 0
-            warm_start = (baseline_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
+            warm_start = (warm_start_configs(teacher_config, budget.max_macs, budget.seconds, budget.convention)
                           if settings.warm_start and sampler is None else None)
             interrupted = _tune(settings, study, space, teacher_config, budget, setup, run_dir, console, startup,
                                 devices, warm_start)
