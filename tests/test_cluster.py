@@ -161,23 +161,32 @@ def test_a_node_that_cannot_read_the_audio_fails_its_trials_in_one_line_and_the_
         corpus = runs / "corpus"  # in the folder the second node sees as an empty tmpfs
         _long_corpus(corpus, files, crop_seconds)
         run_dir = runs / "run"
-        finished = subprocess.run([
-            sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny",
-            # Trials read steps x batch crops: 32 x 2 take every training file, so the crops exceed the limit too.
-            "--data", str(corpus), "--budget", "100%", "--trials", "4", "--steps", "32", "--batch-size", "2",
-            "--crop-seconds", str(crop_seconds), "--concurrency", "2", "--latency-repeats", "1", "--name", "unseen",
-            "--run-dir", str(run_dir), "--no-report", "--no-baselines", "--no-early-stopping",
-        ], env=env, capture_output=True, text=True, timeout=600)
-        assert finished.returncode == 0, finished.stderr[-3000:]
-        trials = load_study(run_dir).get_trials()
+        # Ray places each trial's placement group on either node (its GCS does not prefer the driver's), and a
+        # trial on the second node fails within a second, so now and then every trial of a few lands there.
+        # That is Ray's choice, not sslc's behaviour under test: the search is then resumed with more trials
+        # (the study goes on) until both nodes have run one, at most three rounds.
+        for total in (4, 8, 12):
+            finished = subprocess.run([
+                sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny",
+                # Trials read steps x batch crops: 32 x 2 take every training file, so the crops exceed the limit.
+                "--data", str(corpus), "--budget", "100%", "--trials", str(total), "--steps", "32",
+                "--batch-size", "2", "--crop-seconds", str(crop_seconds), "--concurrency", "2",
+                "--latency-repeats", "1", "--name", "unseen", "--run-dir", str(run_dir), "--no-report",
+                "--no-baselines", "--no-early-stopping",
+            ], env=env, capture_output=True, text=True, timeout=600)
+            assert finished.returncode == 0, finished.stderr[-3000:]
+            trials = load_study(run_dir).get_trials()
+            assert len(trials) == total
+            if len({t.state for t in trials}) == 2:
+                break
         cache_id = (run_dir / "cache" / "run-id").read_text().strip()
     shutil.rmtree(Path("/tmp") / "sslc-cache" / cache_id, ignore_errors=True)  # the second node's own cache
 
-    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL} and len(trials) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
     failed = [t for t in trials if t.state == TrialState.FAIL]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert failed and complete, [(t.state, t.user_attrs.get("node")) for t in trials]
-    # The nodes differ in their Ray node id (both are 127.0.0.1 here): the failures are the second node's only.
+    # The nodes differ in their address and Ray node id: the failures are the second node's only.
     assert not {t.user_attrs["node"] for t in failed} & {t.user_attrs["node"] for t in complete}
     for t in failed:
         reason = t.user_attrs["fail_reason"]
