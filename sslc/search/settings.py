@@ -105,7 +105,7 @@ class SearchSettings:
     # A trial is stopped at a rung once `min_peers` trials reached it and `min_dominators` of them dominate it.
     stopping_rule: dict = field(default_factory=lambda: {"min_peers": 4, "min_dominators": 2})
     baselines: bool = True
-    # Ask the baselines' shapes (as the space's nearest configs within the budget) as the first trials.
+    # Ask the anchor families' shapes at the budget (as the space's nearest configs) as the first trials.
     warm_start: bool = True
     report: bool = True  # the CLI writes the HTML report after the search
     latency_repeats: int = 3
