@@ -53,6 +53,15 @@ HEAD_FIT_FRAMES_PER_DIM = 8
 CHECKPOINT_SECONDS = 60.0  # and at most one periodic checkpoint a minute (each is ~3x the student, fsynced)
 REPORTS_PER_RUN = 50
 VALIDATIONS_PER_RUN = 10  # default --eval-every: this many held-out scorings over a run
+# Trainer settings that say where a run trained, not what: a point's Ray task pins its threads to its CPUs and
+# resolves device "auto" to the one it holds.
+PLACEMENT_SETTINGS = ("num_threads", "device")
+
+
+def trained_alike(used: dict, trainer: TrainerConfig) -> bool:
+    """Whether a run recorded with trainer settings `used` trained what `trainer` would (placement aside)."""
+    placement = dict.fromkeys(PLACEMENT_SETTINGS)
+    return {**used, **placement} == {**trainer.to_dict(), **placement}
 LATENCY_REPEATS = 5
 
 
@@ -219,9 +228,7 @@ def retrain_trial(
     previous = out_dir / RESULT_FILE
     if previous.is_file() and (out_dir / WEIGHTS_FILE).is_file():
         done = json.loads(previous.read_text())
-        # The threads a run had do not change what it trained (a point's Ray task pins them to its CPUs).
-        same = {**(done.get("trainer") or {}), "num_threads": None} == {**trainer.to_dict(), "num_threads": None}
-        if done.get("status") == "completed" and same:
+        if done.get("status") == "completed" and trained_alike(done.get("trainer") or {}, trainer):
             log.info("trial %d is already retrained (%s)", trial.number, previous)
             summary = {k: v for k, v in done.items() if k != "curve"}
             if record and trial.number not in run.record.retrains:  # a run stopped before recording
