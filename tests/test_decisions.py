@@ -26,6 +26,31 @@ def macs_of(config: CompressionConfig, teacher) -> int:
     return count_macs(config.student_architecture(teacher), seconds=1.0).total
 
 
+def test_a_searched_depth_leaves_the_gp_sampler_every_layers_knobs_to_model(caplog):
+    """With depth searched, every trial still carries every layer's knobs (those past its depth unused), so the
+    params all trials share, which are all Optuna's GPSampler models, include the deepest layer's: after its
+    start-up the GP draws no knob at random ("sampled independently"), and a shallow trial's config is what its
+    own layers' params give."""
+    space, teacher = SearchSpace.load("combined"), TEACHERS["base"]
+    sampler = optuna.samplers.GPSampler(seed=0, n_startup_trials=4)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    depths = []
+    with caplog.at_level("WARNING", logger="optuna"):
+        for n in range(6):
+            trial = study.ask()
+            config = space.suggest(trial, teacher)
+            depths.append(len(config.layers))
+            study.tell(trial, [float(n % 3), float(macs_of(config, teacher))])
+    assert len(set(depths)) > 1 and min(depths) < teacher.num_layers
+    shared = optuna.search_space.intersection_search_space(study.get_trials(deepcopy=False))
+    assert {f"{knob}_{teacher.num_layers - 1}" for knob in ("heads", "ffn_keep", "attn_rank", "ffn_rank")} <= set(shared)
+    assert "sampled independently" not in caplog.text
+    shallow = study.get_trials(deepcopy=False)[depths.index(min(depths))]
+    rebuilt = space.suggest(optuna.trial.FixedTrial(shallow.params), teacher)
+    assert len(rebuilt.layers) == min(depths)
+    assert rebuilt.heads == [shallow.params[f"heads_{k}"] for k in range(min(depths))]
+
+
 # ---- preset spaces and space files ---------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_loads_round_trips_and_builds_valid_configs(preset):

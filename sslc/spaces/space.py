@@ -254,6 +254,15 @@ class SearchSpace:
             inner = heads[-1] * teacher.head_dim
             attn_rank.append(_rank(pick.rank(self.knobs["attn_rank"], f"attn_rank_{k}"), width, inner))
             ffn_rank.append(_rank(pick.rank(self.knobs["ffn_rank"], f"ffn_rank_{k}"), width, ffn[-1]))
+        if self.knobs["depth"].searched:
+            # The knobs of the layers this depth leaves out are asked too, their values unused: a static search
+            # space. Optuna's GPSampler models only the params every trial has, so with params that exist only
+            # in deeper trials it would draw every layer's knobs past the shallowest depth at random.
+            for k in range(len(layers), teacher.num_layers):
+                pick.int(self.knobs["heads"], f"heads_{k}", teacher.layers[k].heads)
+                pick.float(self.knobs["ffn_keep"], f"ffn_keep_{k}")
+                pick.rank(self.knobs["attn_rank"], f"attn_rank_{k}")
+                pick.rank(self.knobs["ffn_rank"], f"ffn_rank_{k}")
         conv_channels = []
         for i, conv in enumerate(teacher.conv_layers):
             keep = pick.float(self.knobs["conv_keep"], f"conv_keep_{i}")
