@@ -1,8 +1,8 @@
 """Does a multi-fidelity search (`--fidelities 1,3,9`) find a better front than a single-fidelity one in the same
 CPU time, judged after retraining?
 
-On the trained fixture teacher (benchmarks/fixtures, `--teacher-recipe`, default gpu: 3 layers, 192 wide), two real
-searches (in-process `run_search`: Ray Tune trials, the default sampler, the `combined` space, the warm start, no
+On the trained fixture teacher (benchmarks/fixtures, `--teacher-recipe`, default mini: the 12-layer mini-HuBERT),
+two real searches (in-process `run_search`: Ray Tune trials, the default sampler, the `combined` space, the warm start, no
 baselines) run at the same budget, steps per rung, seed and concurrency:
 
 1. multi-fidelity, `--fidelities 1,3,9` (ParetoHalving promotes the top third at each rung), `--trials` trials;
@@ -20,19 +20,25 @@ search's retrained (GMACs, loss) front over the single-fidelity one's, both norm
 points with the reference point at the worst value plus 10% of the range (`sampler_quality.Normalisation`):
 `fidelity_gain: X` (goal >= 1.1).
 
-Run time: sized for about 10 minutes on 2 cores; `--quick` (the quick fixture, 3 trials, 2 steps, rungs 1,3, 2
-points retrained for 4 steps) only checks that the benchmark runs; its figure means nothing.
+Run time: `--quick` (the quick fixture, 3 trials, 2 steps, rungs 1,3, 2 points retrained for 4 steps) only checks
+that the benchmark runs; its figure means nothing. At the defaults on mini it took 42 minutes (below), most of it
+the single-fidelity search's 145 trials, because the multi-fidelity search had trained nearly every trial to 9x.
 
     python benchmarks/fidelity_gain.py [--budget 40%] [--trials 16] [--steps 30] [--fidelities 1,3,9]
                                        [--retrain 4] [--teacher-recipe gpu|cpu|mini] [--quick]
 
-Not measured yet at a meaningful size. 2026-12-03, on 2 cores shared with two other helpers' benchmarks and
-searches (load average 10-14): `--quick` took 948 s (multi 3 trials / 14 steps / 152 trial CPU s, single 10
-trials run, 3 kept; both fronts were the same two warm-start shapes, so 1.000, which means nothing); a reduced run
-(`--trials 8 --steps 20 --retrain 3`) was stopped after 28 minutes inside its first search: by then 4 trials had
-run, 720 steps, 2151 trial CPU s, and all 4 had reached fidelity 9 (each was non-dominated at its rungs, and the
-first trials at a rung always go on, as in ASHA): with few trials, asynchronous promotion trains nearly every
-early trial 9x, which is what the figure has to weigh.
+Measured 2026-12-03 on mini at the defaults (2 idle cores, 2539 s), with the promotion rule of then (non-dominated
+rank alone) and the combined space of then (hidden width from 0.5, per-layer knobs past the shallowest depth drawn
+at random by the GP): **fidelity_gain 0.860**, the goal (>= 1.1) missed. The multi-fidelity search trained 15
+trials, 3330 steps, 1013 trial CPU s; 12 of the 15 reached 9x (3 stopped at 1x, none at 3x). The single-fidelity
+search got 145 trials and kept its first 60 (1012 CPU s). Fronts: multi 7 points at 9x, single 23. Retrained
+(quick recipe, 300 steps): multi 0.81 / 1.29 / 2.10 / 2.19 GMACs at 0.460 / 0.313 / 0.202 / 0.182; single
+0.28 / 0.66 / 1.55 / 2.19 GMACs at 0.615 / 0.438 / 0.214 / 0.182. Hypervolume multi 0.612, single 0.712. Why: by
+rank alone nearly every trial is non-dominated at its rung (MACs differ between all of them), so promotion did not
+halve anything: the multi-fidelity search spent its time on 9x training of 15 configs, while the single-fidelity
+one explored 60 and found the small end of the front (0.28-0.66 GMACs) that the other never reached; at the top
+both found the same point (trial 1, the warm start's DistilHuBERT 2-layer shape at the budget, 0.182). Promotion now takes the top third by
+NSGA-II's crowded order (`sslc.search.scheduler`), which does halve; not re-measured here yet.
 """
 
 from __future__ import annotations
