@@ -2,8 +2,8 @@
 CPU time, judged after retraining?
 
 On the trained fixture teacher (benchmarks/fixtures, `--teacher-recipe`, default mini: the 12-layer mini-HuBERT),
-two real searches (in-process `run_search`: Ray Tune trials, the default sampler, the `combined` space, the warm start, no
-baselines) run at the same budget, steps per rung, seed and concurrency:
+two real searches (in-process `run_search`: Ray Tune trials, the default sampler, the `combined` space, the warm
+start, no baselines) run at the same budget, steps per rung, seed and concurrency:
 
 1. multi-fidelity, `--fidelities 1,3,9` (ParetoHalving promotes the top third at each rung), `--trials` trials;
 2. single-fidelity, as many trials of `--steps` as its trials' CPU time fits in the first search's: it is given
@@ -31,14 +31,15 @@ Measured 2026-12-03 on mini at the defaults (2 idle cores, 2539 s), with the pro
 rank alone) and the combined space of then (hidden width from 0.5, per-layer knobs past the shallowest depth drawn
 at random by the GP): **fidelity_gain 0.860**, the goal (>= 1.1) missed. The multi-fidelity search trained 15
 trials, 3330 steps, 1013 trial CPU s; 12 of the 15 reached 9x (3 stopped at 1x, none at 3x). The single-fidelity
-search got 145 trials and kept its first 60 (1012 CPU s). Fronts: multi 7 points at 9x, single 23. Retrained
-(quick recipe, 300 steps): multi 0.81 / 1.29 / 2.10 / 2.19 GMACs at 0.460 / 0.313 / 0.202 / 0.182; single
-0.28 / 0.66 / 1.55 / 2.19 GMACs at 0.615 / 0.438 / 0.214 / 0.182. Hypervolume multi 0.612, single 0.712. Why: by
-rank alone nearly every trial is non-dominated at its rung (MACs differ between all of them), so promotion did not
-halve anything: the multi-fidelity search spent its time on 9x training of 15 configs, while the single-fidelity
-one explored 60 and found the small end of the front (0.28-0.66 GMACs) that the other never reached; at the top
-both found the same point (trial 1, the warm start's DistilHuBERT 2-layer shape at the budget, 0.182). Promotion now takes the top third by
-NSGA-II's crowded order (`sslc.search.scheduler`), which does halve; not re-measured here yet.
+search got 145 trials and kept its first 60 (1012 CPU s). Fronts: multi 7 points at 9x, single 23. Retrained (quick
+recipe, 300 steps): multi 0.81 / 1.29 / 2.10 / 2.19 GMACs at 0.460 / 0.313 / 0.202 / 0.182; single 0.28 / 0.66 /
+1.55 / 2.19 GMACs at 0.615 / 0.438 / 0.214 / 0.182. Hypervolume multi 0.612, single 0.712. Why: by rank alone
+nearly every trial is non-dominated at its rung (MACs differ between all of them), so promotion did not halve
+anything: the multi-fidelity search spent its time on 9x training of 15 configs, while the single-fidelity one
+explored 60 and found the small end of the front (0.28-0.66 GMACs) that the other never reached; at the top both
+found the same point (trial 1, the warm start's DistilHuBERT 2-layer shape at the budget, 0.182). Promotion now
+takes the top third by NSGA-II's crowded order (`sslc.search.scheduler`), which does halve; not re-measured here
+yet.
 """
 
 from __future__ import annotations
