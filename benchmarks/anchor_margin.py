@@ -26,7 +26,23 @@ least 5% lower than the best anchor family's at every budget).
 
 `--quick` (the quick fixture, one budget, 3 trials, a few steps) only checks that the benchmark runs (CI runs it).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
-25% only `uniform` can reach the budget. Not yet run on `mini` (its committed teacher is now the default).
+25% only `uniform` can reach the budget.
+
+Measured on `mini` at the defaults (2026-12-03 19:24 UTC, 2 idle cores, 2331 s: over the 30 minutes aimed at; 16
+trials x 60 steps, the warm start = the six anchor families at the budget, 3 finalists x 300 steps of the quick
+recipe): margins 25% **1.056**, 40% **0.855**, 55% **1.001**; anchor_margin **0.855**, goal (>= 1.05) missed.
+- 25% (only uniform reaches it): sslc's winner, 2x176 with a pruned CNN (cnn 73%, 88.7% of the budget), PER 0.654
+  against uniform's 12x192 h1 ffn214 cnn 28%, 0.691.
+- 40%: the finalists were the 2-layer warm start (2x128 h2 ffn461) and two pruned-CNN 2-layer students; the
+  winner (PER 0.669) is DistilHuBERT's shape, and the FitHuBERT-like anchor (12x64 h1 ffn104; ARMHuBERT-S and
+  STaRHuBERT reduce to the same shape on a 192-wide teacher) has PER 0.572 although its retrained loss is higher
+  (0.308 against 0.232). The distillation loss and the phone probe disagree about depth: the 12-layer thin shape
+  was in the search (its warm start) but, at the same MACs as the 2-layer one and with a higher short-trial loss,
+  it was not on the front, so never a finalist. What lost here is the finalist pool (front points by short-trial
+  loss), not the space.
+- 55%: the winner is the FitHuBERT-like warm start itself (12x144 h2 ffn154, PER 0.4777 against the anchor's
+  0.4780, the same shape trained alike).
+Before (3-layer `gpu` teacher, warm start = the published shapes narrowed to fit): 0.562 / 0.910 / 0.931.
 
 Measured 2026-12-03 on `gpu`, on 2 cores shared with two other helpers' test runs and the lead's pretraining (load
 average 8-14, this run at nice 10), so the default (3 budgets, 12 trials, 3 finalists x 300 steps) could not be
