@@ -33,8 +33,8 @@ Retrained fronts: combined 0.577 / 1.516 / 2.188 GMACs at 0.596 / 0.421 / 0.182 
 prune-only (6 of 10 trials within the budget) 1.803 / 2.068 at 0.367 / 0.299; distil-depth one point, 2 layers at
 full width, 2.040 at 0.193 (the space ran out after 6 distinct configs, 2 of them within the budget);
 `lowrank` cannot reach 40% (its smallest config, the CNN whole, needs 3.39 GMACs) and `thin` barely can (0 of
-400 random configs fit, so the search refuses to start): both count as empty fronts, so the figure compares combined with prune-only and
-layer dropping only. Ten trials a space is few; the figure is one seed.
+400 random configs fit, so the search refuses to start): both count as empty fronts, so the figure compares
+combined with prune-only and layer dropping only. Ten trials a space is few; the figure is one seed.
 """
 
 from __future__ import annotations
