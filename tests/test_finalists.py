@@ -56,26 +56,20 @@ def finished(tmp_path_factory, probe_dir):
 
 
 def _expected_finalists(study: optuna.Study, k: int) -> list[int]:
-    """The rule recomputed from the study's raw records: non-dominated complete trials (repeats left out) within
-    the budget, those costing >= NEAR_BUDGET of it, K equal MAC bands, each band's lowest short-trial loss, then
-    the lowest losses left; best first."""
-    trials = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-              if t.user_attrs.get("heldout_loss") is not None and t.user_attrs.get("repeat_of") is None]
-    front = [t for t in trials if not any(all(a <= b for a, b in zip(o.values, t.values)) and o.values != t.values
-                                          for o in trials)]
+    """The rule recomputed from the study's raw records: complete trained trials (repeats left out) within the
+    budget, those costing >= NEAR_BUDGET of it, each depth's lowest short-trial loss, the K best of those, then the
+    lowest losses left; best first (single fidelity here)."""
     budget = study.user_attrs["budget"]["max_macs"]
-    front = [t for t in front if t.user_attrs["macs"] <= budget]
-    pool = [t for t in front if t.user_attrs["macs"] >= NEAR_BUDGET * budget]
+    trials = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+              if t.user_attrs.get("heldout_loss") is not None and t.user_attrs.get("repeat_of") is None
+              and t.user_attrs["macs"] <= budget]
+    pool = [t for t in trials if t.user_attrs["macs"] >= NEAR_BUDGET * budget]
     if len(pool) < k:
-        pool = sorted(front, key=lambda t: (-t.user_attrs["macs"], t.number))[:k]
-    low, high = min(t.user_attrs["macs"] for t in pool), max(t.user_attrs["macs"] for t in pool)
+        pool = sorted(trials, key=lambda t: (-t.user_attrs["macs"], t.number))[:k]
     loss = lambda t: (t.user_attrs["heldout_loss"], t.number)  # noqa: E731
-    chosen = []
-    for band in reversed(range(k)):
-        inside = [t for t in pool
-                  if (min(k - 1, int((t.user_attrs["macs"] - low) * k / (high - low))) if high > low else 0) == band]
-        if inside:
-            chosen.append(min(inside, key=loss))
+    depths = {len(t.user_attrs["config"]["layers"]) for t in pool}
+    chosen = sorted((min((t for t in pool if len(t.user_attrs["config"]["layers"]) == d), key=loss)
+                     for d in depths), key=loss)[:k]
     chosen += sorted((t for t in pool if t not in chosen), key=loss)
     return [t.number for t in sorted(chosen[:k], key=loss)]
 
@@ -171,31 +165,34 @@ def test_a_stage_killed_after_its_first_finalist_retrains_only_the_rest(finished
     assert open_run(run_dir).record.retrains[last]["steps"] == STEPS and record["finalists"][0]["trial"] == first
 
 
-def _front_study(points: dict[int, tuple[float, int, float]]) -> RunRecord:
-    """A study whose complete trials are `points`: number -> (short-trial loss, MACs, latency ms); budget 100 MACs
-    and 50 ms."""
+def _front_study(points: dict[int, tuple[float, int, float, int]]) -> RunRecord:
+    """A study whose complete trials are `points`: number -> (short-trial loss, MACs, latency ms, depth); budget
+    100 MACs and 50 ms."""
     study = optuna.create_study(directions=["minimize", "minimize"])
     study.set_user_attr("budget", Budget(100, 10.0, None, 50.0).to_dict())
     for number in sorted(points):
-        loss, macs, latency = points[number]
+        loss, macs, latency, depth = points[number]
         study.add_trial(optuna.trial.create_trial(
             values=[loss, macs / 1e9], state=optuna.trial.TrialState.COMPLETE,
-            user_attrs={"macs": macs, "heldout_loss": loss, "latency_ms": latency, "params": 1, "config": {}}))
+            user_attrs={"macs": macs, "heldout_loss": loss, "latency_ms": latency, "params": 1,
+                        "config": {"layers": list(range(depth))}}))
     return RunRecord(Path("."), study)
 
 
-# A loss-vs-MACs front (each point has more MACs and a lower loss than the one before): two near-twins just
-# under the budget (5, 4), two at 55-70% of it (2, 3), one below half (1); 6 is over the latency limit.
-FRONT = {1: (0.50, 20, 5.0), 2: (0.40, 55, 5.0), 3: (0.37, 70, 5.0), 4: (0.305, 93, 5.0), 5: (0.30, 95, 5.0),
-         6: (0.29, 99, 80.0)}
+# Trials near a budget of 100 MACs: 2-layer near-twins just under it (5, 4), a 12-layer student at equal MACs with a
+# higher loss (7: dominated, off the front), 4-layer ones at 55-70% (2, 3), one below half (1); 6 is over the
+# latency limit.
+TRIALS_NEAR = {1: (0.50, 20, 5.0, 2), 2: (0.40, 55, 5.0, 4), 3: (0.37, 70, 5.0, 4), 4: (0.305, 93, 5.0, 2),
+               5: (0.30, 95, 5.0, 2), 6: (0.29, 99, 80.0, 2), 7: (0.33, 96, 5.0, 12)}
 
 
 @pytest.mark.parametrize("k, expected", [
     (1, [5]),  # the lowest loss within every limit (6 is over the latency limit)
-    (2, [5, 3]),  # bands [55, 75) and [75, 95]: not the twins 5 and 4, which lowest loss alone would take
-    (3, [5, 3, 2]),  # bands of 13.3: [55, 68.3) 2, [68.3, 81.7) 3, [81.7, 95] 5 (the twin 4 loses to 5)
-    (5, [5, 4, 3, 2, 1]),  # fewer than K at >= half the budget: the K costliest within the limits
+    (2, [5, 7]),  # the best 2-layer and the best 12-layer trial: not the twin 4, and 7 although it is dominated
+    (3, [5, 7, 3]),  # and the best 4-layer one (3 beats 2)
+    (4, [5, 4, 7, 3]),  # three depths: the lowest loss left (the twin 4) fills the fourth place
+    (7, [5, 4, 7, 3, 2, 1]),  # fewer than K at >= half the budget: the K costliest within the limits (6 is not)
 ])
-def test_the_rule_spreads_the_finalists_over_the_macs_near_the_budget(k, expected):
-    # add_trial numbers the trials from 0 in the order given: FRONT's key n is trial n - 1
-    assert [t.number + 1 for t in pick_finalists(_front_study(FRONT), k)] == expected
+def test_the_rule_takes_each_depths_best_near_the_budget(k, expected):
+    # add_trial numbers the trials from 0 in the order given: the key n is trial n - 1
+    assert [t.number + 1 for t in pick_finalists(_front_study(TRIALS_NEAR), k)] == expected

@@ -134,11 +134,11 @@ def build_parser():
                         "targets that would not fit are computed live on each trial's device")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the sampler, the data split and random teachers")
     finalists = parser.add_argument_group(
-        "the pick after retraining", "end the search by retraining K Pareto points within the budget and naming the "
+        "the pick after retraining", "end the search by retraining K trials near the budget and naming the "
         "winner (lowest probe error when probed, else lowest retrained loss) in pareto.json and the report")
     finalists.add_argument("--finalists", type=int, metavar="K",
-                           help="retrain K front points near the budget (the lowest short-trial loss in each of K "
-                           "bands of MACs between half the budget and the budget)")
+                           help="retrain K trials near the budget (between half the budget and the budget: the "
+                           "lowest short-trial loss of each depth, then the lowest left)")
     # The recipe's name is checked by sslc.trainers.recipes (its one place) before the search: no torch import here.
     finalists.add_argument("--finalist-recipe", default=DEFAULTS.finalist_recipe,
                            help="sslc-retrain's recipe for the finalists: quick, distilhubert or dphubert")

@@ -2,7 +2,7 @@
 
 A short trial's score ranks students only roughly: after a longer training the order changes (in
 `benchmarks/anchor_margin.py` a 2-layer student at 30% of the MACs overtook 3-layer ones at 40% once retrained).
-So the search ends by retraining K front points within the budget by a recipe, through the retrain driver
+So the search ends by retraining K trials near the budget (`pick_finalists`) by a recipe, through the retrain driver
 (`sslc.search.retrain`: the same training, validation, resume and record as `sslc-retrain`), scoring them by the
 study's protocol and, when probe data is given, by sslc-probe's probe of their retrained weights. The winner is
 the lowest probe error (highest accuracy) when probed, else the lowest retrained held-out loss; both are
@@ -23,13 +23,13 @@ from pathlib import Path
 from sslc.errors import SearchFailed
 from sslc.runs.record import RunRecord, open_run
 from sslc.runs.study import record_finalists
-from sslc.runs.trials import TrialRecord
+from sslc.runs.trials import Outcome, TrialRecord
 
 from .settings import SearchSettings
 
 log = logging.getLogger("sslc.finalists")
 
-# Finalists come from the front points costing at least this share of the budget's MACs (when K of them exist).
+# Finalists come from the trials costing at least this share of the budget's MACs (when K of them exist).
 # A point far below the budget leaves compute unused; the ranking errors of short trials seen so far (30% vs 40%
 # of the teacher's MACs at a 40% budget) stay within a factor of 2.
 NEAR_BUDGET = 0.5
@@ -50,14 +50,16 @@ def check_finalists(settings: SearchSettings) -> None:
 
 
 def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
-    """The K front points to retrain, best short-trial score first.
+    """The K trials to retrain, best short-trial score first.
 
-    A multi-objective front has one best point per cost, so "the K best" needs a rule. Here: the front points
-    within every limit of the budget that cost at least NEAR_BUDGET of its MACs (the K costliest points when
-    fewer do) are split into K equal bands of MACs, and each band gives its lowest short-trial loss; a band
-    without a point leaves its place to the lowest losses left. Lowest loss alone would take K near-identical
-    neighbours just under the budget (on a loss-vs-MACs front, loss falls as MACs rise); the bands spread the
-    retraining over the shapes near the budget, where the short trials' order is least sure.
+    "The K best" of a multi-objective search needs a rule. Here: among the trained trials within every limit of
+    the budget that cost at least NEAR_BUDGET of its MACs (the K costliest when fewer do), at the top fidelity
+    reached, each depth gives its lowest short-trial loss; the K best of those are the finalists, and when
+    fewer depths than K are there, the lowest losses left fill the places. Depth, because it is where short
+    trials and retraining disagree most: in `benchmarks/anchor_margin.py` (mini-HuBERT, 40%) a 12-layer thin
+    student with a higher distillation loss than a 2-layer one at equal MACs had the lower phone error once
+    retrained and probed, and, dominated on the front, it was never a finalist while finalists were front
+    points only. Lowest loss alone would also take K near-identical neighbours just under the budget.
     """
     budget = run.record.budget
     convention = budget.convention if budget is not None else "seconds"
@@ -71,19 +73,23 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
     def score(trial: TrialRecord) -> tuple[float, int]:
         return trial.heldout_loss, trial.number
 
-    front = [t for t in run.front() if fits(t) and t.heldout_loss is not None]
-    if not front:
+    def depth(trial: TrialRecord) -> int:
+        return len((trial.config or {}).get("layers") or [])
+
+    trained = [t for t in run.trials() if t.outcome == Outcome.COMPLETE and t.heldout_loss is not None
+               and t.repeat_of is None and fits(t)]
+    if not trained:
         return []
-    top = budget.max_macs if budget is not None and budget.max_macs else max(macs(t) for t in front)
-    pool = [t for t in front if macs(t) >= NEAR_BUDGET * top]
+    top_fidelity = max(t.fidelity for t in trained)  # losses compare only at one fidelity (the front's)
+    trained = [t for t in trained if t.fidelity == top_fidelity]
+    top = budget.max_macs if budget is not None and budget.max_macs else max(macs(t) for t in trained)
+    pool = [t for t in trained if macs(t) >= NEAR_BUDGET * top]
     if len(pool) < k:
-        pool = sorted(front, key=lambda t: (-macs(t), t.number))[:k]
-    low, high = min(macs(t) for t in pool), max(macs(t) for t in pool)
-    bands: dict[int, list[TrialRecord]] = {}
-    for trial in pool:
-        band = min(k - 1, int((macs(trial) - low) / (high - low) * k)) if high > low else 0
-        bands.setdefault(band, []).append(trial)
-    chosen = [min(trials, key=score) for _, trials in sorted(bands.items(), reverse=True)]
+        pool = sorted(trained, key=lambda t: (-macs(t), t.number))[:k]
+    best_of_depth: dict[int, TrialRecord] = {}
+    for trial in sorted(pool, key=score):
+        best_of_depth.setdefault(depth(trial), trial)
+    chosen = sorted(best_of_depth.values(), key=score)[:k]
     rest = sorted((t for t in pool if t not in chosen), key=score)
     return sorted((chosen + rest)[:k], key=score)
 
@@ -98,19 +104,18 @@ def _probe_settings(settings: SearchSettings) -> dict | None:
 def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], None] = print,
                   progress: bool = True) -> dict | None:
     """Retrain (and probe) the finalists of the finished search in `run_dir`, name the winner, record it all;
-    returns the study's `finalists` record (None when no front point is within the budget)."""
+    returns the study's `finalists` record (None when no trained trial is within the budget)."""
     from .retrain import retrain
 
     run = open_run(run_dir)
     finalists = pick_finalists(run, settings.finalists)
     if not finalists:
-        say("finalists: no Pareto point is within the budget: nothing to retrain")
+        say("finalists: no trained trial is within the budget: nothing to retrain")
         return None
     numbers = [t.number for t in finalists]
-    front_size = len(run.front())
     fewer = f" (only {len(numbers)} fit the rule)" if len(numbers) < settings.finalists else ""
-    say(f"finalists: trials {', '.join(map(str, numbers))} of the {front_size} Pareto point(s){fewer}, retrained "
-        f"by recipe {settings.finalist_recipe}")
+    say(f"finalists: trials {', '.join(map(str, numbers))}{fewer}, the best of each depth near the budget, "
+        f"retrained by recipe {settings.finalist_recipe}")
     results = {r["trial"]: r for r in retrain(run_dir, numbers=numbers, recipe=settings.finalist_recipe,
                                              steps=settings.finalist_steps, progress=progress, say=say)}
     unfinished = [n for n in numbers if results[n]["status"] != "completed"]
@@ -138,8 +143,8 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
         by = f"probe ({settings.probe_task}: {'accuracy' if higher_better else 'error rate'})"
     record = {
         "k": settings.finalists,
-        "rule": f"front points within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, the lowest short-trial "
-                f"loss in each of K bands of MACs",
+        "rule": f"trials within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, the lowest short-trial loss "
+                f"of each depth, then the lowest left",
         "recipe": results[numbers[0]]["recipe"],
         "label": results[numbers[0]]["label"],
         "probe": probe,

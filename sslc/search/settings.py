@@ -115,7 +115,7 @@ class SearchSettings:
     cache_limit: str | None = None
     seed: int = 0
     quiet: bool = False
-    # The pick after retraining (sslc.search.finalists): K front points within the budget retrained by a recipe
+    # The pick after retraining (sslc.search.finalists): K trials near the budget retrained by a recipe
     # at the end of the search (None: no such stage), optionally probed; the winner is named in pareto.json.
     finalists: int | None = None
     finalist_recipe: str = "quick"
