@@ -123,7 +123,8 @@ def test_per_layer_view_matches_the_configs(run, report):
             assert heads.text[row][layer] == f"{config['heads'][k]}/{teacher.layers[layer].heads}"
             assert ffn.z[row][layer] == pytest.approx(config["ffn"][k] / teacher.layers[layer].ffn_dim)
             rank = config["attn_rank"][k]
-            full = min(teacher.embed_dim, config["heads"][k] * teacher.head_dim)
+            # A projection from the student's hidden width to its heads: full rank is the smaller of the two.
+            full = min(config.get("hidden") or teacher.embed_dim, config["heads"][k] * teacher.head_dim)
             assert heatmaps["attn_rank"].z[row][layer] == pytest.approx(1.0 if rank is None else rank / full)
         conv = heatmaps["conv_channels"]
         assert list(conv.z[row]) == pytest.approx(
