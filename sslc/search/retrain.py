@@ -56,13 +56,13 @@ VALIDATIONS_PER_RUN = 10  # default --eval-every: this many held-out scorings ov
 # Trainer settings that say where a run trained, not what: a point's Ray task pins its threads to its CPUs and
 # resolves device "auto" to the one it holds.
 PLACEMENT_SETTINGS = ("num_threads", "device")
+LATENCY_REPEATS = 5
 
 
 def trained_alike(used: dict, trainer: TrainerConfig) -> bool:
     """Whether a run recorded with trainer settings `used` trained what `trainer` would (placement aside)."""
     placement = dict.fromkeys(PLACEMENT_SETTINGS)
     return {**used, **placement} == {**trainer.to_dict(), **placement}
-LATENCY_REPEATS = 5
 
 
 class RetrainStopped(KeyboardInterrupt):
