@@ -57,8 +57,9 @@ def finished(tmp_path_factory, probe_dir):
 
 def _expected_finalists(study: optuna.Study, k: int) -> list[int]:
     """The rule recomputed from the study's raw records: complete trained trials (repeats left out) within the
-    budget, those costing >= NEAR_BUDGET of it, each depth's lowest short-trial loss, the K best of those, then the
-    lowest losses left; best first (single fidelity here)."""
+    budget, those costing >= NEAR_BUDGET of it, each depth's lowest short-trial loss, spread over depth (the lowest
+    loss, then repeatedly the depth whose nearest taken depth is farthest, ties to the lower loss), then the lowest
+    losses left; best first (single fidelity here)."""
     budget = study.user_attrs["budget"]["max_macs"]
     trials = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
               if t.user_attrs.get("heldout_loss") is not None and t.user_attrs.get("repeat_of") is None
@@ -67,9 +68,17 @@ def _expected_finalists(study: optuna.Study, k: int) -> list[int]:
     if len(pool) < k:
         pool = sorted(trials, key=lambda t: (-t.user_attrs["macs"], t.number))[:k]
     loss = lambda t: (t.user_attrs["heldout_loss"], t.number)  # noqa: E731
-    depths = {len(t.user_attrs["config"]["layers"]) for t in pool}
-    chosen = sorted((min((t for t in pool if len(t.user_attrs["config"]["layers"]) == d), key=loss)
-                     for d in depths), key=loss)[:k]
+    depth = lambda t: len(t.user_attrs["config"]["layers"])  # noqa: E731
+    best = {d: min((t for t in pool if depth(t) == d), key=loss) for d in {depth(t) for t in pool}}
+    chosen = []
+    for _ in range(min(k, len(best))):
+        left = [d for d in best if best[d] not in chosen]
+        if not chosen:
+            pick = min(left, key=lambda d: loss(best[d]))
+        else:
+            gap = {d: min(abs(d - depth(t)) for t in chosen) for d in left}
+            pick = max(left, key=lambda d: (gap[d], [-x for x in loss(best[d])]))
+        chosen.append(best[pick])
     chosen += sorted((t for t in pool if t not in chosen), key=loss)
     return [t.number for t in sorted(chosen[:k], key=loss)]
 
@@ -196,3 +205,18 @@ TRIALS_NEAR = {1: (0.50, 20, 5.0, 2), 2: (0.40, 55, 5.0, 4), 3: (0.37, 70, 5.0, 
 def test_the_rule_takes_each_depths_best_near_the_budget(k, expected):
     # add_trial numbers the trials from 0 in the order given: the key n is trial n - 1
     assert [t.number + 1 for t in pick_finalists(_front_study(TRIALS_NEAR), k)] == expected
+
+
+# The 12-layer student (7) now scores worse than every shallower depth, as thin-deep students do on short trials;
+# a 6-layer one (8) sits between. The K depths with the lowest losses (2, 4, 6 layers) would leave it out.
+DEEP_SCORES_WORST = {**TRIALS_NEAR, 7: (0.45, 96, 5.0, 12), 8: (0.38, 90, 5.0, 6)}
+
+
+@pytest.mark.parametrize("k, expected", [
+    (2, [5, 7]),  # the lowest loss (2 layers), then the farthest depth from it: 12, not the better-scoring 4 or 6
+    (3, [5, 8, 7]),  # then the depth farthest from both 2 and 12: 6 (4 away from 2) before 4 (2 away)
+    (4, [5, 3, 8, 7]),  # every depth
+    (5, [5, 4, 3, 8, 7]),  # and the lowest loss left (the 2-layer twin)
+])
+def test_the_rule_spreads_over_depth_though_the_deepest_scores_worst(k, expected):
+    assert [t.number + 1 for t in pick_finalists(_front_study(DEEP_SCORES_WORST), k)] == expected

@@ -54,12 +54,14 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
 
     "The K best" of a multi-objective search needs a rule. Here: among the trained trials within every limit of
     the budget that cost at least NEAR_BUDGET of its MACs (the K costliest when fewer do), at the top fidelity
-    reached, each depth gives its lowest short-trial loss; the K best of those are the finalists, and when
-    fewer depths than K are there, the lowest losses left fill the places. Depth, because it is where short
-    trials and retraining disagree most: in `benchmarks/anchor_margin.py` (mini-HuBERT, 40%) a 12-layer thin
-    student with a higher distillation loss than a 2-layer one at equal MACs had the lower phone error once
-    retrained and probed, and, dominated on the front, it was never a finalist while finalists were front
-    points only. Lowest loss alone would also take K near-identical neighbours just under the budget.
+    reached, each depth gives its lowest short-trial loss. The finalists spread over depth: first the lowest
+    loss of all, then each time the depth farthest from the depths already taken (a tie: the lower loss), so
+    the shallowest and the deepest are both retrained before any depth in between; when fewer depths than K are
+    there, the lowest losses left fill the places. Depth, because it is where short trials and retraining
+    disagree most: in `benchmarks/anchor_margin.py` (mini-HuBERT, 40%) a 12-layer thin student with a higher
+    distillation loss than a 2-layer one at equal MACs had the lower phone error once retrained and probed.
+    Taking the depths with the K lowest losses would still leave it out, since every shallower depth between
+    them scores lower too; lowest loss alone would take K near-identical neighbours just under the budget.
     """
     budget = run.record.budget
     convention = budget.convention if budget is not None else "seconds"
@@ -89,7 +91,11 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
     best_of_depth: dict[int, TrialRecord] = {}
     for trial in sorted(pool, key=score):
         best_of_depth.setdefault(depth(trial), trial)
-    chosen = sorted(best_of_depth.values(), key=score)[:k]
+    chosen = [min(best_of_depth.values(), key=score)]
+    while len(chosen) < min(k, len(best_of_depth)):
+        taken = {depth(t) for t in chosen}
+        chosen.append(min((t for d, t in best_of_depth.items() if d not in taken),
+                          key=lambda t: (-min(abs(depth(t) - d) for d in taken), score(t))))
     rest = sorted((t for t in pool if t not in chosen), key=score)
     return sorted((chosen + rest)[:k], key=score)
 
@@ -114,8 +120,8 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
         return None
     numbers = [t.number for t in finalists]
     fewer = f" (only {len(numbers)} fit the rule)" if len(numbers) < settings.finalists else ""
-    say(f"finalists: trials {', '.join(map(str, numbers))}{fewer}, the best of each depth near the budget, "
-        f"retrained by recipe {settings.finalist_recipe}")
+    say(f"finalists: trials {', '.join(map(str, numbers))}{fewer}, the best of each depth near the budget (spread "
+        f"over depth), retrained by recipe {settings.finalist_recipe}")
     results = {r["trial"]: r for r in retrain(run_dir, numbers=numbers, recipe=settings.finalist_recipe,
                                              steps=settings.finalist_steps, progress=progress, say=say)}
     unfinished = [n for n in numbers if results[n]["status"] != "completed"]
@@ -144,7 +150,7 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
     record = {
         "k": settings.finalists,
         "rule": f"trials within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, the lowest short-trial loss "
-                f"of each depth, then the lowest left",
+                f"of each depth, spread over depth (the lowest loss, then the farthest depths), then the lowest left",
         "recipe": results[numbers[0]]["recipe"],
         "label": results[numbers[0]]["label"],
         "probe": probe,
