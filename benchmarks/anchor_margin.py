@@ -93,7 +93,7 @@ from sslc.probes.results import probe_target, resolve_targets  # noqa: E402
 from sslc.runs.export import RESULT_FILE  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
 from sslc.runs.student_file import WEIGHTS_FILE  # noqa: E402
-from sslc.runs.trials import Outcome, TrialRecord  # noqa: E402
+from sslc.runs.trials import Outcome, TrialRecord, config_key  # noqa: E402
 from sslc.search.baselines import anchors_at_budget  # noqa: E402
 from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial, trained_alike  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
@@ -173,23 +173,30 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
     anchors, unreachable = anchors_at_budget(teacher_config, budget, seconds)
     for name, reason in unreachable.items():
         print(f"  anchor {name}: not compared ({reason})")
-    for number, (name, config) in enumerate(anchors.items()):
+    # Families whose rules give the same config (on a narrow teacher the thin-deep ones often do) are one
+    # student: retrained and probed once, named by every family that gives it.
+    families: dict[str, list[str]] = {}
+    for name, config in anchors.items():
+        families.setdefault(config_key(config.to_dict()), []).append(name)
+    for number, names in enumerate(families.values()):
+        config = anchors[names[0]]
         # An anchor is not a trial of the study: retrained by the same driver and plan into its own directory.
         trial = TrialRecord(number=-1 - number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
                             params={}, config=config.to_dict())
-        out = root / "anchors" / name
+        out = root / "anchors" / names[0]
         summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
-        models.append((f"anchor {name}", config, summary["heldout_loss"], out / WEIGHTS_FILE))
+        models.append((f"anchor {' = '.join(names)}", config, summary["heldout_loss"], out / WEIGHTS_FILE))
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     probe = ProbeSettings("ctc", epochs=args.probe_epochs, device=device)
-    print(f"  {'model':32s} {'shape':28s} {'MACs':>7s} {'loss':>7s} {'PER':>7s}   (PER: held-out voices)")
+    width = max(32, *(len(label) for label, *_ in models))
+    print(f"  {'model':{width}s} {'shape':28s} {'MACs':>7s} {'loss':>7s} {'PER':>7s}   (PER: held-out voices)")
     errors = {}
     for label, config, loss, weights in models:
         target = resolve_targets([str(weights)], False, device)[0]
         errors[label] = probe_target(target, probe_train, probe_heldout, probe, "tokens")["metric"]
         macs = count_macs(config.student_architecture(teacher_config), seconds=seconds).total
-        print(f"  {label:32s} {shape(config, teacher_config):28s} {macs / budget:7.1%} {loss:7.4f} "
+        print(f"  {label:{width}s} {shape(config, teacher_config):28s} {macs / budget:7.1%} {loss:7.4f} "
               f"{errors[label]:7.4f}", flush=True)
     ours = errors[models[0][0]]
     rest = {k: v for k, v in errors.items() if k != models[0][0]}

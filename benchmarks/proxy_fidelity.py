@@ -58,6 +58,7 @@ from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import tiny_config  # noqa: E402
 from sslc.models.fingerprint import model_fingerprint  # noqa: E402
+from sslc.runs.trials import config_key  # noqa: E402
 from sslc.search.baselines import baseline_configs, uniform_config  # noqa: E402
 from sslc.search.inputs import RunInputs, load_audio_split, prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402
@@ -108,17 +109,26 @@ def mac_share(config: CompressionConfig, teacher, seconds: float) -> float:
 
 
 def choose_configs(teacher, count: int, seconds: float) -> list[tuple[str, CompressionConfig]]:
-    """Named configs within MAC_RANGE: depth cuts (2 .. all layers), uniform width cuts, the search's baselines,
-    then random `combined`-space configs spread over the MAC range, `count` in all."""
+    """Named configs within MAC_RANGE: depth cuts (2 .. all layers), uniform width cuts and the search's
+    baselines, taken in turn (one of each kind, then the next of each), then random `combined`-space configs
+    spread over the MAC range, `count` in all. In turn, so a short list is not all depth cuts: on a 12-layer
+    teacher six depth cuts fall within the range, and listed first they were every fixed config."""
     depth = teacher.num_layers
-    fixed = [(f"first {n} layers", CompressionConfig.first_n(teacher, n)) for n in range(2, depth + 1, 2)]
-    fixed += [(f"evenly {n} layers", CompressionConfig.evenly_spaced(teacher, n)) for n in (3, 5) if n < depth]
-    fixed += [(f"uniform keep {keep:.0%}", uniform_config(teacher, keep)) for keep in (0.35, 0.55, 0.75)]
+    cuts = [(f"first {n} layers", CompressionConfig.first_n(teacher, n)) for n in range(2, depth + 1, 2)]
+    cuts += [(f"evenly {n} layers", CompressionConfig.evenly_spaced(teacher, n)) for n in (3, 5) if n < depth]
+    widths = [(f"uniform keep {keep:.0%}", uniform_config(teacher, keep)) for keep in (0.35, 0.55, 0.75)]
     teacher_macs = count_macs(teacher, seconds=seconds).total
-    fixed += [(f"baseline {name}", c)
-              for name, c in baseline_configs(teacher, int(0.5 * teacher_macs), seconds).items()]
-    chosen = [(name, c) for name, c in fixed if MAC_RANGE[0] <= mac_share(c, teacher, seconds) <= MAC_RANGE[1]]
-    chosen = chosen[: max(count // 2, count - 4)]  # leave room for random configs
+    baselines = [(f"baseline {name}", c)  # uniform pruning is a width cut already
+                 for name, c in baseline_configs(teacher, int(0.5 * teacher_macs), seconds).items() if name != "uniform"]
+    kinds = [[(name, c) for name, c in kind if MAC_RANGE[0] <= mac_share(c, teacher, seconds) <= MAC_RANGE[1]]
+             for kind in (cuts, widths, baselines)]
+    in_turn, seen = [], set()
+    for name, config in (kind[i] for i in range(max(map(len, kinds))) for kind in kinds if i < len(kind)):
+        key = config_key(config.to_dict())  # a baseline can be a depth cut (DistilHuBERT's: the first 2 layers)
+        if key not in seen:
+            in_turn.append((name, config))
+            seen.add(key)
+    chosen = in_turn[: max(count // 2, count - 4)]  # leave room for random configs
     space = SearchSpace.load("combined")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=SEED))
     pool = []
