@@ -81,12 +81,21 @@ def test_a_family_that_cannot_reach_the_budget_is_a_user_error_naming_its_range(
 def test_a_search_starts_from_every_family_at_the_budget_or_its_published_shape():
     """The warm start (what `run_search` asks first) is each family's shape at the budget where the family
     reaches it, and its published shape (for the searcher to narrow) where it does not: at 55% of HuBERT Base,
-    DistilHuBERT's two full-width layers cost less than the budget, every other family fills it."""
+    DistilHuBERT's two full-width layers cost less than the budget, every other family fills it. Then each thin
+    family with the CNN at 3/4 of its channels at the budget (DistilHuBERT's two layers cannot fill 55% then)."""
     from sslc.search.baselines import baseline_configs, warm_start_configs
 
     budget = int(0.55 * count_macs(BASE, seconds=10.0).total)
     warm = warm_start_configs(BASE, budget, 10.0)
-    assert list(warm) == list(ANCHOR_FAMILIES)
+    combined = [f"{name}+cnn75%" for name in ANCHOR_FAMILIES if name not in ("uniform", "distilhubert-2layer")]
+    assert list(warm) == list(ANCHOR_FAMILIES) + combined
+    for name in combined:
+        config, family = warm.pop(name), name.removesuffix("+cnn75%")
+        assert config.conv_channels == [round(0.75 * c.channels) for c in BASE.conv_layers]  # 384 of 512
+        assert (1 - ANCHOR_TOLERANCE) * budget <= _macs(config, BASE) <= budget
+        assert len(config.layers) == 12 and len(set(config.ffn)) == 1 and len(set(config.heads)) == 1
+        # the CNN's MACs bought width: wider than the family's shape with the CNN whole, at the same budget
+        assert config.hidden > (anchor_at_budget(family, BASE, budget, 10.0).hidden or BASE.embed_dim)
     for name, config in warm.items():
         if name == "distilhubert-2layer":
             assert config == baseline_configs(BASE, budget, 10.0)[name]

@@ -102,11 +102,14 @@ class ThinFamily:
     heads_per_64: float
     ffn_per_width: float
 
-    def at_width(self, teacher: EncoderConfig, width: int) -> CompressionConfig:
+    def at_width(self, teacher: EncoderConfig, width: int, conv_keep: float = 1.0) -> CompressionConfig:
+        """The family's shape at hidden width `width`; `conv_keep` < 1 cuts every CNN layer to that share of its
+        channels (not the family's own rule: the combination a warm start adds)."""
         config = CompressionConfig.first_n(teacher, self.depth) if self.depth else CompressionConfig.identity(teacher)
         config.hidden = width if width < teacher.embed_dim else None
         config.heads = [max(1, min(h, round(self.heads_per_64 * width / teacher.head_dim))) for h in config.heads]
         config.ffn = [max(1, min(f, round(self.ffn_per_width * width))) for f in config.ffn]
+        config.conv_channels = [max(1, round(conv_keep * c)) for c in config.conv_channels]
         return config
 
 
@@ -126,8 +129,9 @@ ANCHOR_FAMILIES: dict[str, ThinFamily | None] = {
 
 
 def anchor_at_budget(name: str, teacher: EncoderConfig, max_macs: int, seconds: float,
-                     convention: str = "seconds") -> CompressionConfig:
-    """Family `name` (`ANCHOR_FAMILIES`) scaled to `max_macs`: within `ANCHOR_TOLERANCE` below it.
+                     convention: str = "seconds", conv_keep: float = 1.0) -> CompressionConfig:
+    """Family `name` (`ANCHOR_FAMILIES`) scaled to `max_macs`: within `ANCHOR_TOLERANCE` below it. A thin family
+    with `conv_keep` < 1 is scaled so with its CNN cut to that share of its channels (`ThinFamily.at_width`).
 
     Width, heads and keep ratios move the MACs in steps of a few percent (more on a small teacher), so the FFN,
     the finest knob, absorbs the rest: every layer gets the widest FFN (up to the teacher's) that keeps the shape
@@ -143,6 +147,8 @@ def anchor_at_budget(name: str, teacher: EncoderConfig, max_macs: int, seconds: 
         return config is not None and macs(config) >= (1 - ANCHOR_TOLERANCE) * max_macs
 
     family = ANCHOR_FAMILIES[name]
+    if family is None and conv_keep != 1.0:
+        raise ValueError("uniform pruning cuts the CNN by its own keep ratio")
     if family is None:
         uniform = uniform_to_budget(teacher, max_macs, seconds, convention)
         chosen = _widest_ffn(uniform, teacher, max_macs, macs) if uniform is not None else None
@@ -150,11 +156,12 @@ def anchor_at_budget(name: str, teacher: EncoderConfig, max_macs: int, seconds: 
         chosen = chosen if reaches(chosen) else None
     else:
         widths = range(teacher.pos_conv_groups, teacher.embed_dim + 1, teacher.pos_conv_groups)
-        fitted = [(w, _widest_ffn(family.at_width(teacher, w), teacher, max_macs, macs)) for w in widths]
+        fitted = [(w, _widest_ffn(family.at_width(teacher, w, conv_keep), teacher, max_macs, macs)) for w in widths]
         fitted = [(w, config) for w, config in fitted if reaches(config)]
         chosen = min(fitted, key=lambda wc: abs(math.log(wc[1].ffn[0] / (family.ffn_per_width * wc[0]))),
                      default=(None, None))[1]
-        smallest, largest = family.at_width(teacher, widths[0]), family.at_width(teacher, widths[-1])
+        smallest = family.at_width(teacher, widths[0], conv_keep)
+        largest = family.at_width(teacher, widths[-1], conv_keep)
     if chosen is None:
         raise UserError(f"the {name} anchor cannot reach {format_macs(max_macs)}MACs: its shapes cost "
                         f"{format_macs(macs(smallest))}MACs to "
@@ -194,13 +201,35 @@ def anchors_at_budget(teacher: EncoderConfig, max_macs: int, seconds: float, con
     return configs, unreachable
 
 
+# The CNN share the warm start's combined shapes keep. The CNN is a third of HuBERT Base's MACs, and every thin
+# family keeps it whole, so at 40% of the MACs FitHuBERT's rule leaves the Transformer 64 wide on the mini-HuBERT.
+# Measured there (40%, retrained 300 steps by anchor_margin's plan, phone-probed on held-out voices): the
+# FitHuBERT-like shape with its CNN at 0.75 of its channels (12 x 144) had PER 0.508 against 0.572 with the CNN
+# whole (12 x 64); at 0.625 0.595, at 0.5 0.697: deeper cuts cost more than the width they buy after short
+# training (every layer above a narrowed CNN must re-learn), though published CNN pruning at full training keeps
+# HuBERT's quality to a 40-50% cut (Peng et al. 2023).
+WARM_START_CONV_KEEP = 0.75
+
+
 def warm_start_configs(teacher: EncoderConfig, max_macs: int, seconds: float, convention: str = "seconds"
                        ) -> dict[str, CompressionConfig]:
     """The shapes a search asks first: every anchor family scaled to the budget (`anchors_at_budget`), so the
     front starts with points that fill the budget and the search has to beat the anchors' own best, not a shape
     that leaves part of the budget unused; a family that cannot reach the budget starts from its published
-    shape (`baseline_configs`), which the searcher narrows to fit or leaves out."""
+    shape (`baseline_configs`), which the searcher narrows to fit or leaves out. Then each thin family combined
+    with a CNN cut to WARM_START_CONV_KEEP, scaled to the budget likewise (named `<family>+cnn75%`; left out where
+    it cannot reach it): the combination of techniques the anchors' shapes never make, which a sampler rarely
+    draws (every layer thin at once, the CNN cut) in a space of per-layer knobs."""
     at_budget, _ = anchors_at_budget(teacher, max_macs, seconds, convention)
     published = baseline_configs(teacher, max_macs, seconds, convention)
-    return {name: at_budget.get(name) or published[name] for name in ANCHOR_FAMILIES
-            if name in at_budget or name in published}
+    configs = {name: at_budget.get(name) or published[name] for name in ANCHOR_FAMILIES
+               if name in at_budget or name in published}
+    for name, family in ANCHOR_FAMILIES.items():
+        if family is None:
+            continue  # uniform pruning cuts the CNN already
+        try:
+            combined = anchor_at_budget(name, teacher, max_macs, seconds, convention, WARM_START_CONV_KEEP)
+        except UserError:
+            continue
+        configs[f"{name}+cnn{WARM_START_CONV_KEEP:.0%}"] = combined
+    return configs
