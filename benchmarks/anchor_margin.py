@@ -28,6 +28,25 @@ least 5% lower than the best anchor family's at every budget).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
 25% only `uniform` can reach the budget.
 
+Measured on `mini` at the defaults with finalists spread over depth (2026-12-07 02:13 UTC, 2 idle cores, 4280 s:
+over the 30 minutes aimed at, on a machine that pretrains the mini 1.6-2x slower than the one of 2026-12-03; the
+warm start then the six anchor families at the budget): margins 25% **1.056**, 40% **0.998**, 55% **1.001**;
+anchor_margin **0.998**, goal (>= 1.05) missed. Per budget 873 / 1510 / 1895 s (search 16 x 60 steps about 400
+s, a 300-step retrain 100-130 s, a probe about 20 s; anchors that give the same config retrained once).
+- 25%: finalists 2x176 cnn73% (short-trial 0.413, selection PER 0.748), 12x80 cnn50% (0.622, 0.878), 7x64 cnn52%
+  (0.657, 0.868); the 2-layer one wins, PER 0.654 against uniform's 0.691 (the only anchor that reaches 25%).
+- 40%: finalists 2x128 h2 ffn461 (DistilHuBERT's warm start; short 0.279, retrained 0.232, selection PER 0.733),
+  12x64 h1 ffn77 (FitHuBERT's warm start as the space has it; 0.369, 0.312, 0.575), 8x128 cnn73% (0.410, 0.314,
+  0.765): the probe picks the 12-layer one, which the spread rule made a finalist although its loss is the
+  highest; held-out PER 0.5728 against the FitHuBERT-like anchor's 0.5717 (= ARMHuBERT-S-like = STaRHuBERT-like
+  on this teacher), uniform 0.638, DistilHuBERT 0.669, LightHuBERT 0.853. sslc picked the best anchor's shape.
+- 55%: the FitHuBERT-like warm start 12x144 h2 ffn154 wins again (PER 0.4777 vs the anchor's 0.4780); ARMHuBERT-S
+  0.505, LightHuBERT 0.526, STaRHuBERT 0.556, uniform 0.573.
+What the tables show: with the pick made by the probe over depths, sslc finds the best anchor family at every
+budget, and beats it only at 25%, where no thin family reaches the budget; to beat it by 5% the search must find
+a shape no family has, in 10 trials after the warm start. `benchmarks/cnn_keep.py` found one at 40% (the
+FitHuBERT rule with the CNN at 3/4: PER 0.508), so the warm start now adds each thin family with that CNN cut.
+Before (finalists = the K depths with the lowest short-trial loss):
 Measured on `mini` at the defaults (2026-12-03 19:24 UTC, 2 idle cores, 2331 s: over the 30 minutes aimed at; 16
 trials x 60 steps, the warm start = the six anchor families at the budget, 3 finalists x 300 steps of the quick
 recipe): margins 25% **1.056**, 40% **0.855**, 55% **1.001**; anchor_margin **0.855**, goal (>= 1.05) missed.
