@@ -46,7 +46,7 @@ What the tables show: with the pick made by the probe over depths, sslc finds th
 budget, and beats it only at 25%, where no thin family reaches the budget; to beat it by 5% the search must find
 a shape no family has, in 10 trials after the warm start. `benchmarks/cnn_keep.py` found one at 40% (the
 FitHuBERT rule with the CNN at 3/4: PER 0.508), so the warm start now adds each thin family with that CNN cut.
-Before (finalists = the K depths with the lowest short-trial loss):
+Before (finalists = front points, the lowest short-trial loss in each of K bands of MACs):
 Measured on `mini` at the defaults (2026-12-03 19:24 UTC, 2 idle cores, 2331 s: over the 30 minutes aimed at; 16
 trials x 60 steps, the warm start = the six anchor families at the budget, 3 finalists x 300 steps of the quick
 recipe): margins 25% **1.056**, 40% **0.855**, 55% **1.001**; anchor_margin **0.855**, goal (>= 1.05) missed.
