@@ -1,7 +1,7 @@
 """Fault injection for the tests of failure handling, through the search's `before_training` seam.
 
 `Faults({0: "raise", 1: "nan", 3: "hang"})` makes trial 0 raise, gives trial 1 NaN weights and keeps trial 3
-training until the search is killed ("hang-after-N": after N training steps); "oom" raises torch's out-of-GPU-memory error. Run as a script, it is `sslc-search` with faults:
+training until the search is killed ("hang-after-N": after N training steps; "raise-after-N" raises there); "oom" raises torch's out-of-GPU-memory error. Run as a script, it is `sslc-search` with faults:
 `python tests/faults.py hang:3 -- <sslc-search options>` (run as __main__, Ray ships the class by value).
 """
 
@@ -37,7 +37,9 @@ class Faults:
             while True:
                 time.sleep(1)
         if kind and kind.startswith("hang-after-"):  # trains N steps (a rung), then hangs in the next one
-            _hang_after(student, int(kind.removeprefix("hang-after-")))
+            _after(student, int(kind.removeprefix("hang-after-")), _hang)
+        if kind and kind.startswith("raise-after-"):  # trains N steps (a rung), then raises in the next one
+            _after(student, int(kind.removeprefix("raise-after-")), _raise)
         if kind == "noise":  # a poor student: noise on every weight (a trial dominated at its first rung)
             generator = torch.Generator().manual_seed(trial_number)
             with torch.no_grad():
@@ -72,18 +74,27 @@ class CrashBeforeStep:
         os._exit(1)
 
 
-def _hang_after(student: torch.nn.Module, steps: int) -> None:
-    """The student's forward in training (train mode, gradients on) hangs from step `steps` + 1 on: a
+def _after(student: torch.nn.Module, steps: int, fault) -> None:
+    """The student's forward in training (train mode, gradients on) runs `fault` from step `steps` + 1 on: a
     multi-fidelity trial scored at a rung of `steps` and promoted is caught training on to the next."""
     calls = [0]
 
     def count(module, args):
         if module.training and torch.is_grad_enabled():
             calls[0] += 1
-            while calls[0] > steps:
-                time.sleep(1)
+            if calls[0] > steps:
+                fault()
 
     student.register_forward_pre_hook(count)
+
+
+def _hang() -> None:
+    while True:
+        time.sleep(1)
+
+
+def _raise() -> None:
+    raise RuntimeError("injected fault after a rung")
 
 
 def shipped_by_value() -> None:

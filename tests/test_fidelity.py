@@ -188,6 +188,25 @@ def test_the_report_shows_lower_fidelity_points_apart(searches):
     assert "at fidelity 3x" in front_trace.name and "fidelity 3x" in front_trace.text[0]
 
 
+def test_a_trial_that_fails_after_a_rung_is_complete_at_that_rung(tmp_path):
+    """Trial 0 is scored at rung 1 (3 steps), promoted (the first at a rung always is), and raises in its fourth
+    step: it is recorded COMPLETE at fidelity 1 with its rung-1 score and student, the failure said, not FAIL."""
+    shipped_by_value()
+    settings = _settings(tmp_path, "fails-after-rung", trials=2, steps=3, fidelities=[1, 3], sampler="random",
+                         seed=3, concurrency=1, early_stopping=False)
+    run_search(settings, before_training=Faults({0: "raise-after-3"}))
+    study = load_study(settings.run_dir)
+    trial = study.get_trials(deepcopy=False)[0]
+    assert outcome_of(trial) == Outcome.COMPLETE and trial.state == TrialState.COMPLETE
+    scores = trial.user_attrs["heldout_loss_by_fidelity"]
+    assert list(scores) == ["1"] and trial.user_attrs["fidelity"] == 1
+    assert trial.values[0] == scores["1"] == trial.user_attrs["heldout_loss"]
+    reason = trial.user_attrs["fail_reason"]
+    assert reason.startswith("complete at fidelity 1; training on to the next rung failed") and "injected" in reason
+    saved = torch.load(settings.run_dir / "trials" / "0" / "student.pt", weights_only=False)
+    assert saved["provenance"]["steps"] == 3 and saved["provenance"]["fidelity"] == 1
+
+
 @pytest.mark.parametrize("text", ["0,3", "3,1", "a", "1,1", "2,6", ""])
 def test_bad_fidelities_are_one_line_and_exit_2(tmp_path, capsys, text):
     code = search_main(["--data", "demo", "--budget", "50%", "--teacher", "random:tiny", "--run-dir",

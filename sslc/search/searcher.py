@@ -55,6 +55,18 @@ def _unflattened(result: dict, key: str) -> dict:
     return {**result, key: fields} if fields and key not in result else result
 
 
+def _failed(result: dict | None, error: bool) -> bool:
+    """Whether a trial's last report says it failed (crashed, raised, non-finite), not finished or stopped."""
+    return error or result is None or (bool(result.get("final")) and result.get("status") != "completed")
+
+
+def _failure_reason(result: dict | None, error: bool) -> str:
+    if error or result is None:
+        return record.CRASHED_REASON
+    reason = result.get("reason") or f"trial ended with status {result.get('status')}"
+    return f"non-finite loss: {reason}" if result.get("status") == "nonfinite" else reason
+
+
 def _fidelity_scores(result: dict) -> dict[int, float]:
     """{fidelity: held-out score} of a trial's report (empty for a report from before --fidelities)."""
     return {int(f): float(loss) for f, loss in result.get("heldout_loss_by_fidelity_pairs") or []}
@@ -120,6 +132,8 @@ class OptunaAskTellSearcher(Searcher):
         # Seeded with the trials already in the study, as the sampler is: a resumed search draws new configs.
         self.rng = random.Random(seed + len(study.get_trials(deepcopy=False)))
         self.running: dict[str, optuna.Trial] = {}
+        # Each running multi-fidelity trial's report at its last rung: what it is recorded at if it fails later.
+        self.last_rung: dict[str, dict] = {}
         self.early_stopped = early_stopped
         self.started = count_trained(study)
         # Interrupted trials of an earlier run, queued again one at a time just before asking, so a study
@@ -133,10 +147,12 @@ class OptunaAskTellSearcher(Searcher):
     # Tune pickles its searcher to save experiment state; the study (its connection) stays out: resuming goes
     # through Optuna's storage, never through Tune's experiment restore.
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("study", "on_event", "running", "answers")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("study", "on_event", "running", "answers", "last_rung")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, study=None, on_event=lambda kind, trial: None, running={}, answers={})
+        self.__dict__.update(state, study=None, on_event=lambda kind, trial: None, running={}, answers={},
+                             last_rung={})
 
     # ---- asking ------------------------------------------------------------------------------------------
     def measure(self, config) -> tuple[int, dict, int, int]:
@@ -322,15 +338,23 @@ class OptunaAskTellSearcher(Searcher):
         trial = self.running.get(trial_id)
         if trial is not None and result.get(RUNG_FIDELITY) is not None:
             record.write_fidelity(trial, _fidelity_scores(result))
+            self.last_rung[trial_id] = result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         trial = self.running.pop(trial_id, None)
+        rung = self.last_rung.pop(trial_id, None)
         if trial is None:
             return
         if not error and result is not None and not result.get("final") and trial_id not in self.early_stopped:
             mark_interrupted(self.study, trial)
             self.on_event("interrupted", None)
             return
+        if rung is not None and _failed(result, error):
+            # Scored and saved at a rung, then it failed training on to the next: complete at that rung (its
+            # student there is saved), the failure said, rather than a failed trial that loses finished work.
+            record.write_failed(trial, f"complete at fidelity {rung[RUNG_FIDELITY]}; training on to the next rung "
+                                       f"failed: {_failure_reason(result, error)}")
+            result, error = rung, False
         try:
             state, values = self._outcome(trial, result, error)
             if state == TrialState.COMPLETE:
@@ -345,7 +369,7 @@ class OptunaAskTellSearcher(Searcher):
 
     def _outcome(self, trial: optuna.Trial, result: dict | None, error: bool):
         if error or result is None:
-            record.write_failed(trial, record.CRASHED_REASON)
+            record.write_failed(trial, _failure_reason(result, error))
             return TrialState.FAIL, None
         record.write_measurements(trial, _unflattened(result, "latency_measurement"))
         if not result.get("final") and result.get(RUNG_FIDELITY) is None:
@@ -354,10 +378,7 @@ class OptunaAskTellSearcher(Searcher):
             return TrialState.PRUNED, None
         status = result.get("status")
         if status != "completed":
-            reason = result.get("reason") or f"trial ended with status {status}"
-            if status == "nonfinite":
-                reason = f"non-finite loss: {reason}"
-            record.write_failed(trial, reason, infeasible=status == "infeasible")
+            record.write_failed(trial, _failure_reason(result, error), infeasible=status == "infeasible")
             return TrialState.FAIL, None
         # A multi-fidelity trial (stopped at a rung, or at the top) is told its score at the first rung, which every
         # trial reached after the same training: the sampler never compares scores of different fidelities.
