@@ -139,6 +139,21 @@ def probe_files(examples, root: Path) -> Path:
     return root
 
 
+def retrain_config(run, config: CompressionConfig, number: int, plan, context, out: Path) -> tuple[float, Path]:
+    """A config that is no trial of the study (an anchor), retrained by the retrain driver and `plan` into `out`:
+    (retrained held-out loss, its weights file). `number` (negative) names it apart from the study's trials."""
+    trial = TrialRecord(number=number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
+                        params={}, config=config.to_dict())
+    summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
+    return summary["heldout_loss"], out / WEIGHTS_FILE
+
+
+def phone_error(weights: Path, probe_train, probe_heldout, probe: ProbeSettings) -> float:
+    """sslc-probe's phoneme CTC probe of a student file: its error rate on `probe_heldout`."""
+    target = resolve_targets([str(weights)], False, probe.device)[0]
+    return probe_target(target, probe_train, probe_heldout, probe, "tokens")["metric"]
+
+
 def shape(config: CompressionConfig, teacher_config) -> str:
     arch = config.student_architecture(teacher_config)
     heads, ffn = sorted({layer.heads for layer in arch.layers}), sorted({layer.ffn_dim for layer in arch.layers})
@@ -200,11 +215,8 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
     for number, names in enumerate(families.values()):
         config = anchors[names[0]]
         # An anchor is not a trial of the study: retrained by the same driver and plan into its own directory.
-        trial = TrialRecord(number=-1 - number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
-                            params={}, config=config.to_dict())
-        out = root / "anchors" / names[0]
-        summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
-        models.append((f"anchor {' = '.join(names)}", config, summary["heldout_loss"], out / WEIGHTS_FILE))
+        loss, weights = retrain_config(run, config, -1 - number, plan, context, root / "anchors" / names[0])
+        models.append((f"anchor {' = '.join(names)}", config, loss, weights))
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     probe = ProbeSettings("ctc", epochs=args.probe_epochs, device=device)
@@ -212,8 +224,7 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
     print(f"  {'model':{width}s} {'shape':28s} {'MACs':>7s} {'loss':>7s} {'PER':>7s}   (PER: held-out voices)")
     errors = {}
     for label, config, loss, weights in models:
-        target = resolve_targets([str(weights)], False, device)[0]
-        errors[label] = probe_target(target, probe_train, probe_heldout, probe, "tokens")["metric"]
+        errors[label] = phone_error(weights, probe_train, probe_heldout, probe)
         macs = count_macs(config.student_architecture(teacher_config), seconds=seconds).total
         print(f"  {label:{width}s} {shape(config, teacher_config):28s} {macs / budget:7.1%} {loss:7.4f} "
               f"{errors[label]:7.4f}", flush=True)

@@ -36,19 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks
 
 import torch  # noqa: E402
-from anchor_margin import MAX_PROBE_TRAIN, PROBE_EPOCHS, RETRAIN_STEPS, shape  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+from anchor_margin import MAX_PROBE_TRAIN, PROBE_EPOCHS, RETRAIN_STEPS, phone_error, retrain_config, shape  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.budget import parse_budget  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.probes import ProbeSettings  # noqa: E402
-from sslc.probes.results import probe_target, resolve_targets  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
-from sslc.runs.student_file import WEIGHTS_FILE  # noqa: E402
-from sslc.runs.trials import Outcome, TrialRecord  # noqa: E402
 from sslc.search.baselines import WARM_START_CONV_KEEP, anchor_at_budget  # noqa: E402
-from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial  # noqa: E402
+from sslc.search.retrain import prepare_context, retrain_plan  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 
 BUDGET = "40%"
@@ -99,15 +95,11 @@ def main(argv=None) -> int:
         print(f"  {'CNN keep':>8s} {'shape':30s} {'MACs':>7s} {'loss':>7s} {'PER':>7s}")
         for number, keep in enumerate(keeps):
             config = anchor_at_budget(args.family, teacher, budget, seconds, conv_keep=keep)
-            trial = TrialRecord(number=-1 - number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE,
-                                values=None, params={}, config=config.to_dict())
-            out = root / f"keep-{keep:g}"
-            summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
-            target = resolve_targets([str(out / WEIGHTS_FILE)], False, "cpu")[0]
-            errors[keep] = probe_target(target, probe_train, probe_heldout, probe, "tokens")["metric"]
+            loss, weights = retrain_config(run, config, -1 - number, plan, context, root / f"keep-{keep:g}")
+            errors[keep] = phone_error(weights, probe_train, probe_heldout, probe)
             macs = count_macs(config.student_architecture(teacher), seconds=seconds).total
-            print(f"  {keep:8g} {shape(config, teacher):30s} {macs / budget:7.1%} {summary['heldout_loss']:7.4f} "
-                  f"{errors[keep]:7.4f}", flush=True)
+            print(f"  {keep:8g} {shape(config, teacher):30s} {macs / budget:7.1%} {loss:7.4f} {errors[keep]:7.4f}",
+                  flush=True)
     print(f"total {time.perf_counter() - started:.0f} s")
     print(f"cnn_keep: {errors[1.0] / errors[WARM_START_CONV_KEEP]:.3f}")
     return 0
