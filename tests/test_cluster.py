@@ -149,10 +149,52 @@ def _long_corpus(root: Path, files: int, seconds: float) -> None:
                  subtype="PCM_16")
 
 
+# Holds one CPU of the node argv[2] (head or second) until its stdin closes, then gives it back and waits until the
+# cluster counts it free again.
+_HOLD_A_CPU = """
+import sys, time, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1], logging_level="ERROR")
+# Ray marks its head node with this resource (the head may report another address than --node-ip-address).
+nodes = {"head" if "node:__internal_head__" in n["Resources"] else "second": n["NodeID"]
+         for n in ray.nodes() if n["Alive"]}
+node = nodes[sys.argv[2]]
+total = ray.cluster_resources()["CPU"]
+
+@ray.remote(num_cpus=1)
+class Holder:
+    def ready(self):
+        return True
+
+holder = Holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+ray.get(holder.ready.remote())
+print("holding", flush=True)
+sys.stdin.read()
+ray.kill(holder)
+while ray.available_resources().get("CPU", 0) < total:
+    time.sleep(0.2)
+"""
+
+
+@contextlib.contextmanager
+def _cpu_held_on(node: str, address: str, env: dict):
+    """Ray places each trial on whichever node has a CPU free; holding the only CPU of one node sends every trial
+    to the other (without it, Ray's choice decides which node gets which trial)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_A_CPU, address, node], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if holder.stdout.readline().strip() != "holding":
+            raise AssertionError(f"could not hold a CPU on the {node} node: {holder.communicate(timeout=60)[1][-3000:]}")
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=120)
+
+
 def test_a_node_that_cannot_read_the_audio_fails_its_trials_in_one_line_and_the_search_goes_on(tmp_path):
     """A corpus too large to travel with the trials (over SHIPPED_AUDIO_BYTES of crops) must be at the same path
     on every node. Here it is only on the head: the head's trials complete, the second node's trials fail with one
-    line naming that node and the file it could not read, and the search finishes."""
+    line naming that node and the file it could not read, and the search (resumed, the study goes on) finishes."""
     from sslc.search.inputs import SHIPPED_AUDIO_BYTES
 
     crop_seconds = 30.0
@@ -161,31 +203,28 @@ def test_a_node_that_cannot_read_the_audio_fails_its_trials_in_one_line_and_the_
         corpus = runs / "corpus"  # in the folder the second node sees as an empty tmpfs
         _long_corpus(corpus, files, crop_seconds)
         run_dir = runs / "run"
-        # Ray places each trial's placement group on either node (its GCS does not prefer the driver's), and a
-        # trial on the second node fails within a second, so now and then every trial of a few lands there.
-        # That is Ray's choice, not sslc's behaviour under test: the search is then resumed with more trials
-        # (the study goes on) until both nodes have run one, at most three rounds.
-        for total in (4, 8, 12):
-            finished = subprocess.run([
-                sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny",
-                # Trials read steps x batch crops: 32 x 2 take every training file, so the crops exceed the limit.
-                "--data", str(corpus), "--budget", "100%", "--trials", str(total), "--steps", "32",
-                "--batch-size", "2", "--crop-seconds", str(crop_seconds), "--concurrency", "2",
-                "--latency-repeats", "1", "--name", "unseen", "--run-dir", str(run_dir), "--no-report",
-                "--no-baselines", "--no-early-stopping",
-            ], env=env, capture_output=True, text=True, timeout=600)
+        # Two trials with the second node's CPU held (they run on the head), then two more with the head's held.
+        for busy_node, total in (("second", 2), ("head", 4)):
+            with _cpu_held_on(busy_node, address, env):
+                finished = subprocess.run([
+                    sys.executable, "-m", "sslc.cli.search", "--ray-address", address, "--teacher", "random:tiny",
+                    # Trials read steps x batch crops: 32 x 2 take every training file, so the crops exceed the limit.
+                    "--data", str(corpus), "--budget", "100%", "--trials", str(total), "--steps", "32",
+                    "--batch-size", "2", "--crop-seconds", str(crop_seconds), "--concurrency", "2",
+                    "--latency-repeats", "1", "--name", "unseen", "--run-dir", str(run_dir), "--no-report",
+                    "--no-baselines", "--no-early-stopping",
+                ], env=env, capture_output=True, text=True, timeout=600)
             assert finished.returncode == 0, finished.stderr[-3000:]
-            trials = load_study(run_dir).get_trials()
-            assert len(trials) == total
-            if len({t.state for t in trials}) == 2:
-                break
+        trials = load_study(run_dir).get_trials()
+        assert len(trials) == 4
         cache_id = (run_dir / "cache" / "run-id").read_text().strip()
     shutil.rmtree(Path("/tmp") / "sslc-cache" / cache_id, ignore_errors=True)  # the second node's own cache
 
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
     failed = [t for t in trials if t.state == TrialState.FAIL]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert failed and complete, [(t.state, t.user_attrs.get("node")) for t in trials]
+    assert [t.number for t in complete] == [0, 1], [(t.state, t.user_attrs.get("node")) for t in trials]
+    assert [t.number for t in failed] == [2, 3], [(t.state, t.user_attrs.get("node")) for t in trials]
     # The nodes differ in their address and Ray node id: the failures are the second node's only.
     assert not {t.user_attrs["node"] for t in failed} & {t.user_attrs["node"] for t in complete}
     for t in failed:
