@@ -21,14 +21,21 @@ workers) tau 0.815, wall 762 s on 2 shared cores; on the random teacher, the sam
 layers" (one tied pair); the two rank first in both scores (0.28 short, 0.24 long), far ahead of every
 width-pruned config.
 
-Measured 2026-12-03 on the mini-HuBERT (--configs 6, to fit the time on 2 cores shared with three other jobs: 1440
-s wall, 2855 s of training): tau 1.000 at 10x and at 30x. The six: first 2 / 4 / 6 layers (48 / 58 / 69% of the
-MACs at 2.5 s) and three `combined` configs (21% with 4 layers, 30% with 8, 45% with 10); scores short / 10x / 30x
-from 0.129 / 0.095 / 0.081 (6 layers) to 0.576 / 0.359 / 0.248 (combined, 21%). A weak test as run: at 6 configs the
-fixed half is only depth cuts (no uniform cut, no baseline), the two groups are far apart in score, and 15 pairs
-leave tau coarse; the 12-config default (about 50 min here at this load; estimated under 30 on idle cores from the per-config
-times) is what to quote next. (The MAC column of that run's table printed the wrong share: a variable was reused;
-fixed, the shares above are recomputed.)
+Measured 2026-12-07 on the mini-HuBERT at the defaults (12 configs, 2 workers; wall 2435 s, 4839 s of training,
+the first 20 minutes beside a one-thread benchmark): **tau 0.848** at 10x and 0.818 at 30x (goal >= 0.7 met). Scores
+short / 10x / 30x, in the 30x order: first 6 layers 0.129 / 0.095 / 0.081; first 4 0.163 / 0.129 / 0.114;
+FitHuBERT-like baseline (12 layers, 52% of the MACs) 0.228 / 0.147 / 0.115; uniform keep 75% 0.311 / 0.162 / 0.126;
+first 2 0.215 / 0.160 / 0.135; LightHuBERT-Small-like 0.275 / 0.177 / 0.136; uniform keep 55% 0.520 / 0.268 /
+0.187; combined 43% (12 layers) 0.459 / 0.280 / 0.200; combined 27% (8) 0.513 / 0.302 / 0.210; combined 31% (3)
+0.554 / 0.351 / 0.262; uniform keep 35% 0.660 / 0.402 / 0.273; combined 20% (5) 0.651 / 0.428 / 0.297. Where the
+short trial errs, it is against the wide 12-layer students: at 100 steps `first 2 layers` ranks 3rd and the
+FitHuBERT-like and uniform-75% students 4th and 6th; with longer training the 12-layer students gain most (uniform
+75%: 0.311 -> 0.126, against 0.215 -> 0.135 for 2 layers) and pass it. A short trial undervalues deep, thin
+students: the reason `--finalists` retrains the candidates and spreads them over depth before the pick.
+
+Measured 2026-12-03 on the mini-HuBERT with --configs 6 (shared cores): tau 1.000 at 10x and at 30x, but the six
+were three depth cuts and three combined configs, two groups far apart in score: a weak test, which is why the
+fixed configs are now taken in turn from depth cuts, width cuts and baselines.
 
     python benchmarks/proxy_fidelity.py [--configs 12] [--workers 2] [--teacher fixture|random]
                                         [--teacher-recipe gpu|cpu|mini] [--quick]
