@@ -28,6 +28,27 @@ least 5% lower than the best anchor family's at every budget).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
 25% only `uniform` can reach the budget.
 
+Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
+UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
+16 x 60 steps 400-460 s): margins 25% **1.073**, 40% **1.116**, 55% **1.000**; anchor_margin **1.000**, goal (>=
+1.05) met at 25% and 40%, missed at 55%.
+- 25%: finalists 2x128 h2 ffn384 cnn75% (short-trial 0.413, retrained 0.320, selection PER 0.728), 12x64 h1 ffn77
+  cnn75% (0.492, 0.395, 0.634; a thin family with the CNN cut), 8x96 cnn48% (0.582, 0.457, 0.848); the probe picks
+  the 12-layer one although its retrained loss is higher: PER 0.644 against uniform's 0.691 (the only anchor that
+  reaches 25%; 0.654 was sslc's 2-layer pick before).
+- 40%: finalists 2x128 h2 ffn461 (DistilHuBERT's warm start; 0.279, 0.232, 0.733), 12x144 h2 ffn115 cnn75%
+  (FitHuBERT's rule with the CNN cut; 0.353, 0.251, 0.515), 8x128 cnn73% (0.410, 0.314, 0.765): the probe picks
+  the CNN-cut 12-layer student, PER **0.5125** against the best anchor's 0.5719 (FitHuBERT-like = ARMHuBERT-S-like
+  = STaRHuBERT-like 12x64 h1 ffn104), uniform 0.638, DistilHuBERT 0.669, LightHuBERT 0.853: a shape no family has
+  beats them all by 11.6%, as `cnn_keep` measured (0.508).
+- 55%: finalists 12x144 h2 ffn154 (FitHuBERT's warm start with the whole CNN; short-trial 0.174, retrained 0.134,
+  selection PER 0.473), 2x192 h3 ffn768 (0.198, 0.167, 0.591), 9x128 cnn70% at 53% of the budget (0.453, 0.338,
+  0.831); the winner is the FitHuBERT-like shape itself, PER 0.4778 against that anchor's 0.4780 (ARMHuBERT-S
+  0.505, LightHuBERT 0.526, STaRHuBERT 0.556, uniform 0.573). Why 55% misses: its CNN-cut thin family was in the
+  warm start but not a finalist: the finalist rule retrains one student per depth, the lowest short-trial loss
+  first, and at 12 layers that was the whole-CNN one (the short trial under-rates CNN cuts: `knob_costs`); the
+  third finalist went to a 9-layer student that uses half the budget.
+Before (finalists spread over depth, warm start without the CNN cuts):
 Measured on `mini` at the defaults with finalists spread over depth (2026-12-07 02:13 UTC, 2 idle cores, 4280 s:
 over the 30 minutes aimed at, on a machine that pretrains the mini 1.6-2x slower than the one of 2026-12-03; the
 warm start then the six anchor families at the budget): margins 25% **1.056**, 40% **0.998**, 55% **1.001**;
