@@ -174,17 +174,19 @@ def test_a_stage_killed_after_its_first_finalist_retrains_only_the_rest(finished
     assert open_run(run_dir).record.retrains[last]["steps"] == STEPS and record["finalists"][0]["trial"] == first
 
 
-def _front_study(points: dict[int, tuple[float, int, float, int]]) -> RunRecord:
-    """A study whose complete trials are `points`: number -> (short-trial loss, MACs, latency ms, depth); budget
-    100 MACs and 50 ms."""
+def _front_study(points: dict[int, tuple], teacher_cnn: int | None = None) -> RunRecord:
+    """A study whose complete trials are `points`: number -> (short-trial loss, MACs, latency ms, depth[, CNN
+    channels kept]); budget 100 MACs and 50 ms; `teacher_cnn`: the recorded teacher's CNN channels (one layer)."""
     study = optuna.create_study(directions=["minimize", "minimize"])
     study.set_user_attr("budget", Budget(100, 10.0, None, 50.0).to_dict())
+    if teacher_cnn is not None:
+        study.set_user_attr("teacher", {"architecture": {"conv_layers": [{"channels": teacher_cnn}]}})
     for number in sorted(points):
-        loss, macs, latency, depth = points[number]
+        loss, macs, latency, depth, *cnn = points[number]
+        config = {"layers": list(range(depth)), **({"conv_channels": cnn} if cnn else {})}
         study.add_trial(optuna.trial.create_trial(
             values=[loss, macs / 1e9], state=optuna.trial.TrialState.COMPLETE,
-            user_attrs={"macs": macs, "heldout_loss": loss, "latency_ms": latency, "params": 1,
-                        "config": {"layers": list(range(depth))}}))
+            user_attrs={"macs": macs, "heldout_loss": loss, "latency_ms": latency, "params": 1, "config": config}))
     return RunRecord(Path("."), study)
 
 
@@ -220,3 +222,30 @@ DEEP_SCORES_WORST = {**TRIALS_NEAR, 7: (0.45, 96, 5.0, 12), 8: (0.38, 90, 5.0, 6
 ])
 def test_the_rule_spreads_over_depth_though_the_deepest_scores_worst(k, expected):
     assert [t.number + 1 for t in pick_finalists(_front_study(DEEP_SCORES_WORST), k)] == expected
+
+
+# The lead (1) is 12 layers with the whole CNN (256 channels); its CNN-cut twin (3) scores worse than a 6-layer
+# student (4), as a short trial under-rates a cut CNN; a 2-layer student with the cut CNN (5) scores worst.
+CNN_CUT = {1: (0.30, 95, 5.0, 12, 256), 2: (0.32, 94, 5.0, 2, 256), 3: (0.40, 96, 5.0, 12, 192),
+           4: (0.35, 90, 5.0, 6, 256), 5: (0.45, 93, 5.0, 2, 192)}
+
+
+@pytest.mark.parametrize("k, expected", [
+    (2, [1, 2]),  # the lead, then the farthest depth
+    (3, [1, 2, 3]),  # then the lead's depth with the other CNN: 3, not the better-scoring 6-layer 4
+    (4, [1, 2, 4, 3]),  # then the depth left (6)
+    (5, [1, 2, 4, 3, 5]),  # and the lowest loss left
+])
+def test_the_rule_retrains_the_leads_depth_with_the_other_cnn(k, expected):
+    assert [t.number + 1 for t in pick_finalists(_front_study(CNN_CUT), k)] == expected
+    # With the teacher recorded (here its CNN has 256 channels) the result is the same.
+    assert [t.number + 1 for t in pick_finalists(_front_study(CNN_CUT, teacher_cnn=256), k)] == expected
+
+
+def test_the_other_cnn_is_judged_against_the_teachers_whole_cnn():
+    # A teacher of 512 channels: every trial cuts its CNN, so the lead has no twin with the other CNN, and the
+    # third finalist is the 6-layer student, as under depth alone.
+    assert [t.number + 1 for t in pick_finalists(_front_study(CNN_CUT, teacher_cnn=512), 3)] == [1, 2, 4]
+    # The lead cuts its CNN (192 < 256): its twin is the one with the whole CNN.
+    cut_lead = {**CNN_CUT, 1: (0.30, 95, 5.0, 12, 192), 3: (0.40, 96, 5.0, 12, 256)}
+    assert [t.number + 1 for t in pick_finalists(_front_study(cut_lead, teacher_cnn=256), 3)] == [1, 2, 3]

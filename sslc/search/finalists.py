@@ -54,14 +54,19 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
 
     "The K best" of a multi-objective search needs a rule. Here: among the trained trials within every limit of
     the budget that cost at least NEAR_BUDGET of its MACs (the K costliest when fewer do), at the top fidelity
-    reached, each depth gives its lowest short-trial loss. The finalists spread over depth: first the lowest
-    loss of all, then each time the depth farthest from the depths already taken (a tie: the lower loss), so
-    the shallowest and the deepest are both retrained before any depth in between; when fewer depths than K are
-    there, the lowest losses left fill the places. Depth, because it is where short trials and retraining
-    disagree most: in `benchmarks/anchor_margin.py` (mini-HuBERT, 40%) a 12-layer thin student with a higher
-    distillation loss than a 2-layer one at equal MACs had the lower phone error once retrained and probed.
-    Taking the depths with the K lowest losses would still leave it out, since every shallower depth between
-    them scores lower too; lowest loss alone would take K near-identical neighbours just under the budget.
+    reached, the finalists spread over the two knobs where short trials and retraining disagree most, depth and
+    the CNN front end:
+    1. the lowest short-trial loss of all (the lead);
+    2. the best of the depth farthest from the lead's (a tie: the lower loss), so the shallowest and the deepest
+       are both retrained;
+    3. the best at the lead's depth with the other CNN: cut if the lead keeps the whole CNN, whole if it cuts it;
+    4. then each time the best of the depth farthest from the depths taken, and last the lowest losses left.
+    Depth: in `benchmarks/anchor_margin.py` (mini-HuBERT, 40%) a 12-layer thin student with a higher distillation
+    loss than a 2-layer one at equal MACs had the lower phone error once retrained and probed; taking the depths
+    with the K lowest losses would leave it out, since every shallower depth between them scores lower too, and
+    lowest loss alone takes K near-identical neighbours just under the budget. The CNN: a short trial under-rates
+    a cut front end (`benchmarks/knob_costs.py`: its cost falls as training grows), so at 55% the lead's
+    CNN-cut twin, not a finalist under depth alone, was never retrained.
     """
     budget = run.record.budget
     convention = budget.convention if budget is not None else "seconds"
@@ -78,6 +83,9 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
     def depth(trial: TrialRecord) -> int:
         return len((trial.config or {}).get("layers") or [])
 
+    def cnn_channels(trial: TrialRecord) -> int:
+        return sum((trial.config or {}).get("conv_channels") or [])
+
     trained = [t for t in run.trials() if t.outcome == Outcome.COMPLETE and t.heldout_loss is not None
                and t.repeat_of is None and fits(t)]
     if not trained:
@@ -85,18 +93,36 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
     top_fidelity = max(t.fidelity for t in trained)  # losses compare only at one fidelity (the front's)
     trained = [t for t in trained if t.fidelity == top_fidelity]
     top = budget.max_macs if budget is not None and budget.max_macs else max(macs(t) for t in trained)
-    pool = [t for t in trained if macs(t) >= NEAR_BUDGET * top]
+    pool = sorted((t for t in trained if macs(t) >= NEAR_BUDGET * top), key=score)
     if len(pool) < k:
-        pool = sorted(trained, key=lambda t: (-macs(t), t.number))[:k]
+        pool = sorted(sorted(trained, key=lambda t: (-macs(t), t.number))[:k], key=score)
+    # The teacher's whole front end; a study that did not record its teacher: the most any trial kept.
+    teacher_conv = (run.record.teacher.architecture or {}).get("conv_layers")
+    whole_cnn = sum(c["channels"] for c in teacher_conv) if teacher_conv else max(map(cnn_channels, pool))
+
+    def cut(trial: TrialRecord) -> bool:
+        return cnn_channels(trial) < whole_cnn
+
     best_of_depth: dict[int, TrialRecord] = {}
-    for trial in sorted(pool, key=score):
+    for trial in pool:
         best_of_depth.setdefault(depth(trial), trial)
-    chosen = [min(best_of_depth.values(), key=score)]
-    while len(chosen) < min(k, len(best_of_depth)):
+    chosen = [pool[0]]
+
+    def farthest_depth() -> TrialRecord | None:
         taken = {depth(t) for t in chosen}
-        chosen.append(min((t for d, t in best_of_depth.items() if d not in taken),
-                          key=lambda t: (-min(abs(depth(t) - d) for d in taken), score(t))))
-    rest = sorted((t for t in pool if t not in chosen), key=score)
+        left = [t for d, t in best_of_depth.items() if d not in taken]
+        return min(left, key=lambda t: (-min(abs(depth(t) - d) for d in taken), score(t))) if left else None
+
+    def other_cnn_of_lead() -> TrialRecord | None:
+        lead = chosen[0]
+        return next((t for t in pool if depth(t) == depth(lead) and cut(t) != cut(lead)), None)
+
+    for pick in (farthest_depth, other_cnn_of_lead):
+        if len(chosen) < k and (trial := pick()) is not None:
+            chosen.append(trial)
+    while len(chosen) < k and (trial := farthest_depth()) is not None:
+        chosen.append(trial)
+    rest = [t for t in pool if t not in chosen]
     return sorted((chosen + rest)[:k], key=score)
 
 
@@ -121,7 +147,7 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
     numbers = [t.number for t in finalists]
     fewer = f" (only {len(numbers)} fit the rule)" if len(numbers) < settings.finalists else ""
     say(f"finalists: trials {', '.join(map(str, numbers))}{fewer}, the best of each depth near the budget (spread "
-        f"over depth), retrained by recipe {settings.finalist_recipe}")
+        f"over depth and the CNN), retrained by recipe {settings.finalist_recipe}")
     results = {r["trial"]: r for r in retrain(run_dir, numbers=numbers, recipe=settings.finalist_recipe,
                                              steps=settings.finalist_steps, progress=progress, say=say)}
     unfinished = [n for n in numbers if results[n]["status"] != "completed"]
@@ -149,8 +175,9 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
         by = f"probe ({settings.probe_task}: {'accuracy' if higher_better else 'error rate'})"
     record = {
         "k": settings.finalists,
-        "rule": f"trials within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, the lowest short-trial loss "
-                f"of each depth, spread over depth (the lowest loss, then the farthest depths), then the lowest left",
+        "rule": f"trials within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, spread over depth and the CNN: "
+                f"the lowest short-trial loss, the best of the farthest depth, the best at the lead's depth with "
+                f"the other CNN (cut / whole), the best of each farthest depth left, then the lowest losses left",
         "recipe": results[numbers[0]]["recipe"],
         "label": results[numbers[0]]["label"],
         "probe": probe,
