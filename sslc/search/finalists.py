@@ -59,14 +59,18 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
     1. the lowest short-trial loss of all (the lead);
     2. the best of the depth farthest from the lead's (a tie: the lower loss), so the shallowest and the deepest
        are both retrained;
-    3. the best at the lead's depth with the other CNN: cut if the lead keeps the whole CNN, whole if it cuts it;
+    3. the lead's twin with the other CNN (cut if the lead keeps the whole CNN, whole if it cuts it): the trial at
+       the lead's depth whose Transformer is closest to the lead's (`transformer_distance`; a tie: the lower loss);
     4. then each time the best of the depth farthest from the depths taken, and last the lowest losses left.
     Depth: in `benchmarks/anchor_margin.py` (mini-HuBERT, 40%) a 12-layer thin student with a higher distillation
     loss than a 2-layer one at equal MACs had the lower phone error once retrained and probed; taking the depths
     with the K lowest losses would leave it out, since every shallower depth between them scores lower too, and
     lowest loss alone takes K near-identical neighbours just under the budget. The CNN: a short trial under-rates
     a cut front end (`benchmarks/knob_costs.py`: its cost falls as training grows), so at 55% the lead's
-    CNN-cut twin, not a finalist under depth alone, was never retrained.
+    CNN-cut twin, not a finalist under depth alone, was never retrained. The twin is chosen by shape, not by
+    loss: short trials rank CNN-cut students among themselves by how deep the cut is as much as by their design
+    (at 55% the lowest loss among them was uniform pruning's 12x192 with the CNN at 62%, a shape unlike the
+    lead's), and what is to be learned is whether the lead's design gains from the cut.
     """
     budget = run.record.budget
     convention = budget.convention if budget is not None else "seconds"
@@ -96,9 +100,11 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
     pool = sorted((t for t in trained if macs(t) >= NEAR_BUDGET * top), key=score)
     if len(pool) < k:
         pool = sorted(sorted(trained, key=lambda t: (-macs(t), t.number))[:k], key=score)
-    # The teacher's whole front end; a study that did not record its teacher: the most any trial kept.
-    teacher_conv = (run.record.teacher.architecture or {}).get("conv_layers")
+    # The teacher's whole front end and width; a study that did not record its teacher: the most any trial kept.
+    teacher = run.record.teacher.architecture or {}
+    teacher_conv = teacher.get("conv_layers")
     whole_cnn = sum(c["channels"] for c in teacher_conv) if teacher_conv else max(map(cnn_channels, pool))
+    teacher_width = teacher.get("embed_dim") or max((t.config.get("hidden") or 0 for t in pool if t.config), default=0)
 
     def cut(trial: TrialRecord) -> bool:
         return cnn_channels(trial) < whole_cnn
@@ -115,7 +121,9 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
 
     def other_cnn_of_lead() -> TrialRecord | None:
         lead = chosen[0]
-        return next((t for t in pool if depth(t) == depth(lead) and cut(t) != cut(lead)), None)
+        twins = [t for t in pool if depth(t) == depth(lead) and cut(t) != cut(lead)]
+        return min(twins, key=lambda t: (transformer_distance(t.config or {}, lead.config or {}, teacher_width),
+                                         score(t)), default=None)
 
     for pick in (farthest_depth, other_cnn_of_lead):
         if len(chosen) < k and (trial := pick()) is not None:
@@ -124,6 +132,18 @@ def pick_finalists(run: RunRecord, k: int) -> list[TrialRecord]:
         chosen.append(trial)
     rest = [t for t in pool if t not in chosen]
     return sorted((chosen + rest)[:k], key=score)
+
+
+def transformer_distance(a: dict, b: dict, teacher_width: int) -> float:
+    """How unlike two configs' Transformers are: the mean relative difference |x - y| / max(x, y) over the hidden
+    width and each layer's heads and FFN units (layer by layer; configs of one depth). 0: the same Transformer."""
+    def relative(x: float, y: float) -> float:
+        return abs(x - y) / max(x, y) if max(x, y) > 0 else 0.0
+
+    pairs = [(a.get("hidden") or teacher_width, b.get("hidden") or teacher_width)]
+    for knob in ("heads", "ffn"):
+        pairs += list(zip(a.get(knob) or [], b.get(knob) or []))
+    return sum(relative(x, y) for x, y in pairs) / len(pairs)
 
 
 def _probe_settings(settings: SearchSettings) -> dict | None:
@@ -176,8 +196,9 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
     record = {
         "k": settings.finalists,
         "rule": f"trials within the budget costing >= {NEAR_BUDGET:.0%} of its MACs, spread over depth and the CNN: "
-                f"the lowest short-trial loss, the best of the farthest depth, the best at the lead's depth with "
-                f"the other CNN (cut / whole), the best of each farthest depth left, then the lowest losses left",
+                f"the lowest short-trial loss, the best of the farthest depth, the lead's twin with the other CNN "
+                f"(cut / whole; the closest Transformer at its depth), the best of each farthest depth left, then "
+                f"the lowest losses left",
         "recipe": results[numbers[0]]["recipe"],
         "label": results[numbers[0]]["label"],
         "probe": probe,
