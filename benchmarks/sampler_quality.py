@@ -1,8 +1,9 @@
 """Hypervolume of the search's default sampler (`SearchSettings.sampler`) vs random search, same number of trials.
 
 Cheap trials: 0 training steps. A trial's objectives are the ones the search minimises by default, the held-out
-distillation loss of the teacher-initialised student (its prediction heads start as the identity, so this is how
-well the compressed student reproduces the teacher's layers before any training) and its GMACs for 10 s of audio.
+distillation loss of the teacher-initialised student with its prediction heads started as every trial's start
+(`score_at_start`: fitted on its first training batches; so this is the score a trial starts from, before any
+training step) and its GMACs for 10 s of audio.
 Everything else is the search's own machinery, in-process and without Ray: the `combined` space, the MAC budget,
 `make_sampler`, and `OptunaAskTellSearcher.next_feasible` (over-budget configs are recorded as infeasible, never
 evaluated, and do not count as trials; the samplers see the budget as constraint values, see issue 13). The teacher is a random HuBERT-Base at half width (12 post-LN layers,
@@ -59,7 +60,7 @@ from sslc.search.runner import SearchSettings  # noqa: E402
 from sslc.search.samplers import make_sampler, startup_trials  # noqa: E402
 from sslc.search.searcher import OptunaAskTellSearcher  # noqa: E402
 from sslc.spaces import SearchSpace  # noqa: E402
-from sslc.trainers import TrainerConfig, score_student  # noqa: E402
+from sslc.trainers import TrainerConfig, score_at_start  # noqa: E402
 
 TEACHER = "random HuBERT-Base at half width"
 SPACE = "combined"
@@ -96,7 +97,8 @@ def make_context(run_dir: Path, layers: int = 12) -> RunInputs:
 
 
 class ZeroStepObjective:
-    """Held-out distillation loss of a config's student straight after `compress` (no training step)."""
+    """Held-out distillation loss of a config's student straight after `compress`, its heads started as a trial's
+    are (`score_at_start`: fitted on its first training batches), no training step."""
 
     def __init__(self, context):
         self.context = context
@@ -117,7 +119,8 @@ class ZeroStepObjective:
     def evaluate(self, config) -> float:
         """The search's score (mean over the protocol's default targets) of the untrained student."""
         student = self.context.build_student(config, quantize=False)
-        score, _ = score_student(student, self.targets, self.context.data.heldout, SCORING, config.layers)
+        score, _ = score_at_start(student, self.targets, self.context.data.train, self.context.data.heldout, SCORING,
+                                  config.layers)
         return score
 
 
