@@ -5,9 +5,11 @@ budget, and which sampler each name builds."""
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import optuna
 import pytest
+from ray.tune.schedulers import TrialScheduler
 
 from sslc.compress import CompressionConfig
 from sslc.metrics import count_macs
@@ -149,6 +151,22 @@ def test_dominance_stopper_stops_only_dominated_trials_with_enough_peers():
     assert not stopper.decide("f", 11, macs=6.0, loss=5.0)
     assert not stopper.decide("x", 9, macs=9.0, loss=9.0)  # not at the rung yet: never stopped
     assert [m for m, _ in stopper.records[10]] == [5.0, 6.0, 4.0, 7.0, 1.0, 6.0]
+
+
+def test_dominance_stopper_never_stops_a_protected_trial_but_counts_it():
+    stopper = DominanceStopper([10], min_peers=2, min_dominators=2)
+    assert not stopper.decide("a", 10, macs=5.0, loss=1.0)
+    assert not stopper.decide("b", 10, macs=6.0, loss=0.9)
+    assert not stopper.decide("c", 10, macs=4.0, loss=2.0)
+    # Dominated by a and b with three peers, as d above: a protected trial goes on all the same...
+    assert not stopper.decide("warm", 10, macs=7.0, loss=1.5, protected=True)
+    assert stopper.decide("d", 10, macs=7.0, loss=1.5)  # (the same point unprotected is stopped)
+    assert [m for m, _ in stopper.records[10]] == [5.0, 6.0, 4.0, 7.0, 7.0]  # ...and is recorded as a peer
+    # Through Tune's scheduler API: a trial whose config the searcher marked as the warm start's is protected.
+    for trial_id, warm in (("w", "fithubert-like+cnn75%"), ("x", None)):
+        trial = SimpleNamespace(trial_id=trial_id, config={"trial_number": 0, "warm_start": warm})
+        decision = stopper.on_trial_result(None, trial, {"step": 10, "macs": 9.0, "train_loss": 3.0})
+        assert decision == (TrialScheduler.CONTINUE if warm else TrialScheduler.STOP)
 
 
 def test_dominance_stopper_margin_spares_near_ties():

@@ -6,7 +6,8 @@ Hyperband) do not work in a multi-objective study at all (`Trial.report` raises 
 stops or promotes on Pareto dominance, hence two small rules of our own in Tune's scheduler API:
 
 - `DominanceStopper`: within a trial's training, at each rung it is stopped when enough earlier trials were both
-  no larger (MACs) and better (training loss) at the same rung, i.e. it is dominated already.
+  no larger (MACs) and better (training loss) at the same rung, i.e. it is dominated already; the warm start's
+  trials are never stopped (they still count as peers).
 - `ParetoHalving` (--fidelities 1,3,9): asynchronous successive halving (ASHA, Li et al. 2020) made
   Pareto-aware as MO-ASHA does (Schmucker et al. 2021: NSGA-II's selection at each rung). A trial scored on the
   held-out set at a rung goes on training, in its own process, to the next rung only when it is among the top
@@ -38,8 +39,9 @@ class DominanceStopper(FIFOScheduler):
         self.passed: dict[str, set[int]] = {}
         self.stopped: set[str] = set()
 
-    def decide(self, trial_key: str, step: int, macs: float, loss: float) -> bool:
-        """Record the trial at every rung it just crossed; True when it should stop."""
+    def decide(self, trial_key: str, step: int, macs: float, loss: float, protected: bool = False) -> bool:
+        """Record the trial at every rung it just crossed; True when it should stop (never when `protected`: it
+        is recorded as a peer, and trains to its end)."""
         passed = self.passed.setdefault(trial_key, set())
         stop = False
         for rung in self.rungs:
@@ -49,14 +51,20 @@ class DominanceStopper(FIFOScheduler):
             peers = self.records[rung]
             dominators = sum(1 for m, other in peers if m <= macs and other + self.margin < loss)
             peers.append((macs, loss))
-            if len(peers) > self.min_peers and dominators >= self.min_dominators:
+            if len(peers) > self.min_peers and dominators >= self.min_dominators and not protected:
                 stop = True
         return stop
 
     def on_trial_result(self, tune_controller, trial, result):
         if "train_loss" not in result or result.get("final"):
             return TrialScheduler.CONTINUE
-        if self.decide(trial.trial_id, int(result["step"]), float(result["macs"]), float(result["train_loss"])):
+        # The warm start's shapes always train to the end: they are what the search must beat, and the CNN-cut
+        # ones are exactly the students whose early training loss is worst (every layer above a narrowed CNN
+        # re-learns first) and whose retrained score is best (benchmarks/anchor_margin.py at 55%: all four were
+        # stopped here, none retrained).
+        protected = bool((trial.config or {}).get("warm_start"))
+        if self.decide(trial.trial_id, int(result["step"]), float(result["macs"]), float(result["train_loss"]),
+                       protected):
             self.stopped.add(trial.trial_id)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

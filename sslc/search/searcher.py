@@ -329,6 +329,7 @@ class OptunaAskTellSearcher(Searcher):
             "config": candidate.config.to_dict(),
             "macs": candidate.macs,
             "params": candidate.params,
+            "warm_start": candidate.trial.user_attrs.get("warm_start"),  # the scheduler never stops these
         }
 
     # ---- telling -----------------------------------------------------------------------------------------
