@@ -29,6 +29,13 @@ than taking longer; it prints how many it did. `--quick` (4 trials, 1 seed, a 4-
 benchmark still works (CI runs it); its figure means nothing.
 
     python benchmarks/sampler_quality.py [--trials 32] [--seeds 5] [--also gp,nsga2] [--time-limit 420] [--quick]
+
+Measured 2026-12-07 at the defaults (648 s on 2 cores beside `anchor_margin`, so the time limit allowed 2 seeds),
+zero-step trials scored with their heads fitted as a trial starts: **sampler_quality 1.593** (gp+warm / random per
+seed 1.478, 1.707; gp alone 1.423, 1.808, median 1.615). The warm start's best loss is 0.174 in both seeds against
+gp's 0.327-0.329 and random's 0.354-0.377 (its DistilHuBERT-like 2-layer shape at the budget), while the
+hypervolume, which weighs the whole front, is about gp's. Over-budget asks: gp+warm 3 of 67, gp 0 of 64, random 3
+of 67. (Before, with placed heads and without the warm start: gp 1.22-1.32x.)
 """
 
 from __future__ import annotations
