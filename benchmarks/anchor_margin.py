@@ -28,6 +28,27 @@ least 5% lower than the best anchor family's at every budget).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
 25% only `uniform` can reach the budget.
 
+Measured on `mini` at the defaults with finalists spread over depth and the CNN (the lead's CNN twin: the closest
+Transformer) and early stopping that spares the warm start (2026-12-07 15:05 UTC, 2575 s, `sampler_quality` beside
+it for the first 11 minutes; per budget 918 / 706 / 950 s): margins 25% **1.073**, 40% **1.116**, 55% **1.022**;
+anchor_margin **1.022**, goal (>= 1.05) met at 25% and 40%, missed at 55%.
+- 25% and 40%: the same winners as below (12x64 h1 ffn77 cnn75%, PER 0.644; 12x144 h2 ffn115 cnn75%, PER 0.5125);
+  at 40% the third finalist is now the 2-layer lead's CNN twin (2x128 h2 ffn77 cnn82%, 60% of the budget, selection
+  PER 0.720) instead of an 8-layer student (0.765).
+- 55%: finalists 12x144 h2 ffn154 (FitHuBERT's warm start; short-trial 0.174, retrained 0.134, selection PER
+  0.473), 2x192 h3 ffn768 (0.198, 0.167, 0.591) and the lead's CNN twin 12x176 h3 ffn192 cnn75% (FitHuBERT's rule
+  with the CNN cut; short-trial 0.292, the worst of the three, retrained 0.199, selection PER 0.441): the probe picks
+  the CNN-cut student, held-out PER **0.4678** against the FitHuBERT-like anchor's 0.4780 (ARMHuBERT-S 0.505,
+  LightHuBERT 0.526, STaRHuBERT 0.556, uniform 0.573): better than every family, by 2.2%. Two changes made it a
+  finalist: the dominance stopper had stopped all four CNN-cut warm-start shapes (and STaRHuBERT's) within their 60
+  steps, their early training loss being the worst, so none was complete to retrain; and among the CNN-cut trials
+  left the lowest short-trial loss was uniform pruning's 12x192 cnn62% (retrained PER 0.607), hence the twin by
+  shape. With the stopper as it was and the twin by loss, the run gave 1.073 / 1.116 / 1.000 twice (2219 s, 2504 s).
+Why 55% still misses 1.05: the CNN cut gains less there (FitHuBERT's rule at 55% is already 144 wide; the cut buys
+176) than at 40% (64 -> 144 wide, 11.6%), and only 6 of 16 trials are the search's own after the 10 warm-start
+shapes: in the 55% search inspected trial by trial (same seed, before the stopper change) they cost 30-53% of the
+budget, so no shape away from the families' rules competed near the budget.
+Before (finalists spread over depth only, the warm start with the CNN cuts):
 Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
 UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
 16 x 60 steps 400-460 s): margins 25% **1.073**, 40% **1.116**, 55% **1.000**; anchor_margin **1.000**, goal (>=
