@@ -162,7 +162,7 @@ def test_a_raising_and_a_nan_trial_fail_and_the_search_goes_on(tmp_path):
 
 def test_early_stopped_trials_are_pruned_never_on_the_front(tmp_path):
     # A rule that stops every trial at its first rung: all must end PRUNED with no objective values.
-    settings = _settings(tmp_path, "pruned", budget="100%", trials=3, steps=6,
+    settings = _settings(tmp_path, "pruned", budget="100%", trials=3, steps=6, warm_start=False,
                          stopping_rule={"min_peers": -1, "min_dominators": 0})
     result = run_search(settings)
     study = load_study(settings.run_dir)
@@ -170,6 +170,19 @@ def test_early_stopped_trials_are_pruned_never_on_the_front(tmp_path):
     assert [t.state for t in trials] == [TrialState.PRUNED] * 3
     assert all(t.values is None and t.user_attrs["stopped_at_step"] < 6 for t in trials)
     assert study.best_trials == [] and result.pareto == []
+
+
+def test_early_stopping_never_stops_a_warm_start_trial(tmp_path):
+    # The same rule with the warm start: its shapes train to the end (the anchors' shapes, and the CNN-cut ones
+    # whose early loss is worst); the sampler's trials after them are stopped as before.
+    settings = _settings(tmp_path, "warm", budget="100%", trials=3, steps=6,
+                         stopping_rule={"min_peers": -1, "min_dominators": 0})
+    run_search(settings)
+    trials = load_study(settings.run_dir).get_trials()
+    assert any("warm_start" in t.user_attrs for t in trials)
+    for trial in trials:
+        warm = "warm_start" in trial.user_attrs
+        assert trial.state == (TrialState.COMPLETE if warm else TrialState.PRUNED), trial.user_attrs.get("warm_start")
 
 
 def _counts(run_dir, storage_url: str | None = None):
