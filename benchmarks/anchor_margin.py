@@ -4,7 +4,7 @@ At each budget (`--budgets`, default 25%, 40% and 55% of the fixture teacher's M
 `budget_seconds`: 10 s for `gpu` / `cpu`, 2.5 s for `mini`), sslc's pick is made by exactly the
 `sslc-search --finalists K` path: an in-process `run_search` (Ray Tune trials, the default sampler, the `combined`
 space, its short trials, protocol and warm start) whose finalist stage (`sslc.search.finalists`) retrains K trials
-near the budget (each depth's best) by the recipe (`--recipe`, `--retrain-steps`) and probes them with sslc-probe's phoneme
+near the budget (spread over depth and the CNN) by the recipe (`--recipe`, `--retrain-steps`) and probes them with sslc-probe's phoneme
 CTC probe on a selection corpus (`--probe-data`: MAX_PROBE_TRAIN files of the training voices, split by file
 inside), naming the winner by that probe. Every anchor family (`sslc.search.baselines.anchors_at_budget`:
 uniform pruning, DistilHuBERT's 2 layers, LightHuBERT Small's thin uniform shape, FitHuBERT-like thin-deep,
