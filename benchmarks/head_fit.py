@@ -79,15 +79,26 @@ def students(teacher) -> dict[str, CompressionConfig]:
     return configs
 
 
+def step_counts(text: str) -> list[int]:
+    """`--steps`: comma-separated positive step counts (argparse turns the error into one line, exit 2)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive step counts, e.g. 1,10; got {text!r}")
+    return counts
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default=STEPS,
+    parser.add_argument("--steps", default=STEPS, type=step_counts,
                         help="comma-separated short-trial lengths; the headline is at the last (default: 1 and the "
                         "demo's 10)")
     parser.add_argument("--quick", action="store_true", help="the tiny random teacher (checks that it runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    steps_list = [int(s) for s in args.steps.split(",")]
+    steps_list = args.steps
     teacher_spec = "random:tiny" if args.quick else "random:hubert-base"
     ratios: dict[int, list[float]] = {steps: [] for steps in steps_list}
     started = time.perf_counter()

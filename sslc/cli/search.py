@@ -138,8 +138,9 @@ def build_parser():
         "winner (lowest probe error when probed, else lowest retrained loss) in pareto.json and the report")
     finalists.add_argument("--finalists", type=int, metavar="K",
                            help="retrain K trials near the budget (between half the budget and the budget: the "
-                           "lowest short-trial loss, the best of the farthest depth, the best at its depth with "
-                           "the other CNN (cut / whole), the farthest depths left; then the lowest left)")
+                           "lowest short-trial loss, the best of the farthest depth, its twin with the other CNN "
+                           "(cut / whole: the closest Transformer at its depth), the farthest depths left; then the "
+                           "lowest left)")
     # The recipe's name is checked by sslc.trainers.recipes (its one place) before the search: no torch import here.
     finalists.add_argument("--finalist-recipe", default=DEFAULTS.finalist_recipe,
                            help="sslc-retrain's recipe for the finalists: quick, distilhubert or dphubert")

@@ -166,8 +166,8 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
         return None
     numbers = [t.number for t in finalists]
     fewer = f" (only {len(numbers)} fit the rule)" if len(numbers) < settings.finalists else ""
-    say(f"finalists: trials {', '.join(map(str, numbers))}{fewer}, the best of each depth near the budget (spread "
-        f"over depth and the CNN), retrained by recipe {settings.finalist_recipe}")
+    say(f"finalists: trials {', '.join(map(str, numbers))}{fewer}, near the budget and spread over depth and the "
+        f"CNN, retrained by recipe {settings.finalist_recipe}")
     results = {r["trial"]: r for r in retrain(run_dir, numbers=numbers, recipe=settings.finalist_recipe,
                                              steps=settings.finalist_steps, progress=progress, say=say)}
     unfinished = [n for n in numbers if results[n]["status"] != "completed"]
