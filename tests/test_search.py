@@ -241,9 +241,10 @@ def _wait_for_trials(process, run_dir, stderr_path, ready, what: str, timeout: f
     pytest.fail(f"the search did not get to {what} in time")
 
 
-def _two_done_one_training(trials) -> bool:
-    # Kill while a trial trains (its config chosen), so there is a config to run again.
-    training = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
+def _two_done_one_training(trials, hanging: int = 3) -> bool:
+    # Kill while the hanging trial trains (its config chosen), so there is a config to run again. Only that one:
+    # another trial seen training may finish between this poll and the kill, leaving nothing interrupted.
+    training = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs and t.number == hanging]
     return sum(outcome_of(t) == Outcome.COMPLETE for t in trials) >= 2 and bool(training)
 
 
