@@ -6,11 +6,12 @@ two real searches (in-process `run_search`: Ray Tune trials, the default sampler
 start, no baselines) run at the same budget, steps per rung, seed and concurrency:
 
 1. multi-fidelity, `--fidelities 1,3,9` (ParetoHalving promotes the top third at each rung), `--trials` trials;
-2. single-fidelity, as many trials of `--steps` as its trials' CPU time fits in the first search's: it is given
-   more trials than that (the first search's training steps / `--steps`, plus 30%) and only its first trials (by
-   number) whose CPU seconds add up to no more than the first search's are kept. A trial's CPU time is its own
-   process's measured parts (build, latency, head fit, training, scoring, saving; one thread each), so the
-   driver's Ray start and teacher-target build, the same for both, are left out.
+2. single-fidelity, as many trials of `--steps` as its trials' CPU time fits in the first search's: it runs in
+   rounds (the study resumed with more trials each time) until its trials' time passes the first search's, and
+   only its first trials (by number) whose CPU seconds add up to no more than the first search's are kept. A
+   trial's CPU time is its own process's measured parts (build, latency, head fit, training, scoring, saving; one
+   thread each), or for a trial the early-stopping rule stopped, its seconds from start to its last report
+   (`seconds_until_stopped`); the driver's Ray start and teacher-target build, the same for both, are left out.
 
 Each search's front (multi: at its top fidelity, as `pareto.json` has it; single: of the kept trials) is thinned
 to at most `--retrain` points spread evenly over its MACs, and each is retrained by sslc-retrain's `retrain_trial`
@@ -60,7 +61,7 @@ from sampler_quality import Normalisation, pareto_2d  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
-from sslc.runs.trials import SECONDS_PARTS, Outcome  # noqa: E402
+from sslc.runs.trials import SECONDS_PARTS, SECONDS_UNTIL_STOPPED, Outcome  # noqa: E402
 from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search  # noqa: E402
 from sslc.search.settings import parse_fidelities  # noqa: E402
@@ -71,14 +72,35 @@ STEPS = 30
 FIDELITIES = "1,3,9"
 RETRAIN_POINTS = 4
 CONCURRENCY = 2
-MARGIN = 1.3  # the single-fidelity search is given this many times the trials the multi-fidelity one's steps buy
+MAX_SINGLE_TRIALS = 400  # rounds of the single-fidelity search stop here even if its trials cost nearly nothing
 
 
-def trial_seconds(frozen) -> float:
-    """The CPU seconds one trial's process spent on it (one thread): its measured parts."""
+def trial_seconds(frozen) -> float | None:
+    """The CPU seconds one trial's process spent on it (one thread): its measured parts, or for a trial the
+    early-stopping rule stopped, its seconds until then. None: never trained (over budget, a repeat)."""
     attrs = frozen.user_attrs
+    if attrs.get(SECONDS_UNTIL_STOPPED) is not None:
+        return float(attrs[SECONDS_UNTIL_STOPPED])
+    if "seconds_training" not in attrs:
+        return None
     parts = [p for p in SECONDS_PARTS if p != "seconds_data"]  # waiting for data is inside seconds_training
     return float(attrs.get("seconds_training") or 0.0) + sum(float(attrs.get(p) or 0.0) for p in parts)
+
+
+def kept_in_time(run, seconds: float) -> tuple[list[int], float, bool]:
+    """The numbers of `run`'s first trained trials (by number) whose CPU seconds add up to no more than
+    `seconds`, their sum, and whether every trained trial fits (the search ran out of trials before the time).
+    Early-stopped trials count: their seconds were spent (before 2026-12-07 they were left out, which gave the
+    single-fidelity search their time free)."""
+    costs = {t.number: trial_seconds(t) for t in run.study.get_trials(deepcopy=False)}
+    costs = {number: cost for number, cost in sorted(costs.items()) if cost is not None}
+    kept, spent = [], 0.0
+    for number, cost in costs.items():
+        if spent + cost > seconds:
+            break
+        spent += cost
+        kept.append(number)
+    return kept, spent, len(kept) == len(costs)
 
 
 def spread(points: list, count: int) -> list:
@@ -131,29 +153,26 @@ def main(argv=None) -> int:
                       concurrency=CONCURRENCY)
         multi, multi_wall = search(SearchSettings(trials=args.trials, fidelities=fidelities, name="multi",
                                                   run_dir=Path(tmp) / "multi", **common))
-        trained = [t for t in multi.study.get_trials(deepcopy=False) if "seconds_training" in t.user_attrs]
-        cpu = sum(trial_seconds(t) for t in trained)
-        steps = sum(int(t.user_attrs.get("steps_done") or 0) for t in trained)
+        trained = [t for t in multi.trials() if t.number in kept_in_time(multi, math.inf)[0]]
+        cpu = kept_in_time(multi, math.inf)[1]
+        steps = sum(t.steps_done or t.stopped_at_step or 0 for t in trained)
         reached = sorted(t.fidelity for t in multi.trials() if t.outcome == Outcome.COMPLETE)
         print(f"multi-fidelity search ({args.fidelities}): {len(trained)} trials, {steps} training steps, "
               f"{cpu:.0f} trial CPU s ({multi_wall:.0f} s wall); fidelities reached "
               f"{ {f: reached.count(f) for f in fidelities} }", flush=True)
 
-        given = max(2, math.ceil(MARGIN * steps / args.steps))
-        if args.quick:
-            given = min(given, args.trials + 2)  # a smoke test: enough to cut at the CPU time, not more
-        single, single_wall = search(SearchSettings(trials=given, name="single", run_dir=Path(tmp) / "single",
-                                                    **common))
-        kept, spent = [], 0.0
-        for frozen in sorted(single.study.get_trials(deepcopy=False), key=lambda t: t.number):
-            if "seconds_training" not in frozen.user_attrs:
-                continue  # not trained (over budget, a repeat)
-            if spent + trial_seconds(frozen) > cpu:
-                break
-            spent += trial_seconds(frozen)
-            kept.append(frozen.number)
-        ran_out = len(kept) == sum("seconds_training" in t.user_attrs for t in single.study.get_trials(deepcopy=False))
-        print(f"single-fidelity search: {given} trials run ({single_wall:.0f} s wall), the first {len(kept)} kept "
+        # The single-fidelity search runs in rounds, each resuming the study with more trials, until its trials'
+        # time passes the multi-fidelity search's (how many that takes is not known before: early stopping makes
+        # trials cost anything from a few steps to all of them).
+        given, single_wall, ran_out = len(trained), 0.0, True
+        while ran_out and given <= MAX_SINGLE_TRIALS:
+            single, wall = search(SearchSettings(trials=given, name="single", run_dir=Path(tmp) / "single",
+                                                 **common))
+            single_wall += wall
+            kept, spent, ran_out = kept_in_time(single, cpu)
+            given += 2 if args.quick else max(4, len(trained) // 2)
+        print(f"single-fidelity search: {len(single.trials())} trials ({single_wall:.0f} s wall), the first "
+              f"{len(kept)} trained kept "
               f"({spent:.0f} trial CPU s of the multi-fidelity search's {cpu:.0f})"
               + (" -- it ran out of trials before the time: the comparison favours the multi-fidelity search"
                  if ran_out else ""), flush=True)

@@ -39,6 +39,9 @@ FIDELITY = "fidelity"
 HELDOUT_LOSS_BY_FIDELITY = "heldout_loss_by_fidelity"
 STOPPED_AT_STEP = "stopped_at_step"
 LAST_TRAIN_LOSS = "last_train_loss"
+# A pruned trial's wall seconds from its start (build, latency, head fit, training) to its last report: what the
+# search spent on it, which its never-finished measured parts (seconds_*) cannot say.
+SECONDS_UNTIL_STOPPED = "seconds_until_stopped"
 # What a finished trial's report carries and the trial keeps as is ("latency_measurement": how its latency was
 # timed, `LatencyResult.conditions`; "train_device": the device and precision it trained on; the artifact keys:
 # what bringing its files back cost; "node": which machine ran it).
@@ -115,6 +118,7 @@ class TrialRecord:
     steps_done: int | None = None
     stopped_at_step: int | None = None
     last_train_loss: float | None = None
+    seconds_until_stopped: float | None = None
     artifact_bytes: int | None = None
     artifact_seconds: float | None = None
     node: str | None = None
@@ -140,6 +144,7 @@ class TrialRecord:
             nonzero_params=a.get("nonzero_params"), train_curve=list(a.get("train_curve") or []),
             seconds_training=a.get("seconds_training"), steps_done=a.get("steps_done"),
             stopped_at_step=a.get(STOPPED_AT_STEP), last_train_loss=a.get(LAST_TRAIN_LOSS),
+            seconds_until_stopped=a.get(SECONDS_UNTIL_STOPPED),
             artifact_bytes=a.get("artifact_bytes"), artifact_seconds=a.get("artifact_seconds"), node=a.get("node"),
             fail_reason=a.get(FAIL_REASON), retry_of=a.get(RETRY_OF), repeat_of=a.get(REPEAT_OF),
             retry_params=a.get(RETRY_PARAMS), constraints=dict(trial.constraints),
@@ -216,9 +221,10 @@ def write_measurements(trial: optuna.Trial, result: dict) -> None:
             trial.set_user_attr(key, result[key])
 
 
-def write_pruned(trial: optuna.Trial, step: int | None, train_loss: float | None) -> None:
+def write_pruned(trial: optuna.Trial, step: int | None, train_loss: float | None, seconds: float | None) -> None:
     trial.set_user_attr(STOPPED_AT_STEP, step)
     trial.set_user_attr(LAST_TRAIN_LOSS, train_loss)
+    trial.set_user_attr(SECONDS_UNTIL_STOPPED, seconds)
 
 
 def write_scores(trial: optuna.Trial, heldout_loss: float, by_target: dict[str, float]) -> None:

@@ -375,7 +375,7 @@ class OptunaAskTellSearcher(Searcher):
         record.write_measurements(trial, _unflattened(result, "latency_measurement"))
         if not result.get("final") and result.get(RUNG_FIDELITY) is None:
             # Stopped by the scheduler: its scores are partial, so it must never reach the Pareto front.
-            record.write_pruned(trial, result.get("step"), result.get("train_loss"))
+            record.write_pruned(trial, result.get("step"), result.get("train_loss"), result.get("seconds_elapsed"))
             return TrialState.PRUNED, None
         status = result.get("status")
         if status != "completed":

@@ -87,6 +87,7 @@ def train_and_measure(
     study's trial (None for a baseline). With several `setup.fidelities`, `at_rung(result)` receives the result
     scored at each rung but the last (its student already saved in `trial_dir`) and returns when the trial is
     promoted (Tune ends a trial it stops right there); without it (a baseline) every rung is trained."""
+    trial_started = time.perf_counter()
     config = CompressionConfig.from_dict(config_dict)
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,9 @@ def train_and_measure(
         def on_report(step: int, train_loss: float) -> bool:
             pause()  # a latency measurement waiting for this device goes first
             if report is not None:
-                report({**base, "step": step, "train_loss": train_loss})
+                # seconds_elapsed: what the trial cost so far, kept if the scheduler stops it here (pruned)
+                report({**base, "step": step, "train_loss": train_loss,
+                        "seconds_elapsed": time.perf_counter() - trial_started})
             return False  # stopping is the scheduler's decision, taken through Ray
 
         def on_rung(scored) -> bool:
