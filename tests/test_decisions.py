@@ -169,6 +169,18 @@ def test_dominance_stopper_never_stops_a_protected_trial_but_counts_it():
         assert decision == (TrialScheduler.CONTINUE if warm else TrialScheduler.STOP)
 
 
+def test_a_stopper_given_the_peers_of_an_earlier_run_decides_as_that_run_would():
+    first = DominanceStopper([10, 20], min_peers=2, min_dominators=2)
+    for key, macs, loss in (("a", 5.0, 1.0), ("b", 6.0, 0.9), ("c", 4.0, 2.0)):
+        first.decide(key, 20, macs, loss)  # crossed both rungs at once: recorded at each
+    peers = [(rung, loss, macs) for rung, points in first.records.items() for macs, loss in points]
+    resumed, forgetful = DominanceStopper([10, 20], 2, 2, peers=peers), DominanceStopper([10, 20], 2, 2)
+    assert first.decide("d", 10, macs=7.0, loss=1.5)  # dominated by a and b, three peers: stopped
+    assert resumed.decide("d", 10, macs=7.0, loss=1.5)  # the same with the peers given
+    assert not forgetful.decide("d", 10, macs=7.0, loss=1.5)  # a stopper that forgot them keeps it
+    assert DominanceStopper([10], peers=[(30, 0.1, 1.0)]).records == {10: []}  # a rung it does not use: ignored
+
+
 def test_dominance_stopper_margin_spares_near_ties():
     stopper = DominanceStopper([5], min_peers=1, min_dominators=1, margin=0.1)
     assert not stopper.decide("a", 5, macs=1.0, loss=1.0)

@@ -177,6 +177,18 @@ def test_early_stopped_trials_are_pruned_never_on_the_front(tmp_path):
         assert 0 < trial.user_attrs["seconds_until_stopped"] <= span, (trial.user_attrs, span)
 
 
+def test_a_resumed_search_stops_trials_against_the_trials_trained_before_it(tmp_path):
+    # First run: two trials, a rule that never stops. Resumed with one more trial and a rule that stops any trial
+    # with more than one peer at a rung: one trial at a time, so the new trial's only peers are the first run's.
+    first = _settings(tmp_path, "peers", budget="100%", trials=2, steps=6, warm_start=False, concurrency=1,
+                      stopping_rule={"min_peers": 100, "min_dominators": 0})
+    run_search(first)
+    run_search(replace(first, trials=3, stopping_rule={"min_peers": 1, "min_dominators": 0}))
+    trials = [t for t in load_study(first.run_dir).get_trials() if outcome_of(t) != Outcome.REPEAT]
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2
+    assert trials[2].state == TrialState.PRUNED and trials[2].user_attrs["stopped_at_step"] < 6
+
+
 def test_early_stopping_never_stops_a_warm_start_trial(tmp_path):
     # The same rule with the warm start: its shapes train to the end (the anchors' shapes, and the CNN-cut ones
     # whose early loss is worst); the sampler's trials after them are stopped as before.

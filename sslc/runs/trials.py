@@ -277,6 +277,32 @@ def rung_history(study: optuna.Study) -> list[tuple[int, float, float]]:
             for f, loss in (t.user_attrs.get(HELDOUT_LOSS_BY_FIDELITY) or {}).items()]
 
 
+def stopping_history(study: optuna.Study, rungs: list[int]) -> list[tuple[int, float, float]]:
+    """(rung, training loss there, MACs) of every trial of the study trained past an early-stopping rung (steps
+    in `rungs`), in trial order: what a resumed search's early stopping compares against, as the first run's did.
+    The loss is the first report at or past the rung (what `DominanceStopper.decide` records); a pruned trial
+    keeps only its last report, so it counts at the rung it was stopped at. Repeats and over-budget configs were
+    never trained and never peers."""
+    history = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if not outcome_of(trial).trained or attrs.get(MACS) is None:
+            continue
+        macs = float(attrs[MACS])
+        if trial.state == TrialState.PRUNED:
+            step, loss = attrs.get(STOPPED_AT_STEP), attrs.get(LAST_TRAIN_LOSS)
+            passed = [rung for rung in rungs if step is not None and rung <= step]
+            if passed and loss is not None:
+                history.append((passed[-1], float(loss), macs))
+            continue
+        curve = attrs.get("train_curve") or []
+        for rung in rungs:
+            point = next((point for point in curve if point[0] >= rung), None)
+            if point is not None:
+                history.append((rung, float(point[1]), macs))
+    return history
+
+
 def read_trials(study: optuna.Study, states=None) -> list[TrialRecord]:
     return [TrialRecord.read(t) for t in study.get_trials(deepcopy=False, states=states)]
 

@@ -39,7 +39,7 @@ from sslc.runs.study import (
     record_baselines,
     record_trial_devices,
 )
-from sslc.runs.trials import count_trained, pending_retries, rung_history
+from sslc.runs.trials import count_trained, pending_retries, rung_history, stopping_history
 from sslc.search.inputs import prepare_inputs, train_crops
 from sslc.spaces import SearchSpace
 from sslc.trainers import EvaluationProtocol, TrainerConfig, parse_targets
@@ -421,9 +421,10 @@ def _failure(error: Exception, run_dir: Path) -> UserError:
 def _scheduler(settings: SearchSettings, study, rungs: list[int]) -> DominanceStopper | None:
     """Multi-fidelity: promotion by successive halving (with early stopping within a rung at `rungs`); else
     early stopping alone, when there are rungs to stop at."""
+    peers = stopping_history(study, rungs)  # a resumed search: the trials trained before it
     if len(settings.fidelities) > 1:
-        return ParetoHalving(FIDELITY_ETA, rung_history(study), rungs, **settings.stopping_rule)
-    return DominanceStopper(rungs, **settings.stopping_rule) if rungs else None
+        return ParetoHalving(FIDELITY_ETA, rung_history(study), rungs, peers, **settings.stopping_rule)
+    return DominanceStopper(rungs, peers=peers, **settings.stopping_rule) if rungs else None
 
 
 def _tune(settings, study, space, teacher_config, budget, setup, run_dir: Path, console, startup: int,

@@ -7,7 +7,8 @@ stops or promotes on Pareto dominance, hence two small rules of our own in Tune'
 
 - `DominanceStopper`: within a trial's training, at each rung it is stopped when enough earlier trials were both
   no larger (MACs) and better (training loss) at the same rung, i.e. it is dominated already; the warm start's
-  trials are never stopped (they still count as peers).
+  trials are never stopped (they still count as peers); a resumed search's peers include the trials trained
+  before it (read from the study), as its promotions do.
 - `ParetoHalving` (--fidelities 1,3,9): asynchronous successive halving (ASHA, Li et al. 2020) made
   Pareto-aware as MO-ASHA does (Schmucker et al. 2021: NSGA-II's selection at each rung). A trial scored on the
   held-out set at a rung goes on training, in its own process, to the next rung only when it is among the top
@@ -29,13 +30,19 @@ from sslc.runs.trials import non_dominated_ranks
 
 
 class DominanceStopper(FIFOScheduler):
-    def __init__(self, rungs: list[int], min_peers: int = 4, min_dominators: int = 2, margin: float = 0.0):
+    def __init__(self, rungs: list[int], min_peers: int = 4, min_dominators: int = 2, margin: float = 0.0,
+                 peers: list[tuple[int, float, float]] = ()):
         """rungs: training steps at which trials are compared; a trial is stopped once `min_peers` trials have
-        reached the rung and at least `min_dominators` of them dominate it (loss lower by more than `margin`)."""
+        reached the rung and at least `min_dominators` of them dominate it (loss lower by more than `margin`).
+        peers: (rung, training loss, MACs) of the trials earlier runs of the study trained (`stopping_history`):
+        a resumed search stops trials as the first run would have, not as if no trial had been trained."""
         super().__init__()
         self.rungs = sorted(set(rungs))
         self.min_peers, self.min_dominators, self.margin = min_peers, min_dominators, margin
         self.records: dict[int, list[tuple[float, float]]] = {rung: [] for rung in self.rungs}
+        for rung, loss, macs in peers:
+            if rung in self.records:
+                self.records[rung].append((macs, loss))
         self.passed: dict[str, set[int]] = {}
         self.stopped: set[str] = set()
 
@@ -79,10 +86,10 @@ class ParetoHalving(DominanceStopper):
     stopping within a rung (`rungs`, `stopping_rule`)."""
 
     def __init__(self, eta: int, history: list[tuple[int, float, float]] = (), rungs: list[int] = (),
-                 **stopping_rule):
+                 peers: list[tuple[int, float, float]] = (), **stopping_rule):
         """history: (fidelity, held-out loss, MACs) of the rungs earlier runs of the study scored (a resumed
-        search decides as the first run would have)."""
-        super().__init__(list(rungs), **stopping_rule)
+        search decides as the first run would have); peers: the same for early stopping (`DominanceStopper`)."""
+        super().__init__(list(rungs), peers=peers, **stopping_rule)
         self.eta = eta
         self.scored: dict[int, list[tuple[float, float]]] = {}
         for fidelity, loss, macs in history:
