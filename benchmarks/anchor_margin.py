@@ -48,6 +48,17 @@ Why 55% still misses 1.05: the CNN cut gains less there (FitHuBERT's rule at 55%
 176) than at 40% (64 -> 144 wide, 11.6%), and only 6 of 16 trials are the search's own after the 10 warm-start
 shapes: in the 55% search inspected trial by trial (same seed, before the stopper change) they cost 30-53% of the
 budget, so no shape away from the families' rules competed near the budget.
+Is a better student near the budget there to be found? A side measurement (2026-12-07 16:20-17:10 UTC, a script
+outside the repo reusing this benchmark's `retrain_config` and `phone_error`: the same plan, probe and held-out
+voices; a diagnosis, never used to pick anything) retrained seven thin shapes at 55% with the CNN cut, each filling
+the budget: FitHuBERT's rule with the CNN at 3/4, 12x176 h3 ffn212: PER 0.4672 (this run's winner, 0.4678, again);
+the same at width 192 (ffn151): 0.4736; the CNN at 0.7 (12x176 ffn262): 0.4767; the CNN at 0.6 (12x192 ffn288):
+0.5732; ARMHuBERT-S's rule at 3/4 (12x160 h2 ffn461): 0.5467; LightHuBERT Small's (12x144 h2 ffn552): 0.4966;
+STaRHuBERT's (12x144 h3 ffn369): 0.4974. A margin of 1.05 over the FitHuBERT-like anchor's 0.4780 needs 0.455 or
+lower: around the winner the PER is flat (0.467-0.477) and the other families' cuts are worse, so more trials of
+this kind near the budget would not have reached it. What might (untested): students off these uniform shapes
+(per-layer widths, low rank in the FFN), or a retrain recipe long enough for the CNN cut to be relearnt (`knob_costs`:
+its cost falls as training grows).
 Before (finalists spread over depth only, the warm start with the CNN cuts):
 Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
 UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
