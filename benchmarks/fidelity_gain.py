@@ -22,13 +22,30 @@ points with the reference point at the worst value plus 10% of the range (`sampl
 `fidelity_gain: X` (goal >= 1.1).
 
 Run time: `--quick` (the quick fixture, 3 trials, 2 steps, rungs 1,3, 2 points retrained for 4 steps) only checks
-that the benchmark runs; its figure means nothing. At the defaults on mini it took 42 minutes (below), most of it
-the single-fidelity search's 145 trials, because the multi-fidelity search had trained nearly every trial to 9x.
+that the benchmark runs; its figure means nothing. At the defaults on mini: 27 minutes (below).
 
     python benchmarks/fidelity_gain.py [--budget 40%] [--trials 16] [--steps 30] [--fidelities 1,3,9]
                                        [--retrain 4] [--teacher-recipe gpu|cpu|mini] [--quick]
 
-Measured 2026-12-03 on mini at the defaults (2 idle cores, 2539 s), with the promotion rule of then (non-dominated
+Measured 2026-12-07 17:10 UTC on mini at the defaults (2 idle cores, 1643 s), promotion by crowded order, early
+stopping on, the warm start in both searches: **fidelity_gain 0.834**, the goal (>= 1.1) missed. The
+multi-fidelity search: 17 trials trained, 1896 training steps, 604 trial CPU s (336 s wall); of them 13 complete
+(5 ended at 1x, 4 at 3x, 4 reached 9x), the other 4 not (the printout does not say which were stopped early). The single-fidelity search: 51 trials in its rounds (874 s wall),
+its first 42 trained kept (603 CPU s). Fronts: multi 4 points at 9x, single 11. Retrained (quick recipe, 300
+steps): multi 0.93 / 0.98 / 1.52 / 2.19 GMACs at 0.450 / 0.445 / 0.421 / 0.182; single 0.61 / 0.98 / 2.16 / 2.19
+at 0.631 / 0.378 / 0.183 / 0.173. Hypervolume multi 0.537, single 0.643. Why: both start with the same 10
+warm-start shapes at the budget, so in the same time the multi-fidelity search tried 7 configs of its own and the
+single-fidelity one 32. Training 4 of them to 9x made their scores exact (each 9x score is within 0.006 of its
+retrained loss) but did not make them good: its mid-range points retrain to 0.42-0.45 where the single-fidelity
+search found 0.378 at the same MACs, and its top point is the warm start's (0.182) where the other found 0.173.
+Successive halving pays when short trials rank configs badly; on this judge they rank them well
+(`proxy_fidelity`: Kendall tau 0.85 between 100-step trials and the 10x recipe), so exploring more configs beats
+training fewer longer, and `--fidelities` stays off by default.
+Two runs the same day while the accounting was mended: 0.812 when early-stopped trials were left out of the CPU
+time (the single-fidelity search then ended with 32 trained trials counted, 440 of 560 s), and 0.604 with the
+single-fidelity search in rounds whose early stopping forgot the earlier rounds' trials (1 of 56 stopped; a
+resumed search now compares against them, `stopping_history`). The spread says how much one seed's path moves it.
+Before: measured 2026-12-03 on mini at the defaults (2 idle cores, 2539 s), with the promotion rule of then (non-dominated
 rank alone) and the combined space of then (hidden width from 0.5, per-layer knobs past the shallowest depth drawn
 at random by the GP): **fidelity_gain 0.860**, the goal (>= 1.1) missed. The multi-fidelity search trained 15
 trials, 3330 steps, 1013 trial CPU s; 12 of the 15 reached 9x (3 stopped at 1x, none at 3x). The single-fidelity
@@ -39,8 +56,7 @@ nearly every trial is non-dominated at its rung (MACs differ between all of them
 anything: the multi-fidelity search spent its time on 9x training of 15 configs, while the single-fidelity one
 explored 60 and found the small end of the front (0.28-0.66 GMACs) that the other never reached; at the top both
 found the same point (trial 1, the warm start's DistilHuBERT 2-layer shape at the budget, 0.182). Promotion now
-takes the top third by NSGA-II's crowded order (`sslc.search.scheduler`), which does halve; not re-measured here
-yet.
+takes the top third by NSGA-II's crowded order (`sslc.search.scheduler`), which does halve (above).
 """
 
 from __future__ import annotations
