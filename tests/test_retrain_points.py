@@ -45,15 +45,16 @@ def spans(results) -> list[tuple[datetime, datetime]]:
 
 
 def test_two_points_as_ray_tasks_are_recorded_and_train_what_one_process_does(copy_run, two_cpu_ray, tmp_path):
-    """1 CPU each on 2: both tasks finish, both are recorded on the study and in result.json, and each trained
-    what an in-process retrain of the same plan trains (same validation curve)."""
+    """By default two points share the 2 CPUs, 1 each; both tasks finish, both are recorded on the study and in
+    result.json, and each trained what an in-process retrain of the same plan trains (same validation curve)."""
     run_dir = copy_run("points")
     numbers = complete_trials(run_dir, 2)
     said = []
-    results = retrain(run_dir, numbers=numbers, steps=STEPS_TOGETHER, cpus_per_point=1, progress=False,
-                      say=said.append)
+    results = retrain(run_dir, numbers=numbers, steps=STEPS_TOGETHER, progress=False, say=said.append)
     assert [r["trial"] for r in results] == numbers and all(r["status"] == "completed" for r in results)
-    assert any("each a Ray task with 1 CPUs and 0 GPUs" in line for line in said)
+    assert any("each a Ray task with 1 CPUs and 0 GPUs" in line for line in said), said
+    assert all(json.loads((open_run(run_dir).retrain_dir(n) / "result.json").read_text())["trainer"]["num_threads"] == 1
+               for n in numbers), "each point trains on the one CPU it holds"
     # Whether the two spans overlap is not asserted: the second task's worker can start later than the first
     # point takes to train (2.6 s against a 2.9 s start-up lag in one fresh-clone run), so it is timing, not behaviour.
 

@@ -49,7 +49,7 @@ def build_parser():
                         "sees, or s3://...; default <run_dir>/retrain/<trial>/ray)")
     parser.add_argument("--cpus-per-point", type=float,
                         help="with several points (each a Ray task; as many train at once as fit): CPUs each "
-                        "(default: all of this machine's where it has no GPU, i.e. one after another)")
+                        "(default where it has no GPU: this machine's CPUs shared among the points, at least 1 each)")
     parser.add_argument("--gpus-per-point", type=float,
                         help="with several points: GPUs each (default: 1 where this machine has GPUs, else 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the search's setting")
