@@ -3,7 +3,9 @@
 At each budget (`--budgets`, default 25%, 40% and 55% of the fixture teacher's MACs, counted at the fixture's
 `budget_seconds`: 10 s for `gpu` / `cpu`, 2.5 s for `mini`), sslc's pick is made by exactly the
 `sslc-search --finalists K` path: an in-process `run_search` (Ray Tune trials, the default sampler, the `combined`
-space, its short trials, protocol and warm start) whose finalist stage (`sslc.search.finalists`) retrains K trials
+space, its short trials, protocol and warm start), then its finalist stage (`sslc.search.finalists.run_finalists`,
+what `run_search` calls after the trials; called here in a second step so that the anchors retrain as Ray tasks
+beside the finalists', one CPU each, two at a time on 2 cores), which retrains K trials
 near the budget (spread over depth and the CNN) by the recipe (`--recipe`, `--retrain-steps`) and probes them with sslc-probe's phoneme
 CTC probe on a selection corpus (`--probe-data`: MAX_PROBE_TRAIN files of the training voices, split by file
 inside), naming the winner by that probe. Every anchor family (`sslc.search.baselines.anchors_at_budget`:
@@ -28,7 +30,14 @@ least 5% lower than the best anchor family's at every budget).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
 25% only `uniform` can reach the budget.
 
-Measured on `mini` at the defaults with finalists spread over depth and the CNN (the lead's CNN twin: the closest
+Measured on `mini` at the defaults with the anchors retrained beside the finalists and several retrained points
+sharing the CPUs (2026-12-07 19:49 UTC, 2 idle cores): **1734 s** (per budget 347 / 610 / 777 s; the searches 169 /
+228 / 203 s), margins 25% **1.073**, 40% **1.116**, 55% **1.022**; anchor_margin **1.022**, the goal (>= 1.05) met
+at 25% and 40%, missed at 55%. The same finalists, winners and anchors as the run below; PERs within 0.0004 of it
+(one thread per retrain instead of two changes float summation order only), e.g. 55%: sslc 0.4678 against the
+FitHuBERT-like anchor's 0.4780.
+Before (one retrain after another on two threads): measured on `mini` at the defaults with finalists spread over
+depth and the CNN (the lead's CNN twin: the closest
 Transformer) and early stopping that spares the warm start (2026-12-07 15:05 UTC, 2575 s, `sampler_quality` beside
 it for the first 11 minutes; per budget 918 / 706 / 950 s): margins 25% **1.073**, 40% **1.116**, 55% **1.022**;
 anchor_margin **1.022**, goal (>= 1.05) met at 25% and 40%, missed at 55%.
@@ -148,7 +157,9 @@ import json
 import logging
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -167,8 +178,11 @@ from sslc.runs.record import open_run  # noqa: E402
 from sslc.runs.student_file import WEIGHTS_FILE  # noqa: E402
 from sslc.runs.trials import Outcome, TrialRecord, config_key  # noqa: E402
 from sslc.search.baselines import anchors_at_budget  # noqa: E402
-from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial, trained_alike  # noqa: E402
-from sslc.search.runner import SearchSettings, run_search  # noqa: E402
+from sslc.search.finalists import run_finalists  # noqa: E402
+from sslc.search.pareto import write_pareto  # noqa: E402
+from sslc.search.retrain import prepare_context, retrain_plan, trained_alike, training_data  # noqa: E402
+from sslc.search.retrain_points import retrain_points  # noqa: E402
+from sslc.search.runner import SearchSettings, run_search, start_ray  # noqa: E402
 
 BUDGETS = "25%,40%,55%"
 TRIALS = 16  # the warm start takes the first (up to six anchor shapes at the budget)
@@ -192,13 +206,30 @@ def probe_files(examples, root: Path) -> Path:
     return root
 
 
-def retrain_config(run, config: CompressionConfig, number: int, plan, context, out: Path) -> tuple[float, Path]:
-    """A config that is no trial of the study (an anchor), retrained by the retrain driver and `plan` into `out`:
-    (retrained held-out loss, its weights file). `number` (negative) names it apart from the study's trials."""
-    trial = TrialRecord(number=number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
-                        params={}, config=config.to_dict())
-    summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
-    return summary["heldout_loss"], out / WEIGHTS_FILE
+def anchor_trials(anchors: dict[str, CompressionConfig]) -> dict[str, TrialRecord]:
+    """One stand-in trial record per distinct anchor config (negative numbers, apart from the study's trials),
+    keyed by the families that give it: families whose rules give the same config (on a narrow teacher the
+    thin-deep ones often do) are one student, retrained and probed once."""
+    families: dict[str, list[str]] = {}
+    for name, config in anchors.items():
+        families.setdefault(config_key(config.to_dict()), []).append(name)
+    return {" = ".join(names): TrialRecord(number=-1 - i, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE,
+                                           values=None, params={}, config=anchors[names[0]].to_dict())
+            for i, names in enumerate(families.values())}
+
+
+def retrain_beside(run, trials: list[TrialRecord], plan, context) -> threading.Thread:
+    """Start retraining `trials` (no trials of the study: nothing is recorded on it) by the retrain driver and
+    `plan`, as Ray tasks of one CPU each into the run's retrain directory, in a thread: Ray packs them with the
+    finalists' tasks, two at a time on 2 cores. The thread's `results` are `retrain_points`'."""
+    def work():
+        worker.results = retrain_points(run, trials, plan, context, training_data(run, context, plan.trainer),
+                                        cpus=1, progress=False, say=lambda _: None)
+
+    worker = threading.Thread(target=work, name="anchors", daemon=True)
+    worker.results = None
+    worker.start()
+    return worker
 
 
 def phone_error(weights: Path, probe_train, probe_heldout, probe: ProbeSettings) -> float:
@@ -231,21 +262,33 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
         finalist_steps=args.retrain_steps, probe_data=str(select_dir), probe_task="ctc", probe_units="tokens",
         probe_epochs=args.probe_epochs,
     )
-    result = run_search(settings)  # the search, then its finalist stage: exactly what sslc-search --finalists does
-    finalists = result.finalists
+    # What `sslc-search --finalists` runs (run_search: the trials, then `run_finalists` and the Pareto files),
+    # in two calls here so that the anchors, whose shapes need only the teacher and the budget, retrain as Ray
+    # tasks beside the finalists' (the search's trials run alone, as they would for a user).
+    run_search(replace(settings, finalists=None, finalist_steps=None, probe_data=None))
     searched = time.perf_counter() - started
-    run = open_run(result.run_dir)
+    run = open_run(settings.run_dir)
     context = prepare_context(run)
     teacher_config = context.teacher.config
     teacher_macs = count_macs(teacher_config, seconds=seconds).total
     budget = parse_budget(budget_text).resolve(teacher_macs)
     plan = retrain_plan(run, recipe=args.recipe, steps=args.retrain_steps)
+    anchors, unreachable = anchors_at_budget(teacher_config, budget, seconds)
+    stand_ins = anchor_trials(anchors)
+    start_ray(None)
+    beside = retrain_beside(run, list(stand_ins.values()), plan, context) if stand_ins else None
+    finalists = run_finalists(settings, run.run_dir, say=lambda _: None, progress=False)
+    write_pareto(run.study, run.run_dir)
+    if beside is not None:
+        beside.join()
+    run.reload()
     winner = finalists["winner"]
     used = json.loads((run.retrain_dir(winner) / RESULT_FILE).read_text())["trainer"]
     # The retrain driver's own "already retrained" rule: every setting but where it ran.
     assert trained_alike(used, plan.trainer), "the anchors must be retrained exactly as the finalists were"
     print(f"budget {budget_text} = {budget / 1e9:.4f} GMACs ({seconds:g} s): search of {args.trials} trials x "
-          f"{args.steps} steps and {len(finalists['finalists'])} finalists ({finalists['label']}) in {searched:.0f} s")
+          f"{args.steps} steps in {searched:.0f} s, then {len(finalists['finalists'])} finalists ({finalists['label']})"
+          f" and {len(stand_ins)} anchors retrained in {time.perf_counter() - started - searched:.0f} s")
     for row in finalists["finalists"]:
         config = CompressionConfig.from_dict(run.trial(row["trial"]).config)
         print(f"  finalist trial {row['trial']:3d}: {shape(config, teacher_config):28s} {row['macs'] / budget:6.1%} of "
@@ -257,19 +300,13 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
 
     models = [(f"sslc (trial {winner})", CompressionConfig.from_dict(run.trial(winner).config),
                run.record.retrains[winner]["heldout_loss"], run.retrain_dir(winner) / WEIGHTS_FILE)]
-    anchors, unreachable = anchors_at_budget(teacher_config, budget, seconds)
     for name, reason in unreachable.items():
         print(f"  anchor {name}: not compared ({reason})")
-    # Families whose rules give the same config (on a narrow teacher the thin-deep ones often do) are one
-    # student: retrained and probed once, named by every family that gives it.
-    families: dict[str, list[str]] = {}
-    for name, config in anchors.items():
-        families.setdefault(config_key(config.to_dict()), []).append(name)
-    for number, names in enumerate(families.values()):
-        config = anchors[names[0]]
-        # An anchor is not a trial of the study: retrained by the same driver and plan into its own directory.
-        loss, weights = retrain_config(run, config, -1 - number, plan, context, root / "anchors" / names[0])
-        models.append((f"anchor {' = '.join(names)}", config, loss, weights))
+    for (names, trial), result in zip(stand_ins.items(), beside.results if beside else []):
+        if result["status"] != "completed":
+            raise SystemExit(f"anchor {names}: retrain {result['status']} ({result.get('reason')})")
+        models.append((f"anchor {names}", CompressionConfig.from_dict(trial.config), result["heldout_loss"],
+                       run.retrain_dir(trial.number) / WEIGHTS_FILE))
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     probe = ProbeSettings("ctc", epochs=args.probe_epochs, device=device)
