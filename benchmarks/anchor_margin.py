@@ -180,7 +180,7 @@ from sslc.runs.trials import Outcome, TrialRecord, config_key  # noqa: E402
 from sslc.search.baselines import anchors_at_budget  # noqa: E402
 from sslc.search.finalists import run_finalists  # noqa: E402
 from sslc.search.pareto import write_pareto  # noqa: E402
-from sslc.search.retrain import prepare_context, retrain_plan, trained_alike, training_data  # noqa: E402
+from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial, trained_alike, training_data  # noqa: E402
 from sslc.search.retrain_points import retrain_points  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search, start_ray  # noqa: E402
 
@@ -204,6 +204,16 @@ def probe_files(examples, root: Path) -> Path:
         for path in (source, source.with_suffix(".phn")):
             (folder / path.name).symlink_to(path)
     return root
+
+
+def retrain_config(run, config: CompressionConfig, number: int, plan, context, out: Path) -> tuple[float, Path]:
+    """A config that is no trial of the study, retrained in this process by the retrain driver and `plan` into
+    `out`: (retrained held-out loss, its weights file). `number` (negative) names it apart from the study's trials.
+    (`cnn_keep` retrains its points so; this benchmark retrains its anchors beside the finalists, `retrain_beside`.)"""
+    trial = TrialRecord(number=number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
+                        params={}, config=config.to_dict())
+    summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
+    return summary["heldout_loss"], out / WEIGHTS_FILE
 
 
 def anchor_trials(anchors: dict[str, CompressionConfig]) -> dict[str, TrialRecord]:
