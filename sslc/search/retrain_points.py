@@ -54,8 +54,9 @@ def point_resources(plan, cpus: float | None, gpus: float | None, points: int = 
     if gpus is None:
         gpus = 1.0 if node.get("GPU", 0) >= 1 and plan.trainer.device != "cpu" else 0.0
     if cpus is None:
-        # Small models use a second intra-op thread poorly (1.46x one thread's speed on 2 cores, a 300-step
-        # retrain on the mini-HuBERT), so on CPUs several points beside each other beat one after another.
+        # Small models use a second intra-op thread poorly: two 300-step mini-HuBERT retrains took 116 s side by
+        # side on one thread each, 154 s one after another on two (2 cores). Many points on a big CPU machine
+        # each hold a student and its optimizer in memory at once; --cpus-per-point bounds how many.
         share = node.get("GPU", 1) if gpus else points
         cpus = max(1.0, node.get("CPU", 1) // max(share, 1))
     return float(cpus), float(gpus)
