@@ -65,9 +65,13 @@ the same at width 192 (ffn151): 0.4736; the CNN at 0.7 (12x176 ffn262): 0.4767; 
 0.5732; ARMHuBERT-S's rule at 3/4 (12x160 h2 ffn461): 0.5467; LightHuBERT Small's (12x144 h2 ffn552): 0.4966;
 STaRHuBERT's (12x144 h3 ffn369): 0.4974. A margin of 1.05 over the FitHuBERT-like anchor's 0.4780 needs 0.455 or
 lower: around the winner the PER is flat (0.467-0.477) and the other families' cuts are worse, so more trials of
-this kind near the budget would not have reached it. What might (untested): students off these uniform shapes
-(per-layer widths, low rank in the FFN), or a retrain recipe long enough for the CNN cut to be relearnt (`knob_costs`:
-its cost falls as training grows).
+this kind near the budget would not have reached it. Students off these uniform shapes, measured the same way
+(2026-12-07 21:20 UTC, a side script; CNN at 3/4, each filling 55%): 12x192 with attention at rank 32 (ffn407)
+0.4630; 12x176 h3 with wide FFN in layers 1-8 and a quarter of it in 9-12 (ffn283 / 70) 0.4655; 12x192 ffn415 at
+FFN rank 48 0.4680; 12x176 h2 ffn385 0.4697; 12x176 without attention in the top 4 layers (ffn385) 0.4724; 9x192
+ffn371 0.4724; 12x160 with the CNN at 0.85 (ffn150) 0.4732; 12x192 ffn768 at the largest FFN rank that fits 0.4889. The best, 0.4630,
+would give a margin of 1.032: none reaches 0.455. Left untried: a retrain recipe long enough for the CNN cut to be
+relearnt (`knob_costs`: its cost falls as training grows).
 Before (finalists spread over depth only, the warm start with the CNN cuts):
 Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
 UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
