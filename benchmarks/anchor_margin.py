@@ -161,8 +161,8 @@ import json
 import logging
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,40 +210,37 @@ def probe_files(examples, root: Path) -> Path:
     return root
 
 
+def stand_in(config: dict, number: int) -> TrialRecord:
+    """A config that is no trial of the study as a trial record the retrain driver takes; `number` (negative)
+    names it apart from the study's trials."""
+    return TrialRecord(number=number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None, params={},
+                       config=config)
+
+
 def retrain_config(run, config: CompressionConfig, number: int, plan, context, out: Path) -> tuple[float, Path]:
     """A config that is no trial of the study, retrained in this process by the retrain driver and `plan` into
-    `out`: (retrained held-out loss, its weights file). `number` (negative) names it apart from the study's trials.
-    (`cnn_keep` retrains its points so; this benchmark retrains its anchors beside the finalists, `retrain_beside`.)"""
-    trial = TrialRecord(number=number, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE, values=None,
-                        params={}, config=config.to_dict())
-    summary = retrain_trial(run, trial, plan, context, out_dir=out, progress=False)
+    `out`: (retrained held-out loss, its weights file). (`cnn_keep` retrains its points so; this benchmark
+    retrains its anchors beside the finalists, `retrain_beside`.)"""
+    summary = retrain_trial(run, stand_in(config.to_dict(), number), plan, context, out_dir=out, progress=False)
     return summary["heldout_loss"], out / WEIGHTS_FILE
 
 
 def anchor_trials(anchors: dict[str, CompressionConfig]) -> dict[str, TrialRecord]:
-    """One stand-in trial record per distinct anchor config (negative numbers, apart from the study's trials),
-    keyed by the families that give it: families whose rules give the same config (on a narrow teacher the
-    thin-deep ones often do) are one student, retrained and probed once."""
+    """One stand-in trial per distinct anchor config, keyed by the families that give it: families whose rules
+    give the same config (on a narrow teacher the thin-deep ones often do) are one student, retrained and probed
+    once."""
     families: dict[str, list[str]] = {}
     for name, config in anchors.items():
         families.setdefault(config_key(config.to_dict()), []).append(name)
-    return {" = ".join(names): TrialRecord(number=-1 - i, state=TrialState.COMPLETE, outcome=Outcome.COMPLETE,
-                                           values=None, params={}, config=anchors[names[0]].to_dict())
-            for i, names in enumerate(families.values())}
+    return {" = ".join(names): stand_in(anchors[names[0]].to_dict(), -1 - i) for i, names in enumerate(families.values())}
 
 
-def retrain_beside(run, trials: list[TrialRecord], plan, context) -> threading.Thread:
+def retrain_beside(pool: ThreadPoolExecutor, run, trials: list[TrialRecord], plan, context) -> Future:
     """Start retraining `trials` (no trials of the study: nothing is recorded on it) by the retrain driver and
-    `plan`, as Ray tasks of one CPU each into the run's retrain directory, in a thread: Ray packs them with the
-    finalists' tasks, two at a time on 2 cores. The thread's `results` are `retrain_points`'."""
-    def work():
-        worker.results = retrain_points(run, trials, plan, context, training_data(run, context, plan.trainer),
-                                        cpus=1, progress=False, say=lambda _: None)
-
-    worker = threading.Thread(target=work, name="anchors", daemon=True)
-    worker.results = None
-    worker.start()
-    return worker
+    `plan`, as Ray tasks of one CPU each (not the default share, so that a lone anchor packs beside a finalist)
+    into the run's retrain directory; the future holds `retrain_points`' results (or its error)."""
+    return pool.submit(retrain_points, run, trials, plan, context, training_data(run, context, plan.trainer),
+                       cpus=1, progress=False, say=lambda _: None)
 
 
 def phone_error(weights: Path, probe_train, probe_heldout, probe: ProbeSettings) -> float:
@@ -290,11 +287,11 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
     anchors, unreachable = anchors_at_budget(teacher_config, budget, seconds)
     stand_ins = anchor_trials(anchors)
     start_ray(None)
-    beside = retrain_beside(run, list(stand_ins.values()), plan, context) if stand_ins else None
-    finalists = run_finalists(settings, run.run_dir, say=lambda _: None, progress=False)
-    write_pareto(run.study, run.run_dir)
-    if beside is not None:
-        beside.join()
+    with ThreadPoolExecutor(1, thread_name_prefix="anchors") as pool:
+        beside = retrain_beside(pool, run, list(stand_ins.values()), plan, context) if stand_ins else None
+        finalists = run_finalists(settings, run.run_dir, say=lambda _: None, progress=False)
+        write_pareto(run.study, run.run_dir)
+        anchor_results = beside.result() if beside is not None else []
     run.reload()
     winner = finalists["winner"]
     used = json.loads((run.retrain_dir(winner) / RESULT_FILE).read_text())["trainer"]
@@ -316,7 +313,7 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
                run.record.retrains[winner]["heldout_loss"], run.retrain_dir(winner) / WEIGHTS_FILE)]
     for name, reason in unreachable.items():
         print(f"  anchor {name}: not compared ({reason})")
-    for (names, trial), result in zip(stand_ins.items(), beside.results if beside else []):
+    for (names, trial), result in zip(stand_ins.items(), anchor_results):
         if result["status"] != "completed":
             raise SystemExit(f"anchor {names}: retrain {result['status']} ({result.get('reason')})")
         models.append((f"anchor {names}", CompressionConfig.from_dict(trial.config), result["heldout_loss"],
