@@ -70,8 +70,15 @@ this kind near the budget would not have reached it. Students off these uniform 
 0.4630; 12x176 h3 with wide FFN in layers 1-8 and a quarter of it in 9-12 (ffn283 / 70) 0.4655; 12x192 ffn415 at
 FFN rank 48 0.4680; 12x176 h2 ffn385 0.4697; 12x176 without attention in the top 4 layers (ffn385) 0.4724; 9x192
 ffn371 0.4724; 12x160 with the CNN at 0.85 (ffn150) 0.4732; 12x192 ffn768 at the largest FFN rank that fits 0.4889. The best, 0.4630,
-would give a margin of 1.032: none reaches 0.455. Left untried: a retrain recipe long enough for the CNN cut to be
-relearnt (`knob_costs`: its cost falls as training grows).
+would give a margin of 1.032: none reaches 0.455. Does a longer retrain, in which the CNN cut is relearnt
+(`knob_costs`: its cost falls as training grows), widen the margin? Measured (2026-12-07 22:00-22:32 UTC, a side
+script: the same plan at more steps of the quick recipe, one thread each, two at a time; the same probe and held-out
+voices): at 900 steps the FitHuBERT-like anchor 0.4730 (loss 0.107), the winner's shape 12x176 h3 ffn212 cnn75%
+0.4546 (0.149), attention at rank 32 0.4742 (0.138): margin 1.040; at 2700 steps the anchor 0.4728 (0.087), the
+winner's shape 0.4552 (0.115): margin 1.039. Training longer took the margin from 1.022 to 1.04 by 900 steps and no
+further (every retrain's best validated step was its last, so neither had stopped learning): on this judge and probe
+the CNN-cut shape's lead at 55% settles near 4%, short of 5%: the default's 300 steps cost about half of the gap
+to 1.05, and no retrain length tried closes it.
 Before (finalists spread over depth only, the warm start with the CNN cuts):
 Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
 UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
