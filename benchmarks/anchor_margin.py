@@ -79,6 +79,22 @@ winner's shape 0.4552 (0.115): margin 1.039. Training longer took the margin fro
 further (every retrain's best validated step was its last, so neither had stopped learning): on this judge and probe
 the CNN-cut shape's lead at 55% settles near 4%, short of 5%: the default's 300 steps cost about half of the gap
 to 1.05, and no retrain length tried closes it.
+Is the probe a converged judge? No: measured the same evening (side scripts, the same 300-step retrains of the
+anchor and the winner's shape, probed on the same held-out voices with more probe training), PERs fall by 0.04-0.17
+as the probe trains longer or on more files, and at 55% the ranking depends on it.
+- 55% (FitHuBERT-like 12x144 h2 ffn156 against 12x176 h3 ffn212 cnn75%): the default probe (120 training files, 10
+  epochs) 0.4780 / 0.4670, margin 1.024; 120 files, 30 epochs 0.4028 / 0.4231, **0.952** (the order flips); all
+  1600 training files, 10 epochs 0.3362 / 0.3204, **1.050**; all files, 20 epochs 0.3229 / 0.3088, **1.046**.
+- 40% (FitHuBERT-like 12x64 h1 ffn104 against 12x144 h2 ffn146 cnn75%): 120 files at 10 / 20 / 40 / 80 epochs give
+  margins 1.125 / 1.133 / 1.163 / 1.166 (the anchor 0.572 -> 0.457, the CNN-cut student 0.508 -> 0.392); all files,
+  10 epochs 0.4305 / 0.3475, **1.239**; all files, 20 epochs 0.4003 / 0.3372, **1.187**.
+So the 10-epoch probe on 120 files measures how fast a probe learns as much as what the representation holds: the
+CNN-cut students' lead holds at 40% under every probe tried, but at 55% the two are within the probe's own spread,
+and on the full training set (all 1600 files at 20 epochs is what `sslc-probe` runs by default on this corpus) the
+margin there is 1.046-1.050, at the goal's edge.
+The benchmark's probes (selection and held-out) should train on the full training set before its margins are read
+as final; at about 2.5 minutes per probe on one thread (10 epochs, 1600 files) that needs the probes run beside the
+retrains to stay within 30 minutes.
 Before (finalists spread over depth only, the warm start with the CNN cuts):
 Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
 UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
