@@ -97,7 +97,10 @@ The benchmark itself with the full training set as its probe corpus, at 55% only
 probes): the selection probe now prefers the 2-layer finalist (selection PER 0.2505 against 0.2633 for the CNN-cut
 12x176 and 0.2690 for 12x144), and sslc's pick 2x192 h3 ffn768 (86.6% of the budget, retrained loss 0.167) has
 held-out PER **0.3190** against the FitHuBERT-like anchor's 0.3362 (ARMHuBERT-S 0.3455, STaRHuBERT 0.3550,
-LightHuBERT 0.3831, uniform 0.3852): margin **1.054**, the goal met at 55% under this probe. With this probe every
+LightHuBERT 0.3831, uniform 0.3852): margin **1.054**, the goal met at 55% under this probe. At 25% the same way
+(`--budgets 25% --max-probe-train 0`, 00:18 UTC, 716 s): sslc's pick 2x128 h2 ffn384 cnn75% (selection PER 0.316
+against 0.401 for 12x64 cnn75% and 0.473 for 8x96), held-out PER **0.3670** against uniform's 0.4243 (the only
+anchor that reaches 25%): margin **1.156**. 40% was not run so (the side script's pair above: 1.19-1.24). With this probe every
 budget costs about 15 minutes more (about 2.5 minutes per probe on one thread, 10 epochs, 1600 files), so the three
 budgets take about 75 minutes: the default stays the 120-file probe until the probes run beside the retrains (as
 the anchors' retrains do) and fit the 30 minutes; the default's headline is the 1.022 above.
