@@ -4,18 +4,20 @@ At each budget (`--budgets`, default 25%, 40% and 55% of the fixture teacher's M
 `budget_seconds`: 10 s for `gpu` / `cpu`, 2.5 s for `mini`), sslc's pick is made by exactly the
 `sslc-search --finalists K` path: an in-process `run_search` (Ray Tune trials, the default sampler, the `combined`
 space, its short trials, protocol and warm start), then its finalist stage (`sslc.search.finalists.run_finalists`,
-what `run_search` calls after the trials; called here in a second step so that the anchors retrain as Ray tasks
-beside the finalists', one CPU each, two at a time on 2 cores), which retrains K trials
-near the budget (spread over depth and the CNN) by the recipe (`--recipe`, `--retrain-steps`) and probes them with sslc-probe's phoneme
-CTC probe on a selection corpus (`--probe-data`: MAX_PROBE_TRAIN files of the training voices, split by file
-inside), naming the winner by that probe. Every anchor family (`sslc.search.baselines.anchors_at_budget`:
+what `run_search` calls after the trials; called here in a second step so that the anchors retrain and are
+probed as Ray tasks beside the finalists', one CPU each, two at a time on 2 cores), which retrains K trials near the
+budget (spread over depth and the CNN) by the recipe (`--recipe`, `--retrain-steps`) and probes them (Ray tasks
+too) with sslc-probe's phoneme CTC probe on a selection corpus (`--probe-data`: MAX_PROBE_TRAIN files of the
+training voices, split by file inside), naming the winner by that probe. Every anchor family (`sslc.search.baselines.anchors_at_budget`:
 uniform pruning, DistilHuBERT's 2 layers, LightHuBERT Small's thin uniform shape, FitHuBERT-like thin-deep,
 ARMHuBERT-S's and STaRHuBERT's shapes), each scaled to the budget by its own rule (within 1% below it; a family
 that cannot reach the budget is listed with why), is retrained by the same driver and the same plan as the
 finalists (`retrain_trial`, asserted equal to the finalists' recorded trainer: validation every tenth of the
-run, best validated weights kept). Then the winner and every anchor are probed by the same probe, trained on
-the same MAX_PROBE_TRAIN training-voice files and scored on the fixture's held-out voices (never used to pick
-the winner). Each budget prints the finalists (shape, share of the budget, short-trial and retrained loss,
+run, best validated weights kept). Then the winner and every anchor are probed by the same probe (one thread
+each, as Ray tasks), trained on the same MAX_PROBE_TRAIN training-voice files for PROBE_EPOCHS epochs and scored
+on the fixture's held-out voices (never used to pick the winner). The probe trains 2000 steps (800 files x 20
+epochs, batch 8): measured on 2026-12-08 (below), a probe of 1000 steps (800 x 10 or 400 x 20) does not yet rank
+the 55% students as longer-trained probes do, and 800 x 20 ranks them as 1600 x 10 does at less encoding. Each budget prints the finalists (shape, share of the budget, short-trial and retrained loss,
 selection PER) and the table (shape, MACs as a share of the budget, retrained loss, PER), and its margin = the
 best anchor's PER / sslc's PER.
 
@@ -23,14 +25,54 @@ Last line: `anchor_margin: X` = the minimum margin over the budgets (issue 24's 
 least 5% lower than the best anchor family's at every budget).
 
     python benchmarks/anchor_margin.py [--budgets 25%,40%,55%] [--trials 16] [--steps 60] [--finalists 3]
-                                       [--recipe quick] [--retrain-steps 300] [--probe-epochs 10]
-                                       [--max-probe-train 120] [--teacher-recipe gpu|cpu|mini] [--quick]
+                                       [--recipe quick] [--retrain-steps 300] [--probe-epochs 20]
+                                       [--max-probe-train 800] [--teacher-recipe gpu|cpu|mini] [--quick]
 
 `--quick` (the quick fixture, one budget, 3 trials, a few steps) only checks that the benchmark runs (CI runs it).
 On `mini` (12 layers, its CNN a third of the MACs as HuBERT Base's) every thin family keeps the whole CNN, so at
 25% only `uniform` can reach the budget.
 
-Measured on `mini` at the defaults with the anchors retrained beside the finalists and several retrained points
+Measured on `mini` at the defaults (2026-12-08 02:16 UTC, 2 idle cores): **2136 s** (36 minutes, over the 30 the
+issue allows; per budget 452 / 717 / 966 s, the searches 171 / 184 / 198 s), margins 25% **1.128**, 40% **1.094**,
+55% **1.056**; anchor_margin **1.056**, the goal (>= 1.05) met at every budget. The defaults: the probe trains
+2000 steps (800 training files x 20 epochs: the table below says why), the finalists' and the judge's probes are
+Ray tasks of one thread each beside the retrains, and the warm start asks DistilHuBERT's two full-width layers
+with the CNN at 3/4 where no width of them fills the budget (`sslc.search.baselines.warm_start_configs`).
+- 25%: finalists 2x128 h2 ffn384 cnn75% (short-trial 0.413, retrained 0.320, selection PER 0.325), 12x64 h1 ffn77
+  cnn75% (0.492, 0.395, 0.411), 8x96 cnn48% (0.582, 0.457, 0.487); the pick, the 2-layer one, held-out PER
+  **0.3889** against uniform's 0.4388 (the only anchor that reaches 25%).
+- 40%: finalists 2x128 h2 ffn461 (the lead: DistilHuBERT's shape; 0.279, 0.232, 0.314), 2x160 h3 ffn576-614 cnn88%
+  (the lead's CNN twin, a trial the sampler drew after the new warm-start shape 2x192 h3 ffn768 cnn75%; 90% of the
+  budget; 0.289, 0.229, 0.271), 12x144 h2 ffn115 cnn75% (0.353, 0.251, 0.292); the pick, the 2-layer CNN-cut one,
+  held-out PER **0.3256** against the DistilHuBERT-like anchor 2x128 h2 ffn480 at 0.3564 (uniform 0.4252, the common
+  shape of FitHuBERT / ARMHuBERT-S / STaRHuBERT 12x64 0.4305, LightHuBERT 0.4535).
+- 55%: finalists 12x144 h2 ffn154 (0.174, 0.134, 0.272), 2x192 h3 ffn768 (0.198, 0.167, 0.277), 12x176 h3 ffn192
+  cnn75% (0.292, 0.199, 0.267); the pick, the CNN-cut 12-layer one, held-out PER **0.3169** against the
+  FitHuBERT-like anchor's 0.3347 (ARMHuBERT-S 0.3629, STaRHuBERT 0.3649, LightHuBERT 0.3815, uniform 0.4022).
+The same day, before the warm start's 2-layer CNN-cut shape (otherwise these defaults; 01:35 UTC, 2315 s, per
+budget 492 / 792 / 1031 s): 25% and 55% the same students and PERs, 40% **1.013**: the finalists were 2x128 h2
+ffn461, 12x144 h2 ffn115 cnn75% and, as the lead's CNN twin, 2x128 h2 ffn77 cnn82% at 60% of the budget; the probe
+picked the 12-layer one, PER 0.3519 against the DistilHuBERT-like anchor's 0.3564. Under the 120-file probe that
+anchor had PER 0.669 at 40%, behind the thin families' 0.572; with the probe trained to 2000 steps it is the best
+anchor there.
+Where the 36 minutes go: the retrains of 3 finalists and up to 5 anchors (300 steps, about 2 minutes each on one
+thread) and 8-9 probes per budget (about a minute each on one thread), two at a time on 2 cores, after a 3-minute
+search; fitting 30 minutes would take fewer of them (fewer anchor families or finalists) or shorter ones, which
+would change what is measured.
+
+The probe's length: on 2026-12-08 (a side script: the same 300-step retrains of the 55% pair, FitHuBERT-like
+12x144 h2 ffn156 against 12x176 h3 ffn212 cnn75%, and of the 40% pair, 12x64 h1 ffn104 against 12x144 h2 ffn146
+cnn75%, each probed on the held-out voices at several probe sizes; batch 8, so files x epochs / 8 steps):
+| probe (files x epochs) | steps | 55% anchor / CNN-cut / margin | 40% anchor / CNN-cut / margin |
+| 800 x 10 | 1000 | 0.3548 / 0.3556 / 0.998 | 0.4575 / 0.3784 / 1.209 |
+| 400 x 20 | 1000 | 0.3647 / 0.3622 / 1.007 | 0.4552 / 0.3817 / 1.193 |
+| 800 x 20 | 2000 | 0.3345 / 0.3175 / 1.054 | 0.4305 / 0.3488 / 1.234 |
+| 1600 x 10 | 2000 | 0.3362 / 0.3204 / 1.050 | 0.4305 / 0.3475 / 1.239 (the day before) |
+The probe's steps, not its files, decide the 55% order: at 1000 steps the two students tie, from 2000 steps on
+(4000: 1.046, the day before) the CNN-cut one leads by 5%. 800 x 20 ranks as 1600 x 10 does with half the
+encoding, hence the default.
+
+Before, with the 120-file probe: measured on `mini` at the defaults with the anchors retrained beside the finalists and several retrained points
 sharing the CPUs (2026-12-07 19:49 UTC, 2 idle cores): **1734 s** (per budget 347 / 610 / 777 s; the searches 169 /
 228 / 203 s), margins 25% **1.073**, 40% **1.116**, 55% **1.022**; anchor_margin **1.022**, the goal (>= 1.05) met
 at 25% and 40%, missed at 55%. The same finalists, winners and anchors as the run below; PERs within 0.0004 of it
@@ -102,8 +144,9 @@ LightHuBERT 0.3831, uniform 0.3852): margin **1.054**, the goal met at 55% under
 against 0.401 for 12x64 cnn75% and 0.473 for 8x96), held-out PER **0.3670** against uniform's 0.4243 (the only
 anchor that reaches 25%): margin **1.156**. 40% was not run so (the side script's pair above: 1.19-1.24). With this probe every
 budget costs about 15 minutes more (about 2.5 minutes per probe on one thread, 10 epochs, 1600 files), so the three
-budgets take about 75 minutes: the default stays the 120-file probe until the probes run beside the retrains (as
-the anchors' retrains do) and fit the 30 minutes; the default's headline is the 1.022 above.
+budgets took about 75 minutes; the default then stayed the 120-file probe (headline 1.022, above). Since
+2026-12-08 the default probe trains 2000 steps on 800 files, the probes run as Ray tasks beside the retrains, and
+the probe normalises each file's states once instead of every step (the measurements at the top).
 Before (finalists spread over depth only, the warm start with the CNN cuts):
 Measured on `mini` at the defaults with the warm start's thin families also at 3/4 of the CNN (2026-12-07 06:11
 UTC, 2 idle cores of a faster machine than the 4280 s run's, 2213 s; per budget 529 / 781 / 902 s, each search of
@@ -205,17 +248,18 @@ from optuna.trial import TrialState  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option, trained_teacher  # noqa: E402
 from sslc.budget import parse_budget  # noqa: E402
-from sslc.compress import CompressionConfig  # noqa: E402
+from sslc.compress import CompressionConfig, config_key  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.probes import ProbeSettings  # noqa: E402
 from sslc.probes.results import probe_target, resolve_targets  # noqa: E402
 from sslc.runs.export import RESULT_FILE  # noqa: E402
 from sslc.runs.record import open_run  # noqa: E402
 from sslc.runs.student_file import WEIGHTS_FILE  # noqa: E402
-from sslc.runs.trials import Outcome, TrialRecord, config_key  # noqa: E402
+from sslc.runs.trials import Outcome, TrialRecord  # noqa: E402
 from sslc.search.baselines import anchors_at_budget  # noqa: E402
 from sslc.search.finalists import run_finalists  # noqa: E402
 from sslc.search.pareto import write_pareto  # noqa: E402
+from sslc.search.probe_points import probe_points  # noqa: E402
 from sslc.search.retrain import prepare_context, retrain_plan, retrain_trial, trained_alike, training_data  # noqa: E402
 from sslc.search.retrain_points import retrain_points  # noqa: E402
 from sslc.search.runner import SearchSettings, run_search, start_ray  # noqa: E402
@@ -226,8 +270,8 @@ STEPS = 60
 FINALISTS = 3
 RECIPE = "quick"
 RETRAIN_STEPS = 300
-PROBE_EPOCHS = 10
-MAX_PROBE_TRAIN = 120
+PROBE_EPOCHS = 20
+MAX_PROBE_TRAIN = 800
 
 
 def probe_files(examples, root: Path) -> Path:
@@ -267,18 +311,33 @@ def anchor_trials(anchors: dict[str, CompressionConfig]) -> dict[str, TrialRecor
     return {" = ".join(names): stand_in(anchors[names[0]].to_dict(), -1 - i) for i, names in enumerate(families.values())}
 
 
-def retrain_beside(pool: ThreadPoolExecutor, run, trials: list[TrialRecord], plan, context) -> Future:
+def anchors_beside(pool: ThreadPoolExecutor, run, trials: list[TrialRecord], plan, context, judge) -> Future:
     """Start retraining `trials` (no trials of the study: nothing is recorded on it) by the retrain driver and
     `plan`, as Ray tasks of one CPU each (not the default share, so that a lone anchor packs beside a finalist)
-    into the run's retrain directory; the future holds `retrain_points`' results (or its error)."""
-    return pool.submit(retrain_points, run, trials, plan, context, training_data(run, context, plan.trainer),
-                       cpus=1, progress=False, say=lambda _: None)
+    into the run's retrain directory, then `judge` (a list of student files -> their PERs) their weights; the
+    future holds (`retrain_points`' results, the PERs), or the error."""
+    def work() -> tuple[list[dict], list[float]]:
+        results = retrain_points(run, trials, plan, context, training_data(run, context, plan.trainer), cpus=1,
+                                 progress=False, say=lambda _: None)
+        for trial, result in zip(trials, results):
+            if result["status"] != "completed":
+                raise SystemExit(f"anchor retrain of {trial.config} {result['status']} ({result.get('reason')})")
+        return results, judge([run.retrain_dir(trial.number) / WEIGHTS_FILE for trial in trials])
+
+    return pool.submit(work)
 
 
 def phone_error(weights: Path, probe_train, probe_heldout, probe: ProbeSettings) -> float:
     """sslc-probe's phoneme CTC probe of a student file: its error rate on `probe_heldout`."""
     target = resolve_targets([str(weights)], False, probe.device)[0]
     return probe_target(target, probe_train, probe_heldout, probe, "tokens")["metric"]
+
+
+def phone_errors(weights: list[Path], probe_train, probe_heldout, probe: ProbeSettings) -> list[float]:
+    """`phone_error` of each student file, as Ray tasks of one CPU (one thread) each: the same probe for every
+    model, run side by side."""
+    rows = probe_points([str(w) for w in weights], probe_train, probe_heldout, probe, "tokens", cpus=1)
+    return [row["metric"] for row in rows]
 
 
 def shape(config: CompressionConfig, teacher_config) -> str:
@@ -318,20 +377,27 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
     plan = retrain_plan(run, recipe=args.recipe, steps=args.retrain_steps)
     anchors, unreachable = anchors_at_budget(teacher_config, budget, seconds)
     stand_ins = anchor_trials(anchors)
+    probe = ProbeSettings("ctc", epochs=args.probe_epochs)
+
+    def judge(weights: list[Path]) -> list[float]:
+        return phone_errors(weights, probe_train, probe_heldout, probe)
+
     start_ray(None)
     with ThreadPoolExecutor(1, thread_name_prefix="anchors") as pool:
-        beside = retrain_beside(pool, run, list(stand_ins.values()), plan, context) if stand_ins else None
+        # The anchors retrain, then are probed, beside the finalists' retrains and probes: Ray packs the tasks.
+        beside = anchors_beside(pool, run, list(stand_ins.values()), plan, context, judge) if stand_ins else None
         finalists = run_finalists(settings, run.run_dir, say=lambda _: None, progress=False)
         write_pareto(run.study, run.run_dir)
-        anchor_results = beside.result() if beside is not None else []
+        winner = finalists["winner"]
+        [winner_error] = judge([run.retrain_dir(winner) / WEIGHTS_FILE])
+        anchor_results, anchor_errors = beside.result() if beside is not None else ([], [])
     run.reload()
-    winner = finalists["winner"]
     used = json.loads((run.retrain_dir(winner) / RESULT_FILE).read_text())["trainer"]
     # The retrain driver's own "already retrained" rule: every setting but where it ran.
     assert trained_alike(used, plan.trainer), "the anchors must be retrained exactly as the finalists were"
     print(f"budget {budget_text} = {budget / 1e9:.4f} GMACs ({seconds:g} s): search of {args.trials} trials x "
           f"{args.steps} steps in {searched:.0f} s, then {len(finalists['finalists'])} finalists ({finalists['label']})"
-          f" and {len(stand_ins)} anchors retrained in {time.perf_counter() - started - searched:.0f} s")
+          f" and {len(stand_ins)} anchors retrained and probed in {time.perf_counter() - started - searched:.0f} s")
     for row in finalists["finalists"]:
         config = CompressionConfig.from_dict(run.trial(row["trial"]).config)
         print(f"  finalist trial {row['trial']:3d}: {shape(config, teacher_config):28s} {row['macs'] / budget:6.1%} of "
@@ -342,25 +408,20 @@ def one_budget(budget_text: str, args, fixture, seconds: float, probe_train, pro
              if finalists["lowest_retrained_loss"] != winner else ""))
 
     models = [(f"sslc (trial {winner})", CompressionConfig.from_dict(run.trial(winner).config),
-               run.record.retrains[winner]["heldout_loss"], run.retrain_dir(winner) / WEIGHTS_FILE)]
+               run.record.retrains[winner]["heldout_loss"], winner_error)]
     for name, reason in unreachable.items():
         print(f"  anchor {name}: not compared ({reason})")
-    for (names, trial), result in zip(stand_ins.items(), anchor_results):
-        if result["status"] != "completed":
-            raise SystemExit(f"anchor {names}: retrain {result['status']} ({result.get('reason')})")
-        models.append((f"anchor {names}", CompressionConfig.from_dict(trial.config), result["heldout_loss"],
-                       run.retrain_dir(trial.number) / WEIGHTS_FILE))
+    for (names, trial), result, error in zip(stand_ins.items(), anchor_results, anchor_errors):
+        models.append((f"anchor {names}", CompressionConfig.from_dict(trial.config), result["heldout_loss"], error))
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    probe = ProbeSettings("ctc", epochs=args.probe_epochs, device=device)
     width = max(32, *(len(label) for label, *_ in models))
     print(f"  {'model':{width}s} {'shape':28s} {'MACs':>7s} {'loss':>7s} {'PER':>7s}   (PER: held-out voices)")
     errors = {}
-    for label, config, loss, weights in models:
-        errors[label] = phone_error(weights, probe_train, probe_heldout, probe)
+    for label, config, loss, error in models:
+        errors[label] = error
         macs = count_macs(config.student_architecture(teacher_config), seconds=seconds).total
         print(f"  {label:{width}s} {shape(config, teacher_config):28s} {macs / budget:7.1%} {loss:7.4f} "
-              f"{errors[label]:7.4f}", flush=True)
+              f"{error:7.4f}", flush=True)
     ours = errors[models[0][0]]
     rest = {k: v for k, v in errors.items() if k != models[0][0]}
     if not rest:
@@ -382,7 +443,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", default=RECIPE, help="the finalists' and the anchors' retrain recipe")
     parser.add_argument("--retrain-steps", type=int, default=RETRAIN_STEPS)
     parser.add_argument("--probe-epochs", type=int, default=PROBE_EPOCHS)
-    parser.add_argument("--max-probe-train", type=int, default=MAX_PROBE_TRAIN)
+    parser.add_argument("--max-probe-train", type=int, default=MAX_PROBE_TRAIN,
+                        help="training-voice files the probes train on (0: all of them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="quick fixture, 2 trials, few steps (smoke test)")
     add_recipe_option(parser)

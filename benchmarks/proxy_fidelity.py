@@ -66,13 +66,12 @@ import torch  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from benchmarks.fixtures import add_recipe_option  # noqa: E402
-from sslc.compress import CompressionConfig  # noqa: E402
+from sslc.compress import CompressionConfig, config_key  # noqa: E402
 from sslc.data.demo import DEMO_SPEC  # noqa: E402
 from sslc.metrics import count_macs  # noqa: E402
 from sslc.models import ConvLayerSpec, LayerSpec, build_encoder  # noqa: E402
 from sslc.models.builders import tiny_config  # noqa: E402
 from sslc.models.fingerprint import model_fingerprint  # noqa: E402
-from sslc.runs.trials import config_key  # noqa: E402
 from sslc.search.baselines import baseline_configs, uniform_config  # noqa: E402
 from sslc.search.inputs import RunInputs, load_audio_split, prepare_inputs  # noqa: E402
 from sslc.search.runner import SearchSettings, trainer_config  # noqa: E402

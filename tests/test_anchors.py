@@ -82,13 +82,19 @@ def test_a_search_starts_from_every_family_at_the_budget_or_its_published_shape(
     """The warm start (what `run_search` asks first) is each family's shape at the budget where the family
     reaches it, and its published shape (for the searcher to narrow) where it does not: at 55% of HuBERT Base,
     DistilHuBERT's two full-width layers cost less than the budget, every other family fills it. Then each thin
-    family with the CNN at 3/4 of its channels at the budget (DistilHuBERT's two layers cannot fill 55% then)."""
+    family with the CNN at 3/4 of its channels at the budget, and DistilHuBERT's two layers, which cannot fill 55%
+    then, at their largest with the cut (more than half the budget)."""
     from sslc.search.baselines import baseline_configs, warm_start_configs
 
     budget = int(0.55 * count_macs(BASE, seconds=10.0).total)
     warm = warm_start_configs(BASE, budget, 10.0)
-    combined = [f"{name}+cnn75%" for name in ANCHOR_FAMILIES if name not in ("uniform", "distilhubert-2layer")]
+    combined = [f"{name}+cnn75%" for name in ANCHOR_FAMILIES if name != "uniform"]
     assert list(warm) == list(ANCHOR_FAMILIES) + combined
+    two_cut = warm.pop("distilhubert-2layer+cnn75%")
+    assert two_cut.layers == [0, 1] and two_cut.hidden is None and two_cut.ffn == [3072, 3072]
+    assert two_cut.heads == [12, 12] and two_cut.conv_channels == [384] * 7
+    assert budget / 2 <= _macs(two_cut, BASE) < (1 - ANCHOR_TOLERANCE) * budget
+    combined.remove("distilhubert-2layer+cnn75%")
     for name in combined:
         config, family = warm.pop(name), name.removesuffix("+cnn75%")
         assert config.conv_channels == [round(0.75 * c.channels) for c in BASE.conv_layers]  # 384 of 512

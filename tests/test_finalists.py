@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-import sslc.probes.train as probe_train
+import sslc.search.probe_points as probe_points_module
 import sslc.search.retrain as retrain_module
 from sslc.budget import Budget
 from sslc.cli.search import main as search_main
@@ -136,6 +136,36 @@ def test_the_winner_is_the_best_recorded_probe_and_pareto_json_names_it(finished
     assert report.section("table").html.count("<td>winner</td>") == 1
 
 
+def test_each_finalists_probe_is_sslc_probes_probe_of_its_retrained_weights(finished, probe_dir):
+    """The finalists are probed as Ray tasks (one thread each here): each recorded error rate is what sslc-probe's
+    code gives the retrained weights when run again in this process, on one thread."""
+    from sslc.probes import ProbeSettings, train_and_heldout
+    from sslc.probes.results import probe_target, resolve_targets
+
+    run = open_run(finished)
+    train, heldout = train_and_heldout(probe_dir / "train", "ctc", "tokens", probe_dir / "heldout")
+    for row in run.record.finalists["finalists"]:
+        target = resolve_targets([f"{finished}:{row['trial']}"], False, "cpu", say=lambda line: None)[0]
+        assert target.extractor.metadata["source"] == "retrained"
+        again = probe_target(target, train, heldout, ProbeSettings("ctc", epochs=2), "tokens")
+        assert again["metric"] == pytest.approx(row["probe_metric"], abs=1e-9)
+        assert again["train_loss"] == pytest.approx(run.record.probes["ctc"][row["trial"]]["train_loss"], rel=1e-5)
+
+
+def test_a_probe_that_fails_in_its_task_is_its_own_one_line_error(finished, probe_dir, tmp_path):
+    from sslc.errors import UserError
+    from sslc.probes import ProbeSettings, train_and_heldout
+    from sslc.search.runner import start_ray
+
+    start_ray(None)
+    train, heldout = train_and_heldout(probe_dir / "train", "ctc", "tokens", probe_dir / "heldout")
+    missing = tmp_path / "missing"
+    with pytest.raises(UserError) as caught:
+        probe_points_module.probe_points([f"{finished}:1", str(missing)], train, heldout,
+                                         ProbeSettings("ctc", epochs=1), "tokens")
+    assert str(missing) in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
 def test_without_a_probe_the_winner_is_the_lowest_retrained_loss(finished, spy):
     run = open_run(finished)
     settings = SearchSettings(budget="40%", trials=5, finalists=K, finalist_steps=STEPS)
@@ -148,12 +178,13 @@ def test_without_a_probe_the_winner_is_the_lowest_retrained_loss(finished, spy):
 
 
 def test_rerun_after_the_finalists_retrains_and_probes_nothing(finished, probe_dir, spy, capsys):
-    before = open_run(finished).record.retrains
-    trained, probed = spy(retrain_module, "train_full"), spy(probe_train, "run_probe")
+    before = open_run(finished).record
+    retrains, probes = before.retrains, before.probes
+    trained, probed = spy(retrain_module, "train_full"), spy(probe_points_module, "probe_points")
     assert search_main(_args(finished, probe_dir)) == 0
     assert trained == [] and probed == []
     run = open_run(finished)
-    assert run.record.retrains == before
+    assert run.record.retrains == retrains and run.record.probes == probes  # rows (with their times) kept
     assert run.record.finalists["winner_by"].startswith("probe")
     printed = capsys.readouterr()
     assert f"winner within the budget: trial {run.record.finalists['winner']}" in printed.out + printed.err

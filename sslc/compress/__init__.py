@@ -6,7 +6,7 @@ sparsity and int8 quantization are applied on top. Importance scores choose what
 
 from .cache import ImportanceCache, data_fingerprint, model_fingerprint
 from .compress import compress
-from .config import CompressionConfig, ConfigError, break_even_rank
+from .config import CompressionConfig, ConfigError, break_even_rank, config_key
 from .importance import (
     as_batches,
     conv_scores_l1,
@@ -29,6 +29,7 @@ __all__ = [
     "as_batches",
     "break_even_rank",
     "compress",
+    "config_key",
     "conv_scores_l1",
     "data_fingerprint",
     "data_scores",

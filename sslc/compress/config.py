@@ -320,3 +320,9 @@ def _unknown_layers(bad: list, teacher: EncoderConfig) -> str:
         f"layers: unknown teacher layer index {', '.join(map(str, bad))} "
         f"(the teacher has {teacher.num_layers} layers: 0..{teacher.num_layers - 1})"
     )
+
+
+def config_key(config: dict) -> str:
+    """The identity of a config (a `CompressionConfig.to_dict()`): its dict, order-independent. The search spots
+    repeats by it; the once-for-all trainer names its sampled configs by it."""
+    return json.dumps(config, sort_keys=True)

@@ -6,11 +6,11 @@ models, the rows, the study record).
 """
 
 from .labels import TASKS, UNITS, Example, train_and_heldout
-from .model import ClassifyProbe, CTCProbe, WeightedSum, edit_distance, greedy_ctc_decode
+from .model import ClassifyProbe, CTCProbe, WeightedSum, edit_distance, greedy_ctc_decode, normalize_states
 from .train import ProbeOutcome, ProbeSettings, run_probe
 
 __all__ = [
     "TASKS", "UNITS", "Example", "train_and_heldout", "ClassifyProbe", "CTCProbe", "WeightedSum", "edit_distance",
-    "greedy_ctc_decode", "ProbeOutcome", "ProbeSettings",
+    "greedy_ctc_decode", "normalize_states", "ProbeOutcome", "ProbeSettings",
     "run_probe",
 ]

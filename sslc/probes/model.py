@@ -9,12 +9,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class WeightedSum(nn.Module):
-    """sum_l softmax(w)_l * LayerNorm(h_l): one learnable weight per hidden state, starting equal.
+def normalize_states(states: torch.Tensor) -> torch.Tensor:
+    """Each hidden state layer-normalised over its features (no learned scale): what `WeightedSum` mixes. Layers'
+    scales differ by orders of magnitude (especially in random or compressed encoders), and without it the weights
+    would mostly pick the loudest layer."""
+    return F.layer_norm(states, states.shape[-1:])
 
-    Each hidden state is layer-normalised (no learned scale) first: layers' scales differ by orders of magnitude
-    (especially in random or compressed encoders), and without it the weights would mostly pick the loudest layer.
-    """
+
+class WeightedSum(nn.Module):
+    """sum_l softmax(w)_l * h_l over the normalised hidden states (`normalize_states`): one learnable weight per
+    state, starting equal. The states come normalised: a frozen encoder's are normalised once, when encoded,
+    rather than at every step of every epoch."""
 
     def __init__(self, num_states: int):
         super().__init__()
@@ -25,9 +30,8 @@ class WeightedSum(nn.Module):
         return F.softmax(self.logits, dim=0)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """states [L, B, T, D] -> [B, T, D]."""
-        normed = F.layer_norm(states, states.shape[-1:])
-        return torch.einsum("l,lbtd->btd", self.weights.to(normed.dtype), normed)
+        """normalised states [L, B, T, D] -> [B, T, D]."""
+        return torch.einsum("l,lbtd->btd", self.weights.to(states.dtype), states)
 
 
 class CTCProbe(nn.Module):

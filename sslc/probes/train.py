@@ -1,7 +1,8 @@
 """Probing one frozen encoder: encode the audio once, train the head on the training share, score the held-out.
 
-The encoder runs in inference mode and its hidden states are kept (float16, on the CPU) when they fit in
-`cache_bytes`, so the head's epochs cost no encoder forward passes; otherwise every epoch encodes again. Each
+The encoder runs in inference mode and its hidden states, normalised once (`normalize_states`), are kept (float16,
+on the CPU) when they fit in `cache_bytes`, so the head's epochs cost no encoder forward passes and no
+normalisation; otherwise every epoch encodes again. Each
 file is encoded alone, unpadded: padding would change a group-normed CNN front end's output.
 """
 
@@ -19,7 +20,7 @@ from torch.nn import functional as F
 from sslc.data.audio import load_audio
 
 from .labels import Example
-from .model import ClassifyProbe, CTCProbe, edit_distance, greedy_ctc_decode
+from .model import ClassifyProbe, CTCProbe, edit_distance, greedy_ctc_decode, normalize_states
 
 # hidden states of one waveform [1, S] -> list of [1, T, D] (the encoder's input-to-layer-0 state first)
 Encode = Callable[[torch.Tensor], Sequence[torch.Tensor]]
@@ -57,7 +58,8 @@ class _Progress:
 
 
 class _States:
-    """Hidden states [L, T, D] of each example: computed once and kept, or recomputed on every pass."""
+    """Normalised hidden states [L, T, D] of each example (`normalize_states`, what the probe mixes): computed once
+    and kept, or recomputed on every pass."""
 
     def __init__(self, encode: Encode, examples: Sequence[Example], keep: bool, progress: _Progress, what: str):
         self.encode, self.examples, self.keep = encode, list(examples), keep
@@ -72,7 +74,7 @@ class _States:
     @torch.inference_mode()
     def _encode(self, example: Example) -> torch.Tensor:
         wave = torch.from_numpy(load_audio(example.audio.path))[None, :]
-        return torch.stack([h[0].float().cpu() for h in self.encode(wave)])
+        return normalize_states(torch.stack([h[0].float().cpu() for h in self.encode(wave)]))
 
     def get(self, index: int) -> torch.Tensor:
         return self.kept[index] if self.kept is not None else self._encode(self.examples[index])

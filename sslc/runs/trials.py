@@ -9,7 +9,6 @@ outcome one definition.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 
 import optuna
@@ -170,11 +169,6 @@ class TrialRecord:
         if self.outcome == Outcome.REPEAT:
             return f"same config as trial {self.repeat_of}: not trained again"
         return None if self.outcome == Outcome.COMPLETE else self.fail_reason
-
-
-def config_key(config: dict) -> str:
-    """The identity of a config for spotting repeats: its dict, order-independent."""
-    return json.dumps(config, sort_keys=True)
 
 
 # ---- writing, on a trial the searcher holds ----------------------------------------------------------------------

@@ -219,7 +219,8 @@ def warm_start_configs(teacher: EncoderConfig, max_macs: int, seconds: float, co
     shape (`baseline_configs`), which the searcher narrows to fit or leaves out. Then each thin family combined
     with a CNN cut to WARM_START_CONV_KEEP, scaled to the budget likewise (named `<family>+cnn75%`; left out where
     it cannot reach it): the combination of techniques the anchors' shapes never make, which a sampler rarely
-    draws (every layer thin at once, the CNN cut) in a space of per-layer knobs."""
+    draws (every layer thin at once, the CNN cut) in a space of per-layer knobs; a family whose cut shapes all cost
+    less than the budget adds its largest (`_largest_below`) where that fills at least half of it."""
     at_budget, _ = anchors_at_budget(teacher, max_macs, seconds, convention)
     published = baseline_configs(teacher, max_macs, seconds, convention)
     configs = {name: at_budget.get(name) or published[name] for name in ANCHOR_FAMILIES
@@ -230,6 +231,22 @@ def warm_start_configs(teacher: EncoderConfig, max_macs: int, seconds: float, co
         try:
             combined = anchor_at_budget(name, teacher, max_macs, seconds, convention, WARM_START_CONV_KEEP)
         except UserError:
-            continue
-        configs[f"{name}+cnn{WARM_START_CONV_KEEP:.0%}"] = combined
+            combined = _largest_below(family, teacher, max_macs, seconds, convention, WARM_START_CONV_KEEP)
+        if combined is not None:
+            configs[f"{name}+cnn{WARM_START_CONV_KEEP:.0%}"] = combined
     return configs
+
+
+def _largest_below(family: ThinFamily, teacher: EncoderConfig, max_macs: int, seconds: float, convention: str,
+                   conv_keep: float) -> CompressionConfig | None:
+    """The family's largest shape with its CNN cut to `conv_keep` (the teacher's width, its widest FFN) when even
+    that costs less than the budget, yet at least half of it; else None. DistilHuBERT's two layers at full width
+    with the CNN at 3/4 cost 33% of HuBERT Base's MACs (34% of the mini-HuBERT's): no width of them fills a 40% or
+    55% budget, and that shallow-and-cut combination is one the warm start would otherwise never ask (on the
+    mini-HuBERT at 40% the DistilHuBERT-like 2 x 128 with the CNN whole probed about as well as sslc's pick,
+    `benchmarks/anchor_margin.py`)."""
+    def macs(config: CompressionConfig) -> int:
+        return macs_in_convention(config.student_architecture(teacher), convention, seconds)
+
+    largest = _widest_ffn(family.at_width(teacher, teacher.embed_dim, conv_keep), teacher, None, macs)
+    return largest if max_macs / 2 <= macs(largest) < max_macs else None

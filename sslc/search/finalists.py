@@ -218,32 +218,35 @@ def run_finalists(settings: SearchSettings, run_dir: Path, say: Callable[[str], 
 
 def _probe_finalists(run: RunRecord, numbers: list[int], settings: SearchSettings, probe: dict,
                      say: Callable[[str], None]) -> dict[int, float]:
-    """Each finalist's retrained weights probed by sslc-probe's code; a probe already recorded on the study with
-    the same settings (and the same retrained weights) is reused."""
-    import torch
-
+    """Each finalist's retrained weights probed by sslc-probe's code, the finalists at once as Ray tasks
+    (`probe_points`); a probe already recorded on the study with the same settings (and the same retrained
+    weights) is reused."""
     from sslc.probes.labels import train_and_heldout
-    from sslc.probes.results import probe_target, record_on_runs, resolve_targets
     from sslc.probes.train import ProbeSettings
+    from sslc.runs.study import record_probe
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .probe_points import probe_points
+    from .runner import start_ray
+
     train, heldout = train_and_heldout(settings.probe_data, settings.probe_task, settings.probe_units,
                                        settings.probe_heldout)
-    probe_settings = ProbeSettings(settings.probe_task, epochs=settings.probe_epochs, device=device)
     recorded = run.record.probes.get(settings.probe_task, {})
-    metrics = {}
+    metrics, finished = {}, {n: run.record.retrains[n].get("finished_at") for n in numbers}
     for n in numbers:
         earlier = recorded.get(n) or {}
-        finished = run.record.retrains[n].get("finished_at")
-        if earlier.get("finalist_probe") == probe and earlier.get("retrain_finished_at") == finished:
+        if earlier.get("finalist_probe") == probe and earlier.get("retrain_finished_at") == finished[n]:
             metrics[n] = earlier["metric"]
-            continue
-        say(f"probing finalist trial {n} ({settings.probe_task}, {settings.probe_epochs} epochs)")
-        target = resolve_targets([f"{run.run_dir}:{n}"], False, device, say=say)[0]
-        row = probe_target(target, train, heldout, probe_settings, settings.probe_units)
-        row.update(finalist_probe=probe, retrain_finished_at=finished)
-        record_on_runs([target], [row], settings.probe_task)
-        metrics[n] = row["metric"]
+    todo = [n for n in numbers if n not in metrics]
+    if todo:
+        say(f"probing finalist trial(s) {', '.join(map(str, todo))} ({settings.probe_task}, "
+            f"{settings.probe_epochs} epochs)")
+        start_ray(None)  # the run's files are on this machine
+        rows = probe_points([f"{run.run_dir}:{n}" for n in todo], train, heldout,
+                            ProbeSettings(settings.probe_task, epochs=settings.probe_epochs), settings.probe_units)
+        for n, row in zip(todo, rows):
+            row.update(finalist_probe=probe, retrain_finished_at=finished[n])
+            record_probe(run.study, settings.probe_task, n, row)
+            metrics[n] = row["metric"]
     run.reload()
     return metrics
 

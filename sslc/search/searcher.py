@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from sslc.budget import Budget
-from sslc.compress import CompressionConfig
+from sslc.compress import CompressionConfig, config_key
 from sslc.errors import SearchFailed, UserError, one_line
 from sslc.metrics import count_macs, count_macs_superb, count_params_from_config
 from sslc.models import EncoderConfig
@@ -26,7 +26,6 @@ from sslc.runs.study import METRIC_NAMES
 from sslc.runs.trials import (
     Outcome,
     TrialRecord,
-    config_key,
     count_trained,
     mark_interrupted,
     pending_retries,

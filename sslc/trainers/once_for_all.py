@@ -24,7 +24,6 @@ one). A config the sampler returns outside that is refused with a `ConfigError`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslc.compress.config import CompressionConfig, ConfigError
+from sslc.compress.config import CompressionConfig, ConfigError, config_key
 from sslc.compress.elastic import ElasticStudent
 from sslc.data import SegmentDataset
 from sslc.errors import UserError
@@ -200,10 +199,6 @@ class OnceForAllResult:
         return asdict(self)
 
 
-def _config_key(config: CompressionConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
-
-
 class _OnceForAllLoop(TrainingLoop):
     kind = KIND
     description = "once-for-all"
@@ -279,7 +274,7 @@ class _OnceForAllLoop(TrainingLoop):
         }
 
     def _sandwich_settings(self) -> dict:
-        return {"largest": _config_key(self.largest), "smallest": _config_key(self.smallest),
+        return {"largest": config_key(self.largest.to_dict()), "smallest": config_key(self.smallest.to_dict()),
                 "random_per_step": self.random_per_step}
 
     def resume_problems(self, saved: dict) -> list[str]:
