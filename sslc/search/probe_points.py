@@ -2,8 +2,9 @@
 
 Each model is one Ray task on the driver's machine (the run's weights and the probe's audio are local files),
 holding one GPU where the machine has GPUs, else its share of the CPUs (at least one, run on that many threads), as
-`retrain_points` holds a point's. A probe of a small student uses a second intra-op thread poorly, so on a
-CPU machine several probes one thread each finish sooner than one after another on every core. Each task loads
+`retrain_points` holds a point's: small students use a second intra-op thread poorly (measured for retrains
+there), so on a CPU machine several models are probed side by side, one thread each, rather than one after
+another on every core. Each task loads
 its model and runs sslc-probe's probe (`sslc.probes.results.probe_target`); the rows come back to the driver,
 which records them.
 """
