@@ -119,14 +119,16 @@ def trial_seconds(frozen) -> float | None:
 
 def kept_in_time(run, seconds: float) -> tuple[list[int], float, bool]:
     """The numbers of `run`'s first trained trials (by number) whose CPU seconds add up to no more than
-    `seconds`, their sum, and whether every trained trial fits (the search ran out of trials before the time).
-    Early-stopped trials count: their seconds were spent (before 2026-12-07 they were left out, which gave the
-    single-fidelity search their time free)."""
+    `seconds` (at least the first: a search given any time trains one trial; in `--quick` a single trial can cost
+    more than the whole multi-fidelity search, whose front then had nothing to be compared with), their sum, and
+    whether every trained trial fits (the search ran out of trials before the time). Early-stopped trials count:
+    their seconds were spent (before 2026-12-07 they were left out, which gave the single-fidelity search their
+    time free)."""
     costs = {t.number: trial_seconds(t) for t in run.study.get_trials(deepcopy=False)}
     costs = {number: cost for number, cost in sorted(costs.items()) if cost is not None}
     kept, spent = [], 0.0
     for number, cost in costs.items():
-        if spent + cost > seconds:
+        if kept and spent + cost > seconds:
             break
         spent += cost
         kept.append(number)
