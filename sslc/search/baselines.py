@@ -140,8 +140,7 @@ def anchor_at_budget(name: str, teacher: EncoderConfig, max_macs: int, seconds: 
     uniform pruning takes the largest keep ratio that fits, its FFN then widened. UserError when no shape of the
     family gets within the tolerance (the budget is below its smallest or above its largest shape)."""
 
-    def macs(config: CompressionConfig) -> int:
-        return macs_in_convention(config.student_architecture(teacher), convention, seconds)
+    macs = _macs_counter(teacher, seconds, convention)
 
     def reaches(config: CompressionConfig | None) -> bool:
         return config is not None and macs(config) >= (1 - ANCHOR_TOLERANCE) * max_macs
@@ -167,6 +166,11 @@ def anchor_at_budget(name: str, teacher: EncoderConfig, max_macs: int, seconds: 
                         f"{format_macs(macs(smallest))}MACs to "
                         f"{format_macs(macs(_widest_ffn(largest, teacher, None, macs)))}MACs")
     return chosen
+
+
+def _macs_counter(teacher: EncoderConfig, seconds: float, convention: str) -> Callable[[CompressionConfig], int]:
+    """A config's MACs on `teacher` as the budget counts them."""
+    return lambda config: macs_in_convention(config.student_architecture(teacher), convention, seconds)
 
 
 def _widest_ffn(config: CompressionConfig, teacher: EncoderConfig, max_macs: int | None,
@@ -245,8 +249,6 @@ def _largest_below(family: ThinFamily, teacher: EncoderConfig, max_macs: int, se
     55% budget, and that shallow-and-cut combination is one the warm start would otherwise never ask (on the
     mini-HuBERT at 40% the DistilHuBERT-like 2 x 128 with the CNN whole probed about as well as sslc's pick,
     `benchmarks/anchor_margin.py`)."""
-    def macs(config: CompressionConfig) -> int:
-        return macs_in_convention(config.student_architecture(teacher), convention, seconds)
-
+    macs = _macs_counter(teacher, seconds, convention)
     largest = _widest_ffn(family.at_width(teacher, teacher.embed_dim, conv_keep), teacher, None, macs)
     return largest if max_macs / 2 <= macs(largest) < max_macs else None
